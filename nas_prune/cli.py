@@ -1,0 +1,38 @@
+"""Command-line plumbing shared by every ``python -m nas_prune.*`` entry point.
+
+Bad input must end with one clear line on stderr and exit code 2, never a traceback (DESIGN.md).
+Library code raises :class:`NasPruneError` for such input; :func:`run_cli` turns it into that line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+__all__ = ["NasPruneError", "ArgumentParser", "run_cli"]
+
+
+class NasPruneError(ValueError):
+    """A problem with the user's input (unknown model, missing data, bad budget, foreign checkpoint)."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with a one-line error (``prog: error: ...``) and exit code 2, without the usage dump."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def run_cli(main: Callable[[Sequence[str] | None], None], argv: Sequence[str] | None = None) -> int:
+    """Run ``main(argv)``; a :class:`NasPruneError` becomes one stderr line and exit code 2."""
+    try:
+        main(argv)
+    except NasPruneError as err:
+        prog = getattr(main, "__module__", "nas_prune")
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,51 @@
+import copy
+
+import pytest
+import torch
+from conftest import TwoLayer
+from torch.utils.flop_counter import FlopCounterMode
+
+from nas_prune import count_macs, create_model, measure_latency, model_names, prune
+
+
+def test_two_layer_costs_by_hand():
+    model, x = TwoLayer(), torch.randn(3, 1, 8, 8)
+    # conv1: 8 filters x 1x3x3 x 64 positions; conv2: 4 x 8x3x3 x 64; fc: 4 x 10.
+    assert count_macs(model, x) == (8 * 9 * 64 + 4 * 72 * 64 + 40, 72 + 16 + 288 + 8 + 50)
+    slim = prune(model, x, {"conv1": 4, "conv2": 2})
+    assert count_macs(slim, x) == (4 * 9 * 64 + 2 * 36 * 64 + 20, 36 + 8 + 72 + 4 + 30)
+
+
+@pytest.mark.parametrize("name", model_names())
+def test_thop_agrees_with_flop_counter(name):
+    model, x = create_model(name, in_channels=1), torch.randn(2, 1, 28, 28)
+    macs, params = count_macs(model, x)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model.eval()(x)
+    reference = counter.get_total_flops() / (2 * x.shape[0])
+    assert abs(macs - reference) / reference < 0.02
+    assert params == sum(p.numel() for p in model.parameters())
+
+
+def test_counting_leaves_the_model_untouched():
+    model = TwoLayer().train()
+    keys = set(model.state_dict())
+    count_macs(model, torch.randn(2, 1, 8, 8))
+    assert model.training and set(model.state_dict()) == keys
+    assert all(not m._forward_hooks for m in model.modules())
+
+
+def test_measure_latency_is_a_positive_median_and_side_effect_free():
+    model = TwoLayer().train()
+    before = copy.deepcopy(model.state_dict())
+    threads = torch.get_num_threads()
+    ms = measure_latency(model, torch.randn(5, 1, 8, 8), batch=2, warmup=2, repeats=5, threads=1)
+    assert ms > 0
+    assert model.training and torch.get_num_threads() == threads
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_measure_latency_on_cuda():
+    assert measure_latency(TwoLayer(), torch.randn(1, 1, 8, 8), device="cuda", warmup=2, repeats=5) > 0

@@ -1,0 +1,137 @@
+import copy
+
+import pytest
+import torch
+from conftest import TwoLayer, randomize_bn
+
+from nas_prune import NasPruneError, channel_groups, create_model, model_names, prune
+from nas_prune.prune import mask, round_width
+
+
+def _double(model, x):
+    return model.double().eval(), x.double()
+
+
+def _assert_unchanged(model, state):
+    now = model.state_dict()
+    assert state.keys() == now.keys()
+    assert all(torch.equal(state[k], now[k]) for k in state)
+
+
+def _random_widths(groups, seed):
+    gen = torch.Generator().manual_seed(seed)
+    return {g.name: int(torch.randint(1, g.channels + 1, (1,), generator=gen)) for g in groups if g.prunable}
+
+
+def test_coupling_models_prune_equals_mask(coupling_model):
+    _, model, x = coupling_model
+    model, x = _double(model, x)
+    state = copy.deepcopy(model.state_dict())
+    dense = model(x)
+    assert torch.allclose(prune(model, x, 1.0)(x), dense, atol=1e-12)
+    for widths in (0.5, _random_widths(channel_groups(model, x), seed=1)):
+        slim = prune(model, x, widths)
+        out = slim(x)
+        assert out.shape == dense.shape
+        assert torch.allclose(out, mask(model, x, widths)(x), atol=1e-5)
+        assert sum(p.numel() for p in slim.parameters()) < sum(p.numel() for p in model.parameters())
+    _assert_unchanged(model, state)
+
+
+@pytest.mark.parametrize("name", model_names())
+def test_zoo_prune_equals_mask(name):
+    torch.manual_seed(0)
+    model, x = _double(randomize_bn(create_model(name, in_channels=1)), torch.randn(2, 1, 28, 28))
+    state = copy.deepcopy(model.state_dict())
+    dense = model(x)
+    assert torch.allclose(prune(model, x, 1.0)(x), dense, atol=1e-10)
+    widths = _random_widths(channel_groups(model, x), seed=0)
+    slim = prune(model, x, widths, round_to=1)
+    assert slim(x).shape == dense.shape
+    assert torch.allclose(slim(x), mask(model, x, widths)(x), atol=1e-5)
+    kept = {g.name: g.channels for g in channel_groups(slim, x)}
+    assert kept == {g.name: widths.get(g.name, g.channels) for g in channel_groups(model, x)}
+    _assert_unchanged(model, state)
+
+
+def test_kept_filters_carry_the_most_important_weights():
+    model = TwoLayer()
+    with torch.no_grad():
+        model.conv1.weight.zero_()
+        model.conv1.weight[[1, 5]] = 1.0  # only these two filters matter
+    slim = prune(model, torch.randn(1, 1, 8, 8), {"conv1": 2})
+    assert torch.equal(slim.conv1.weight, model.conv1.weight[[1, 5]])
+    assert torch.equal(slim.conv2.weight, model.conv2.weight[:, [1, 5]])
+
+
+@pytest.mark.parametrize("criterion", ["l1", "l2", "bn_scale"])
+def test_every_importance_gives_a_valid_model(criterion, coupling_model):
+    _, model, x = coupling_model
+    assert prune(model, x, 0.5, importance=criterion)(x).shape == model(x).shape
+
+
+def test_taylor_uses_gradients():
+    model, x = TwoLayer(), torch.randn(4, 1, 8, 8)
+    with pytest.raises(NasPruneError, match="needs gradients"):
+        prune(model, x, 0.5, importance="taylor")
+    model(x).sum().backward()
+    assert prune(model, x, 0.5, importance="taylor")(x).shape == (4, 10)
+
+
+def test_round_to_gives_multiples():
+    model = create_model("resnet20", in_channels=1)
+    x = torch.randn(1, 1, 28, 28)
+    slim = prune(model, x, 0.3, round_to=8)
+    assert all(g.channels % 8 == 0 for g in channel_groups(slim, x))
+
+
+@pytest.mark.parametrize(
+    "channels, fraction, round_to, expected",
+    [
+        (16, 0.5, 1, 8),
+        (16, 0.3, 4, 4),
+        (16, 0.4, 4, 8),
+        (10, 0.25, 1, 3),
+        (10, 0.01, 1, 1),
+        (16, 0.01, 8, 8),
+        (4, 0.5, 8, 4),
+        (64, 1.0, 8, 64),
+    ],
+)
+def test_round_width(channels, fraction, round_to, expected):
+    assert round_width(channels, fraction, round_to) == expected
+
+
+@pytest.mark.parametrize(
+    "widths, message",
+    [
+        ({"nope": 3}, "unknown channel group"),
+        ({"conv1": 0}, "outside 1..8"),
+        ({"conv1": 9}, "outside 1..8"),
+        (0.0, "fraction in (0, 1]"),
+        (1.5, "fraction in (0, 1]"),
+    ],
+)
+def test_bad_widths_raise(widths, message):
+    with pytest.raises(NasPruneError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        prune(TwoLayer(), torch.randn(1, 1, 8, 8), widths)
+
+
+def test_frozen_group_cannot_be_shrunk_but_uniform_width_skips_it():
+    from conftest import Grouped
+
+    x = torch.randn(2, 3, 16, 16)
+    with pytest.raises(NasPruneError, match="cannot be pruned"):
+        prune(Grouped(), x, {"reduce.0": 8})
+    slim = prune(Grouped(), x, 0.5)
+    assert slim.grouped[0].in_channels == 16 and slim.stem[0].out_channels == 8
+
+
+def test_unknown_importance_raises():
+    with pytest.raises(NasPruneError, match="unknown importance"):
+        prune(TwoLayer(), torch.randn(1, 1, 8, 8), 0.5, importance="nope")
+
+
+def test_works_under_no_grad():
+    with torch.no_grad():
+        assert prune(TwoLayer(), torch.randn(1, 1, 8, 8), 0.5).conv1.out_channels == 4
