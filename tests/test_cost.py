@@ -5,7 +5,8 @@ import torch
 from conftest import TwoLayer
 from torch.utils.flop_counter import FlopCounterMode
 
-from nas_prune import count_macs, create_model, measure_latency, model_names, prune
+from nas_prune import channel_groups, count_macs, create_model, measure_latency, model_names, prune
+from nas_prune.cost import CostModel
 
 
 def test_two_layer_costs_by_hand():
@@ -49,3 +50,27 @@ def test_measure_latency_is_a_positive_median_and_side_effect_free():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_measure_latency_on_cuda():
     assert measure_latency(TwoLayer(), torch.randn(1, 1, 8, 8), device="cuda", warmup=2, repeats=5) > 0
+
+
+def _random_widths(groups, seed):
+    gen = torch.Generator().manual_seed(seed)
+    return {g.name: int(torch.randint(1, g.channels + 1, (1,), generator=gen)) for g in groups if g.prunable}
+
+
+def _cost_model_cases():
+    from conftest import COUPLING_MODELS
+
+    for name, (factory, shape) in COUPLING_MODELS.items():
+        yield pytest.param(factory, shape, id=name)
+    for name in model_names():
+        yield pytest.param(lambda name=name: create_model(name, in_channels=1), (1, 28, 28), id=name)
+
+
+@pytest.mark.parametrize("factory, shape", list(_cost_model_cases()))
+def test_cost_model_is_exact_on_random_widths(factory, shape):
+    model, x = factory(), torch.randn(2, *shape)
+    cost = CostModel(model, x)
+    assert cost.dense == count_macs(model, x)
+    for seed in range(2):
+        widths = _random_widths(channel_groups(model, x), seed)
+        assert cost.cost(widths) == count_macs(prune(model, x, widths), x)
