@@ -226,7 +226,7 @@ def load_search_space(name: str) -> dict[str, Any] | None:
     """Read ``search_spaces/<name>.yaml`` for a zoo model.
 
     Returns:
-        The parsed YAML (keys ``model, round_to, min_fraction, grid, frozen``), or ``None`` for a
+        The parsed YAML (keys ``model, round_to, min_fraction, frozen`` and optionally ``grid``), or ``None`` for a
         ``pkg.module:factory`` or a name without a file.
     """
     if ":" in name or "/" in name or "\\" in name:

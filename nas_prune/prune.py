@@ -14,7 +14,7 @@ from .cli import NasPruneError
 from .graph import ChannelGraph, ChannelGroup
 from .importance import Importance, get_importance
 
-__all__ = ["mask", "prune", "resolve_widths", "round_width"]
+__all__ = ["channel_importance", "mask", "prune", "resolve_widths", "round_width"]
 
 _OPS = tp.ops.OPTYPE
 # Layers with one weight (and bias) entry per output channel, zeroed by ``mask``.
@@ -74,6 +74,22 @@ def _copy(model: nn.Module) -> nn.Module:
         if theirs.grad is not None:
             mine.grad = theirs.grad.detach().clone()
     return clone
+
+
+def channel_importance(
+    model: nn.Module, example_inputs, importance: str | Importance = "l2"
+) -> dict[str, torch.Tensor]:
+    """Per prunable group, one importance score per channel (higher = keep), on a copy of ``model``."""
+    graph = ChannelGraph(_copy(model), example_inputs)
+    scorer = get_importance(importance)
+    scores = {}
+    for group in graph.groups:
+        if group.prunable:
+            score = scorer(graph.tp_group(group.name))
+            scores[group.name] = (
+                -torch.arange(group.channels, dtype=torch.float32) if score is None else score.float().cpu()
+            )
+    return scores
 
 
 def _select(graph: ChannelGraph, widths, importance, round_to) -> dict[str, list[int]]:

@@ -74,12 +74,16 @@ def test_zoo_model(name):
 def test_search_space_file(name):
     space = load_search_space(name)
     assert (SEARCH_SPACE_DIR / f"{name}.yaml").is_file()
-    assert set(space) == {"model", "round_to", "min_fraction", "grid", "frozen"}
+    assert (
+        {"model", "round_to", "min_fraction", "frozen"}
+        <= set(space)
+        <= {"model", "round_to", "min_fraction", "grid", "frozen"}
+    )
     assert space["model"] == name
     assert isinstance(space["round_to"], int) and space["round_to"] >= 1
     assert 0 < space["min_fraction"] <= 1
-    assert space["grid"] == sorted(space["grid"]) and all(0 < f <= 1 for f in space["grid"])
-    assert space["grid"][-1] == 1.0
+    grid = space.get("grid", [1.0])
+    assert grid == sorted(grid) and all(0 < f <= 1 for f in grid) and grid[-1] == 1.0
     assert isinstance(space["frozen"], list)
 
 

@@ -1,0 +1,56 @@
+import pytest
+import torch
+from conftest import Grouped, TwoLayer
+
+from nas_prune import NasPruneError, channel_groups, create_model
+from nas_prune.space import Budget, WidthSpace
+
+
+def _space(model=None, x=None, **kw):
+    model = model or create_model("resnet20", in_channels=1)
+    x = x if x is not None else torch.randn(1, 1, 28, 28)
+    return WidthSpace.build(channel_groups(model, x), **kw)
+
+
+def test_default_grid_steps_by_round_to_up_to_full_width():
+    space = _space(round_to=4, min_fraction=0.25)
+    assert space.choices["conv1"] == (4, 8, 12, 16)
+    assert space.choices["layer3.0.conv1"] == tuple(range(16, 65, 4))
+    assert all(all(w % 4 == 0 for w in c) for c in space.choices.values())
+
+
+def test_explicit_grid_of_fractions():
+    space = _space(round_to=1, min_fraction=0.5, grid=[0.25, 0.5, 0.75, 1.0])
+    assert space.choices["conv1"] == (8, 12, 16)
+
+
+def test_encode_decode_round_trip_and_snap():
+    space = _space(round_to=4)
+    idx = {n: len(c) // 2 for n, c in space.choices.items()}
+    widths = space.decode(idx)
+    assert space.encode(widths) == idx
+    assert space.snap({"conv1": 15})["conv1"] == 12 and space.snap({"conv1": 1})["conv1"] == 4
+    with pytest.raises(NasPruneError, match="not on the search grid"):
+        space.encode({**widths, "conv1": 13})
+    assert space.dense()["conv1"] == 16 and space.smallest()["conv1"] == 4
+
+
+def test_frozen_and_unprunable_groups_stay_fixed():
+    x = torch.randn(1, 3, 16, 16)
+    space = _space(Grouped(), x, frozen=["stem.0"])
+    assert set(space.fixed) == {"stem.0", "reduce.0", "grouped.0"}
+    assert space.names == ["expand.0"]
+    with pytest.raises(NasPruneError, match="not channel groups"):
+        _space(TwoLayer(), torch.randn(1, 1, 8, 8), frozen=["nope"])
+
+
+def test_budget_validation_and_violations():
+    with pytest.raises(NasPruneError, match="at least one budget"):
+        Budget()
+    for bad in (0.0, -0.1, 1.5):
+        with pytest.raises(NasPruneError, match="fraction in"):
+            Budget(flops=bad)
+    budget = Budget(flops=0.3, params=0.5)
+    assert budget.violations(30, 40, 100, 100) == pytest.approx([0.0, -0.1])
+    assert budget.met(30, 50, 100, 100) and not budget.met(31, 10, 100, 100)
+    assert budget.label() == "flops0.3-params0.5"
