@@ -1,0 +1,281 @@
+"""Figures of a search run for people: the Pareto plot, per-layer widths and search progress.
+
+Figures are built on ``matplotlib.figure.Figure`` directly, not through ``pyplot``: no global
+backend switch, no window, nothing left open, so plotting is safe inside workers and tests. Every
+function saves one PNG, returns its path and draws a note instead of failing on an empty table.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from .results import SEED_SOURCES, SOURCES
+
+__all__ = ["plot_pareto", "plot_progress", "plot_widths"]
+
+_DPI = 150
+_SEED_MARKERS = {"uniform": "s", "l2": "D", "sensitivity": "^", "gates": "P"}
+_SOURCE_COLORS = {source: f"C{i}" for i, source in enumerate(SOURCES)}
+
+
+def _numbers(column: pd.Series) -> np.ndarray:
+    """A numeric column as float64 with NaN for empty (works for nullable Int64 too)."""
+    return column.to_numpy(dtype=float, na_value=np.nan)
+
+
+def _note(ax, text: str) -> None:
+    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", fontsize=12, color="0.4")
+
+
+def _save(fig: Figure, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=_DPI, format="png")
+    fig.clear()
+    return path
+
+
+def plot_pareto(
+    trials: pd.DataFrame,
+    front: pd.DataFrame,
+    path: str | os.PathLike,
+    *,
+    dense: Mapping | None = None,
+    budget_flops_ratio: float | None = None,
+    title: str = "",
+) -> Path:
+    """Validation accuracy against FLOPs (as a fraction of the dense model) for every proposal.
+
+    Draws complete trials (feasible filled, over budget hollow), ASHA-pruned trials faded (their
+    accuracy is low-fidelity), infeasible proposals as 'x' marks on the bottom edge (never trained),
+    the Pareto ``front`` as a step line, seed trials with their own markers and labels, the dense model
+    as a star at x = 1 and the FLOPs budget as a dashed vertical line.
+
+    Args:
+        trials: the trials table (``read_trials``).
+        front: its Pareto front (``pareto_front``).
+        path: PNG file to write.
+        dense: dense model figures; its ``val_accuracy`` (if any) places the star.
+        budget_flops_ratio: FLOPs budget as a fraction of the dense model.
+        title: figure title.
+
+    Returns:
+        ``path`` as a ``Path``.
+    """
+    fig = Figure(figsize=(10, 5.5), layout="tight")
+    ax = fig.add_subplot()
+    state, feasible = trials["state"], trials["feasible"].astype(bool)
+    x, y = _numbers(trials["flops_ratio"]), _numbers(trials["val_accuracy"])
+
+    drawable = ~np.isnan(x) & ~np.isnan(y)
+
+    def scatter(mask, **style):
+        mask = np.asarray(mask, dtype=bool) & drawable
+        if mask.any():
+            ax.scatter(x[mask], y[mask], **style)
+
+    scatter(
+        (state == "pruned").to_numpy(),
+        s=18,
+        color="C0",
+        alpha=0.25,
+        linewidths=0,
+        label="pruned by ASHA (low-fidelity accuracy)",
+    )
+    scatter(
+        (state == "complete") & ~feasible,
+        s=30,
+        facecolors="none",
+        edgecolors="0.45",
+        label="complete, over budget",
+    )
+    scatter((state == "complete") & feasible, s=30, color="C0", label="complete, feasible")
+
+    infeasible = (state == "infeasible").to_numpy() & ~np.isnan(x)
+    if infeasible.any():
+        ax.scatter(
+            x[infeasible],
+            np.full(infeasible.sum(), 0.02),
+            marker="x",
+            s=20,
+            color="C3",
+            transform=ax.get_xaxis_transform(),
+            label="infeasible proposal (not trained)",
+        )
+
+    if len(front):
+        fx, fy = _numbers(front["flops_ratio"]), _numbers(front["val_accuracy"])
+        order = np.lexsort((fy, fx))
+        ax.step(fx[order], fy[order], where="post", color="C1", linewidth=2, zorder=3, label="Pareto front")
+        ax.scatter(fx, fy, s=60, facecolors="none", edgecolors="C1", linewidths=1.5, zorder=3)
+
+    for source, marker in _SEED_MARKERS.items():
+        mask = (
+            (trials["source"] == source).to_numpy() & state.isin(["complete", "pruned"]).to_numpy() & drawable
+        )
+        for xi, yi in zip(x[mask], y[mask], strict=True):
+            ax.annotate(source, (xi, yi), xytext=(6, 4), textcoords="offset points", fontsize=9)
+        scatter(
+            mask,
+            marker=marker,
+            s=70,
+            color=_SOURCE_COLORS[source],
+            edgecolors="black",
+            zorder=4,
+            label=f"seed: {source}",
+        )
+
+    dense_acc = None if dense is None else dense.get("val_accuracy")
+    if dense_acc is not None and not pd.isna(dense_acc):
+        ax.scatter(
+            [1.0],
+            [dense_acc],
+            marker="*",
+            s=220,
+            color="gold",
+            edgecolors="black",
+            zorder=5,
+            label=f"dense model ({dense_acc:.3f})",
+        )
+    if budget_flops_ratio is not None:
+        ax.axvline(
+            budget_flops_ratio,
+            color="0.3",
+            linestyle="--",
+            linewidth=1.2,
+            label=f"FLOPs budget ({budget_flops_ratio:.2f} of dense)",
+        )
+
+    if not (state == "complete").any():
+        _note(ax, "no complete trials yet")
+    counts = state.value_counts()
+    summary = ", ".join(f"{counts.get(s, 0)} {s}" for s in ("complete", "pruned", "infeasible", "failed"))
+    ax.text(
+        0.01,
+        0.99,
+        f"{len(trials)} proposals: {summary}",
+        transform=ax.transAxes,
+        va="top",
+        fontsize=8,
+        color="0.35",
+    )
+
+    right = np.nanmax(np.append(x, [1.0, budget_flops_ratio or 0.0]))
+    ax.set_xlim(0, right * 1.05)
+    ax.set_xlabel("FLOPs (fraction of the dense model)", fontsize=11)
+    ax.set_ylabel("validation accuracy", fontsize=11)
+    ax.set_title(title or "Accuracy vs FLOPs of every proposal", fontsize=12)
+    ax.grid(True, alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, frameon=False)
+    return _save(fig, path)
+
+
+def plot_widths(
+    dense_channels: Mapping[str, int], widths: Mapping[str, int], path: str | os.PathLike, *, title: str = ""
+) -> Path:
+    """One bar per channel group: original channels (light) behind the channels kept (dark).
+
+    Args:
+        dense_channels: ``{group: channels}`` of the dense model, in network order.
+        widths: ``{group: channels kept}``; a group left out is drawn at full width (not pruned).
+        path: PNG file to write.
+        title: figure title.
+
+    Returns:
+        ``path`` as a ``Path``.
+
+    Raises:
+        ValueError: ``widths`` names a group that ``dense_channels`` lacks.
+    """
+    unknown = set(widths) - set(dense_channels)
+    if unknown:
+        raise ValueError(f"widths name groups the dense model lacks: {sorted(unknown)}")
+    names = list(dense_channels)
+    original = np.array([dense_channels[n] for n in names], dtype=float)
+    kept = np.array([widths.get(n, dense_channels[n]) for n in names], dtype=float)
+
+    fig = Figure(figsize=(max(6.0, 2.0 + 0.32 * len(names)), 4.8), layout="tight")
+    ax = fig.add_subplot()
+    if names:
+        positions = np.arange(len(names))
+        ax.bar(positions, original, width=0.8, color="#c6dbef", label="original channels")
+        overall = kept.sum() / original.sum()
+        ax.bar(positions, kept, width=0.55, color="#08519c", label=f"kept channels ({overall:.0%} overall)")
+        if len(names) <= 40:
+            for p, k, o in zip(positions, kept, original, strict=True):
+                ax.text(p, o, f"{k / o:.0%}", ha="center", va="bottom", fontsize=7, rotation=90)
+        ax.set_xticks(positions, names, rotation=60, ha="right", fontsize=8 if len(names) <= 30 else 6)
+        ax.set_xlim(-0.6, len(names) - 0.4)
+        ax.set_ylim(0, original.max() * 1.15)
+        ax.legend(loc="upper left", fontsize=9)
+    else:
+        _note(ax, "no channel groups")
+    ax.set_ylabel("channels", fontsize=11)
+    ax.set_title(title or "Channels per group: original vs kept", fontsize=12)
+    ax.grid(True, axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_progress(trials: pd.DataFrame, path: str | os.PathLike, *, budget_note: str = "") -> Path:
+    """Best feasible validation accuracy so far against the number of proposals (trial_id order).
+
+    Each complete trial's accuracy is scattered too, coloured by its source, so one sees where the
+    improvements came from (seeds, sampler or random search).
+
+    Args:
+        trials: the trials table (``read_trials``).
+        path: PNG file to write.
+        budget_note: text shown in the title, e.g. ``"FLOPs <= 0.5 of dense"``.
+
+    Returns:
+        ``path`` as a ``Path``.
+    """
+    ordered = trials.sort_values("trial_id", kind="mergesort")
+    step = np.arange(1, len(ordered) + 1)
+    accuracy = _numbers(ordered["val_accuracy"])
+    complete = (ordered["state"] == "complete").to_numpy()
+    good = complete & ordered["feasible"].astype(bool).to_numpy()
+
+    fig = Figure(figsize=(9.5, 4.8), layout="tight")
+    ax = fig.add_subplot()
+    if good.any():
+        best = pd.Series(np.where(good, accuracy, np.nan)).cummax().ffill().to_numpy()
+        ax.step(step, best, where="post", color="black", linewidth=2, label="best feasible so far")
+    for source in SOURCES:
+        mask = complete & (ordered["source"] == source).to_numpy()
+        if mask.any():
+            marker = _SEED_MARKERS.get(source, "o")
+            size = 60 if source in SEED_SOURCES else 22
+            ax.scatter(
+                step[mask],
+                accuracy[mask],
+                s=size,
+                marker=marker,
+                color=_SOURCE_COLORS[source],
+                alpha=0.8,
+                label=source,
+            )
+    if not complete.any():
+        _note(ax, "no complete trials yet")
+    else:
+        ax.legend(
+            loc="upper left",
+            bbox_to_anchor=(1.01, 1.0),
+            fontsize=9,
+            frameon=False,
+            title="complete trials by source",
+            title_fontsize=9,
+        )
+    ax.set_xlim(0, max(len(ordered), 1) + 1)
+    ax.set_xlabel("proposals (in trial_id order)", fontsize=11)
+    ax.set_ylabel("validation accuracy", fontsize=11)
+    ax.set_title("Search progress" + (f" ({budget_note})" if budget_note else ""), fontsize=12)
+    ax.grid(True, alpha=0.3)
+    return _save(fig, path)

@@ -1,0 +1,73 @@
+"""Each figure is a valid, non-empty PNG for a typical run and for an empty one."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nas_prune.plots import plot_pareto, plot_progress, plot_widths
+from nas_prune.results import SOURCES, append_trial, pareto_front, read_trials
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+DENSE = {"macs": 1000, "params": 500, "val_accuracy": 0.91}
+
+
+def is_png(path):
+    data = path.read_bytes()
+    return len(data) > 1000 and data.startswith(PNG_MAGIC)
+
+
+@pytest.fixture(scope="module")
+def trials(tmp_path_factory):
+    """A run of 40 proposals in every state and from every source."""
+    path = tmp_path_factory.mktemp("run") / "trials.csv"
+    rng = np.random.default_rng(0)
+    for i in range(40):
+        state = ["complete", "complete", "pruned", "infeasible", "failed"][i % 5]
+        macs = int(rng.integers(100, 1000))
+        row = {
+            "trial_id": i,
+            "state": state,
+            "source": SOURCES[i % len(SOURCES)],
+            "macs": macs,
+            "params": 250,
+            "flops_ratio": macs / DENSE["macs"],
+            "widths": {"conv1": 4},
+            "feasible": state != "infeasible" and macs <= 600,
+        }
+        if state in ("complete", "pruned"):
+            row["val_accuracy"] = float(0.5 + 0.4 * macs / 1000 - rng.random() * 0.1)
+        append_trial(path, row)
+    return read_trials(path)
+
+
+@pytest.fixture
+def empty(tmp_path):
+    return read_trials(tmp_path / "missing.csv")
+
+
+def test_plot_pareto(tmp_path, trials, empty):
+    front = pareto_front(trials)
+    out = plot_pareto(trials, front, tmp_path / "pareto.png", dense=DENSE, budget_flops_ratio=0.6, title="t")
+    assert out == tmp_path / "pareto.png" and is_png(out)
+    assert is_png(plot_pareto(empty, pareto_front(empty), tmp_path / "empty.png", dense=None))
+    only_infeasible = trials[trials["state"] == "infeasible"]
+    assert is_png(plot_pareto(only_infeasible, pareto_front(only_infeasible), tmp_path / "infeasible.png"))
+
+
+@pytest.mark.parametrize("groups", [5, 60])
+def test_plot_widths(tmp_path, groups):
+    dense = {f"layer{i}.conv": 16 * (1 + i % 4) for i in range(groups)}
+    widths = {name: max(1, c // 3) for name, c in list(dense.items())[:-1]}  # last group unpruned
+    assert is_png(plot_widths(dense, widths, tmp_path / "widths.png", title="kept"))
+
+
+def test_plot_widths_empty_and_unknown_group(tmp_path):
+    assert is_png(plot_widths({}, {}, tmp_path / "widths.png"))
+    with pytest.raises(ValueError, match="lacks"):
+        plot_widths({"a": 4}, {"b": 2}, tmp_path / "bad.png")
+
+
+def test_plot_progress(tmp_path, trials, empty):
+    assert is_png(plot_progress(trials, tmp_path / "progress.png", budget_note="FLOPs <= 0.6 of dense"))
+    assert is_png(plot_progress(empty, tmp_path / "empty.png"))
