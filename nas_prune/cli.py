@@ -29,7 +29,9 @@ def run_cli(main: Callable[[Sequence[str] | None], None], argv: Sequence[str] | 
     try:
         main(argv)
     except NasPruneError as err:
-        prog = getattr(main, "__module__", "nas_prune")
+        module = sys.modules.get(getattr(main, "__module__", ""))
+        spec = getattr(module, "__spec__", None)  # "nas_prune.train" also under ``python -m``
+        prog = spec.name if spec is not None else "nas_prune"
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
