@@ -139,18 +139,18 @@ class Budget:
                 "give at least one budget: --budget-flops, --budget-params or --budget-latency"
             )
 
-    def violations(self, macs: int, params: int, dense_macs: int, dense_params: int) -> list[float]:
+    def violations(self, macs: int, params: int, dense_macs: int, dense_params: int) -> dict[str, float]:
         """Relative excess over each FLOP/parameter budget (``<= 0`` means met), Optuna's constraint form."""
-        out = []
+        out = {}
         if self.flops is not None:
-            out.append(macs / dense_macs - self.flops)
+            out["flops"] = macs / dense_macs - self.flops
         if self.params is not None:
-            out.append(params / dense_params - self.params)
+            out["params"] = params / dense_params - self.params
         return out
 
     def met(self, macs: int, params: int, dense_macs: int, dense_params: int) -> bool:
         """True when every FLOP/parameter budget holds."""
-        return all(v <= 1e-12 for v in self.violations(macs, params, dense_macs, dense_params))
+        return all(v <= 1e-12 for v in self.violations(macs, params, dense_macs, dense_params).values())
 
     def label(self) -> str:
         """Short text for run names and plots, e.g. ``flops0.3``."""

@@ -51,6 +51,6 @@ def test_budget_validation_and_violations():
         with pytest.raises(NasPruneError, match="fraction in"):
             Budget(flops=bad)
     budget = Budget(flops=0.3, params=0.5)
-    assert budget.violations(30, 40, 100, 100) == pytest.approx([0.0, -0.1])
+    assert budget.violations(30, 40, 100, 100) == pytest.approx({"flops": 0.0, "params": -0.1})
     assert budget.met(30, 50, 100, 100) and not budget.met(31, 10, 100, 100)
     assert budget.label() == "flops0.3-params0.5"

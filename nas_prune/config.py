@@ -1,0 +1,110 @@
+"""Typed run settings, dumped as ``config.yaml`` in the run directory with versions and hardware.
+
+A run directory must say exactly how it was produced: every setting, the library versions and the
+machine (CPU model, GPU name). ``--resume`` reads the settings back from the same file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import sys
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["SearchConfig", "hardware_info", "library_versions", "load_config", "write_config"]
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Every setting of ``python -m nas_prune.search`` (see ``--help`` for each flag's meaning)."""
+
+    budget_flops: float | None = None
+    budget_params: float | None = None
+    budget_latency: str | None = None
+    latency_batch: int = 1
+    model: str | None = None
+    checkpoint: str | None = None
+    pretrain_epochs: float = 3.0
+    dataset: str = "fashion-mnist"
+    data_dir: str | None = None
+    subset: int | None = None
+    trials: int = 32
+    epochs_per_trial: float = 0.3
+    workers: int = 2
+    gpus_per_trial: float = 0.0
+    device: str = "auto"
+    ray_address: str | None = None
+    seed: int = 0
+    output: str | None = None
+    time_budget: float | None = None
+    importance: str = "l2"
+    round_to: int | None = None
+    min_fraction: float | None = None
+    seeds: tuple[str, ...] = ("uniform", "l2", "sensitivity")
+    startup_trials: int = 8
+    lr: float = 0.01
+    batch_size: int = 128
+    reports_per_trial: int = 4
+    sensitivity_samples: int = 1000
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def replace(self, **changes: Any) -> SearchConfig:
+        """A copy with ``changes`` applied."""
+        return dataclasses.replace(self, **changes)
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries a run's numbers depend on."""
+    versions = {"python": platform.python_version()}
+    for name in ("nas_prune", "torch", "torch-pruning", "thop", "optuna", "ray", "numpy", "pandas"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def hardware_info() -> dict[str, Any]:
+    """CPU model, core count and GPU name (if CUDA is available)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info: dict[str, Any] = {"cpu": cpu, "cpu_count": os.cpu_count(), "platform": sys.platform}
+    try:
+        import torch
+
+        info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+        info["torch_threads"] = torch.get_num_threads()
+    except Exception:  # hardware info must never stop a run
+        info["gpu"] = None
+    return info
+
+
+def write_config(path: str | os.PathLike, config: SearchConfig, **extra: Any) -> None:
+    """Write ``config.yaml``: ``settings`` (the dataclass), ``versions``, ``hardware`` and ``extra``."""
+    from .results import atomic_write_text
+
+    settings = dataclasses.asdict(config)
+    settings["seeds"] = list(settings["seeds"])
+    doc = {"settings": settings, "versions": library_versions(), "hardware": hardware_info(), **extra}
+    atomic_write_text(path, yaml.safe_dump(doc, sort_keys=False))
+
+
+def load_config(path: str | os.PathLike) -> SearchConfig:
+    """The :class:`SearchConfig` stored in a run's ``config.yaml``."""
+    doc = yaml.safe_load(Path(path).read_text())
+    settings = dict(doc["settings"])
+    settings["seeds"] = tuple(settings.get("seeds", ()))
+    known = {f.name for f in dataclasses.fields(SearchConfig)}
+    return SearchConfig(**{k: v for k, v in settings.items() if k in known})

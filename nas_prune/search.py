@@ -1,0 +1,836 @@
+"""``python -m nas_prune.search``: constrained multi-objective width search, Optuna x Ray Tune.
+
+How a run goes:
+
+1. Validate every input (one line and exit code 2 on bad input), load the data, get the dense model
+   (``--checkpoint`` or trained for ``--pretrain-epochs`` and cached as ``dense.pt``).
+2. Build the width space and the exact cost model; a budget below the smallest architecture fails.
+3. Seeds (uniform, l2, sensitivity) are enqueued first, labelled in ``source``.
+4. A :class:`WidthSearcher` (a Ray Tune ``Searcher`` driving an Optuna study through ask/tell) proposes
+   widths; proposals over a FLOP/parameter budget are recorded as ``infeasible`` and told to Optuna
+   with their constraint violation, never trained. Feasible ones become Ray Tune trials that slim,
+   adapt BN, fine-tune and report validation accuracy several times; ASHA stops weak ones.
+5. Every finished proposal is appended to ``trials.csv`` at once (atomic writes) and the Optuna study
+   lives in ``study.db``, so ``--resume DIR`` continues a killed run without re-running finished trials.
+6. Latency is measured for complete trials in this process, one model at a time, never while trials
+   train; then ``pareto.csv``, ``best_arch.json`` and the plots are derived from ``trials.csv``.
+
+Decisions:
+
+* ``--trials`` counts *trained* candidates (Ray Tune trials), seeds included; infeasible proposals are
+  recorded but not counted. The search stops early if the sampler keeps proposing infeasible widths.
+* Trials stopped by ASHA are told to Optuna as PRUNED, so the sampler does not learn from their
+  low-fidelity accuracy as if it were final; trials.csv marks them ``pruned`` with the epochs they ran.
+* A latency budget is judged on the measured median after training (no latency model yet): such
+  candidates are trained and then marked infeasible if too slow.
+* The module is callable: ``nas_prune.search(budget_flops=0.3, ...)`` runs a search from Python and
+  returns the trials DataFrame.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import time
+import types
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from ray.tune.search import Searcher
+
+from .cli import ArgumentParser, NasPruneError, run_cli
+from .config import SearchConfig, hardware_info, load_config, write_config
+from .cost import CostModel, measure_latency
+from .data import DataSplits, TensorSplit, check_dataset_name, load_dataset, make_loader
+from .graph import channel_groups
+from .models import create_model, load_search_space, model_names, model_spec
+from .objective import TrialSettings, adapt_batchnorm, evaluate_candidate
+from .prune import prune
+from .results import append_trial, read_trials, write_best_arch, write_pareto, write_trials
+from .seeds import SEEDS, SeedContext, make_seeds
+from .space import Budget, WidthSpace
+from .train import evaluate, fit, load_checkpoint, resolve_device, save_checkpoint, seed_everything
+
+__all__ = ["WidthSearcher", "search", "main", "parse_latency_budget"]
+
+STUDY_NAME = "nas_prune"
+_MAX_INFEASIBLE_IN_A_ROW = 2000
+
+
+# ---------------------------------------------------------------------------------------------------
+# Inputs
+# ---------------------------------------------------------------------------------------------------
+
+
+def parse_latency_budget(value: str | None) -> tuple[float | None, float | None]:
+    """``"0.8"`` -> fraction of the dense latency; ``"12ms"`` -> absolute milliseconds."""
+    if value is None:
+        return None, None
+    text = str(value).strip().lower()
+    match = re.fullmatch(r"([0-9]*\.?[0-9]+(?:e-?[0-9]+)?)\s*(ms)?", text)
+    if not match:
+        raise NasPruneError(f"--budget-latency {value!r} is neither a fraction like 0.8 nor a time like 12ms")
+    number = float(match.group(1))
+    if match.group(2):
+        return number, None
+    if not 0.0 < number <= 1.0:
+        raise NasPruneError(
+            f"--budget-latency {value!r}: a bare number is a fraction in (0, 1]; add 'ms' for time"
+        )
+    return None, number
+
+
+def make_budget(cfg: SearchConfig) -> Budget:
+    latency_ms, latency_fraction = parse_latency_budget(cfg.budget_latency)
+    return Budget(cfg.budget_flops, cfg.budget_params, latency_ms, latency_fraction)
+
+
+def default_model(dataset: str) -> str:
+    """A zoo CNN suited to the dataset and a laptop CPU: ``convnet`` for 28x28 sets, else ``resnet20``."""
+    return "convnet" if dataset in ("fashion-mnist", "mnist", "synthetic") else "resnet20"
+
+
+def validate(cfg: SearchConfig) -> SearchConfig:
+    """Check every setting before heavy work; fill the default model. Raises NasPruneError."""
+    make_budget(cfg)
+    dataset = check_dataset_name(cfg.dataset)
+    model = cfg.model or default_model(dataset)
+    if ":" not in model and model not in model_names():
+        raise NasPruneError(
+            f"unknown model {model!r}; choose {', '.join(model_names())} or pkg.module:factory"
+        )
+    if cfg.trials < 1:
+        raise NasPruneError(f"--trials must be at least 1, got {cfg.trials}")
+    if cfg.epochs_per_trial < 0 or cfg.pretrain_epochs <= 0:
+        raise NasPruneError("--epochs-per-trial must be >= 0 and --pretrain-epochs > 0")
+    if cfg.workers < 1 or cfg.gpus_per_trial < 0 or cfg.latency_batch < 1:
+        raise NasPruneError("--workers and --latency-batch must be >= 1 and --gpus-per-trial >= 0")
+    unknown = [s for s in cfg.seeds if s not in SEEDS]
+    if unknown:
+        raise NasPruneError(f"unknown seed(s) {unknown}; choose from {', '.join(SEEDS)}")
+    if cfg.checkpoint and not Path(cfg.checkpoint).is_file():
+        raise NasPruneError(f"checkpoint {cfg.checkpoint} does not exist")
+    resolve_device(cfg.device)
+    return cfg.replace(model=model, dataset=dataset)
+
+
+def default_output(cfg: SearchConfig, budget: Budget) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    model = cfg.model.replace(":", "-").replace(".", "-")
+    return Path("results") / f"{model}-{cfg.dataset}-{budget.label()}-{stamp}"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Dense model
+# ---------------------------------------------------------------------------------------------------
+
+
+def dense_model(cfg: SearchConfig, data: DataSplits, run_dir: Path, device: torch.device):
+    """The dense model and its spec: ``run_dir/dense.pt`` if present, else ``--checkpoint``, else trained
+    for ``--pretrain-epochs`` (and cached as ``dense.pt``)."""
+    spec = model_spec(cfg.model, data.in_channels, data.num_classes, data.input_shape)
+    model = create_model(cfg.model, in_channels=data.in_channels, num_classes=data.num_classes)
+    cached = run_dir / "dense.pt"
+    source = cached if cached.is_file() else (Path(cfg.checkpoint) if cfg.checkpoint else None)
+    if source is not None:
+        ckpt = load_checkpoint(source)
+        try:
+            model.load_state_dict(ckpt["state_dict"])
+        except RuntimeError as err:
+            first = str(err).strip().splitlines()[-1].strip()
+            raise NasPruneError(f"checkpoint {source} does not fit model {cfg.model!r}: {first}") from None
+        if source != cached:
+            save_checkpoint(cached, model, spec, copied_from=str(source))
+        return model, spec
+    print(f"Training the dense {cfg.model} for {cfg.pretrain_epochs:g} epochs (cached as {cached}) ...")
+    seed_everything(cfg.seed)
+    model = create_model(cfg.model, in_channels=data.in_channels, num_classes=data.num_classes)
+    history = fit(model, data, epochs=cfg.pretrain_epochs, device=device, seed=cfg.seed)
+    save_checkpoint(
+        cached, model.cpu(), spec, epochs=cfg.pretrain_epochs, val_accuracy=history[-1]["val_accuracy"]
+    )
+    return model, spec
+
+
+# ---------------------------------------------------------------------------------------------------
+# Optuna x Ray Tune
+# ---------------------------------------------------------------------------------------------------
+
+
+def _load_trials(run_dir: Path) -> pd.DataFrame:
+    return read_trials(run_dir / "trials.csv")
+
+
+class WidthSearcher(Searcher):
+    """Ray Tune searcher that proposes widths by Optuna ask/tell and records every proposal.
+
+    It is the single writer of ``trials.csv``: infeasible proposals are written at proposal time,
+    trained ones when Ray reports them complete (before Optuna is told, so a kill in between is
+    repaired on resume from the CSV).
+    """
+
+    def __init__(
+        self,
+        study,
+        space: WidthSpace,
+        cost: CostModel,
+        budget: Budget,
+        run_dir: Path,
+        to_train: int,
+        reports: int,
+        startup_trials: int,
+        on_row: Callable[[dict], None] | None = None,
+    ):
+        super().__init__(metric="val_accuracy", mode="max")
+        self.study, self.space, self.cost, self.budget = study, space, cost, budget
+        self.trials_csv = run_dir / "trials.csv"
+        self.to_train, self.reports, self.startup_trials = to_train, reports, startup_trials
+        self.on_row = on_row
+        self.suggested = 0
+        self.live: dict[str, dict[str, Any]] = {}
+
+    def __getstate__(self):  # Tune pickles its searcher into experiment state; callbacks stay behind
+        return {**self.__dict__, "on_row": None}
+
+    def save_to_dir(self, *args, **kwargs):
+        """No-op: the state lives in study.db and trials.csv, which ``--resume`` reads."""
+
+    def restore_from_dir(self, *args, **kwargs):
+        """No-op: see :meth:`save_to_dir`."""
+
+    def _ask(self):
+        from optuna.trial import TrialState
+
+        finished = len(self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+        trial = self.study.ask()
+        indices = {n: trial.suggest_int(n, 0, len(c) - 1) for n, c in self.space.choices.items()}
+        source = trial.user_attrs.get("source") or ("random" if finished < self.startup_trials else "optuna")
+        trial.set_user_attr("source", source)
+        return trial, self.space.decode(indices), source
+
+    def _row(self, trial, source: str, widths: dict, macs: int, params: int, **fields_) -> dict:
+        dense_macs, dense_params = self.cost.dense
+        return {
+            "trial_id": trial.number,
+            "source": source,
+            "macs": macs,
+            "params": params,
+            "flops_ratio": macs / dense_macs,
+            "params_ratio": params / dense_params,
+            "widths": widths,
+            **fields_,
+        }
+
+    def _record(self, row: dict) -> None:
+        append_trial(self.trials_csv, row)
+        if self.on_row is not None:
+            self.on_row(row)
+
+    def suggest(self, trial_id: str):
+        if self.suggested >= self.to_train:
+            return self.FINISHED
+        for _ in range(_MAX_INFEASIBLE_IN_A_ROW):
+            trial, widths, source = self._ask()
+            macs, params = self.cost.cost(widths)
+            violations = self.budget.violations(macs, params, *self.cost.dense)
+            for name, value in violations.items():  # constraint-aware TPE reads these (<= 0: feasible)
+                trial.set_constraint(name, value)
+            if all(v <= 1e-12 for v in violations.values()):
+                self.suggested += 1
+                self.live[trial_id] = {
+                    "trial": trial,
+                    "widths": widths,
+                    "source": source,
+                    "macs": macs,
+                    "params": params,
+                    "start": time.time(),
+                }
+                return {"widths": widths, "trial_number": trial.number}
+            row = self._row(
+                trial, source, widths, macs, params, state="infeasible", feasible=False, epochs=0.0
+            )
+            self._record(row)
+            self.study.tell(trial, [0.0, row["flops_ratio"]])
+        print(
+            f"warning: {_MAX_INFEASIBLE_IN_A_ROW} infeasible proposals in a row; stopping the search",
+            file=sys.stderr,
+        )
+        return self.FINISHED
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        from optuna.trial import TrialState
+
+        info = self.live.pop(trial_id, None)
+        if info is None:
+            return
+        trial, result = info["trial"], result or {}
+        base = self._row(
+            trial,
+            info["source"],
+            info["widths"],
+            info["macs"],
+            info["params"],
+            wall_s=time.time() - info["start"],
+            epochs=float(result.get("epochs", 0.0)),
+        )
+        message = result.get("error") or ("the trial's worker crashed" if error or not result else "")
+        if message:
+            self._record({**base, "state": "failed", "feasible": True, "error": message})
+            self.study.tell(trial, state=TrialState.FAIL)
+            return
+        accuracy = float(result["val_accuracy"])
+        state = "complete" if int(result.get("step", 0)) >= self.reports else "pruned"
+        self._record({**base, "state": state, "feasible": True, "val_accuracy": accuracy})
+        if state == "complete":
+            self.study.tell(trial, [accuracy, base["flops_ratio"]])
+        else:
+            self.study.tell(trial, state=TrialState.PRUNED)
+
+
+def run_trial(config: dict, settings: TrialSettings, evaluate_fn: Callable = evaluate_candidate) -> None:
+    """Ray Tune function trainable: one candidate. Errors are reported, not raised, so the search goes
+    on and trials.csv gets the message."""
+    from ray import tune
+
+    try:
+        evaluate_fn(config["widths"], settings, report=tune.report, trial_seed=int(config["trial_number"]))
+    except Exception as err:  # NaN loss, out of memory, a bug in a user model: a failed trial
+        tune.report({"val_accuracy": 0.0, "error": f"{type(err).__name__}: {err}"[:1000], "step": 0})
+
+
+def open_study(run_dir: Path, seed: int, startup_trials: int):
+    """The Optuna study in ``run_dir/study.db`` (created or reloaded)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sampler = optuna.samplers.TPESampler(
+        seed=seed,
+        n_startup_trials=startup_trials,
+        multivariate=True,
+        constant_liar=True,
+    )
+    return optuna.create_study(
+        study_name=STUDY_NAME,
+        storage=f"sqlite:///{(run_dir / 'study.db').resolve()}",
+        directions=["maximize", "minimize"],
+        sampler=sampler,
+        load_if_exists=True,
+    )
+
+
+def repair_interrupted(study, space: WidthSpace, trials: pd.DataFrame) -> int:
+    """After a kill: Optuna trials still RUNNING either finished (their row is in trials.csv: tell Optuna)
+    or never did (fail them and enqueue the same widths again). Returns how many were re-enqueued."""
+    from optuna.trial import TrialState
+
+    rows = trials.set_index("trial_id") if len(trials) else None
+    requeued = 0
+    for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if rows is not None and frozen.number in rows.index:
+            row = rows.loc[frozen.number]
+            if row["state"] in ("complete", "infeasible"):
+                study.tell(
+                    frozen.number,
+                    [
+                        float(row["val_accuracy"] if row["state"] == "complete" else 0.0),
+                        float(row["flops_ratio"]),
+                    ],
+                )
+            else:
+                study.tell(
+                    frozen.number, state=TrialState.PRUNED if row["state"] == "pruned" else TrialState.FAIL
+                )
+            continue
+        study.tell(frozen.number, state=TrialState.FAIL)
+        if len(frozen.params) == len(space.choices):
+            study.enqueue_trial(
+                frozen.params, user_attrs={"source": frozen.user_attrs.get("source", "random")}
+            )
+            requeued += 1
+    return requeued
+
+
+def start_ray(address: str | None, runtime_env: dict | None = None) -> bool:
+    """Connect to ``address`` or start a local Ray on loopback with the dashboard off.
+
+    Returns True when this call started Ray (and so should shut it down).
+    """
+    # Every Ray port on 127.0.0.1 (verified with Ray 2.60; a plain ray.init() also listens outward).
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    import logging
+
+    import ray
+
+    if ray.is_initialized():
+        return False
+    kwargs = dict(
+        include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False, runtime_env=runtime_env
+    )
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(_node_ip_address="127.0.0.1", **kwargs)
+    return True
+
+
+# ---------------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------------
+
+
+def _sensitivity_evaluator(data: DataSplits, cfg: SearchConfig, device) -> Callable:
+    """Accuracy of a (pruned) model on a fixed validation subset after adaptive BN."""
+    n = min(cfg.sensitivity_samples, len(data.val))
+    subset = make_loader(
+        TensorSplit(data.val.x[:n], data.val.y[:n]), 500, train=False, mean=data.mean, std=data.std
+    )
+    train = data.loader("train", cfg.batch_size, train=True, seed=cfg.seed)
+
+    def score(model):
+        model = model.to(device)
+        adapt_batchnorm(model, train, 10, device)
+        return evaluate(model, subset, device=device)["accuracy"]
+
+    return score
+
+
+def _latency_label(device: torch.device) -> str:
+    info = hardware_info()
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({info['cpu']}, {torch.get_num_threads()} threads)"
+
+
+def measure_latencies(run_dir, trials, dense, example, spec_model, cfg, budget, device) -> pd.DataFrame:
+    """Fill latency columns of complete trials, one model at a time in this process, and judge any
+    latency budget on the measured median."""
+    todo = trials.index[(trials["state"] == "complete") & trials["latency_ms"].isna()]
+    if len(todo) == 0 and not (budget.latency_ms or budget.latency_fraction):
+        return trials
+    label = _latency_label(device)
+    dense_ms = measure_latency(spec_model, example, device=device, batch=cfg.latency_batch)
+    for i in todo:
+        widths = json.loads(trials.at[i, "widths"])
+        slim = prune(spec_model, example, widths, cfg.importance)
+        ms = measure_latency(slim, example, device=device, batch=cfg.latency_batch)
+        trials.loc[i, ["latency_ms", "latency_ratio"]] = [ms, ms / dense_ms]
+        trials.at[i, "latency_device"] = label
+        trials.at[i, "latency_batch"] = cfg.latency_batch
+    if budget.latency_ms or budget.latency_fraction:
+        limit = budget.latency_ms if budget.latency_ms else budget.latency_fraction * dense_ms
+        measured = trials["state"] == "complete"
+        trials.loc[measured, "feasible"] = trials.loc[measured, "feasible"] & (
+            trials.loc[measured, "latency_ms"] <= limit
+        )
+    write_trials(run_dir / "trials.csv", trials)
+    dense["latency_ms"] = dense_ms
+    return trials
+
+
+def search(
+    config: SearchConfig | None = None,
+    /,
+    *,
+    resume: str | os.PathLike | None = None,
+    evaluate_fn: Callable = evaluate_candidate,
+    ray_runtime_env: dict | None = None,
+    quiet: bool = False,
+    **settings: Any,
+) -> pd.DataFrame:
+    """Run (or ``resume``) a width search and return its trials as a DataFrame.
+
+    Args:
+        config: a :class:`SearchConfig`; or give its fields as keyword arguments.
+        resume: a run directory to continue; its config.yaml is used, with ``trials``, ``workers``,
+            ``time_budget`` and ``device`` taken from the keyword arguments when given.
+        evaluate_fn: scores one candidate (default :func:`evaluate_candidate`); tests inject fakes.
+        ray_runtime_env: passed to ``ray.init`` when this call starts Ray.
+        quiet: no progress bar or tables.
+
+    Returns:
+        trials.csv as a DataFrame (the run directory is ``df.attrs["run_dir"]``).
+    """
+    if resume is not None:
+        run_dir = Path(resume)
+        if not (run_dir / "config.yaml").is_file():
+            raise NasPruneError(
+                f"--resume {run_dir}: no config.yaml there, so it is not a search run directory"
+            )
+        cfg = load_config(run_dir / "config.yaml")
+        allowed = {"trials", "workers", "time_budget", "device", "ray_address"}
+        unknown = set(settings) - allowed
+        if unknown:
+            raise NasPruneError(f"--resume keeps the run's settings; only {sorted(allowed)} may change")
+        cfg = cfg.replace(**settings)
+    else:
+        cfg = (config or SearchConfig()).replace(**settings)
+    cfg = validate(cfg)
+    budget = make_budget(cfg)
+    device = resolve_device(cfg.device)
+    data = load_dataset(cfg.dataset, cfg.data_dir, seed=0, subset=cfg.subset)
+    if resume is None:
+        run_dir = Path(cfg.output) if cfg.output else default_output(cfg, budget)
+        if (run_dir / "trials.csv").exists():
+            raise NasPruneError(f"{run_dir} already holds a search; continue it with --resume {run_dir}")
+        cfg = cfg.replace(output=str(run_dir))
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    example = torch.zeros(2, *data.input_shape)
+    model, spec = dense_model(cfg, data, run_dir, device)
+    model = model.cpu().eval()
+    yaml_space = load_search_space(cfg.model) or {}
+    space = WidthSpace.build(
+        channel_groups(model, example),
+        round_to=cfg.round_to or yaml_space.get("round_to", 1),
+        min_fraction=cfg.min_fraction or yaml_space.get("min_fraction", 0.1),
+        grid=yaml_space.get("grid"),
+        frozen=yaml_space.get("frozen", ()),
+    )
+    cost = CostModel(model, example)
+    smallest = cost.cost(space.smallest())
+    if not budget.met(*smallest, *cost.dense):
+        ratio = smallest[0] / cost.dense[0], smallest[1] / cost.dense[1]
+        raise NasPruneError(
+            f"no architecture in the space meets {budget.label()}: the smallest keeps "
+            f"{ratio[0]:.3f} of the FLOPs and {ratio[1]:.3f} of the parameters (lower --min-fraction?)"
+        )
+    dense_val = evaluate(model.to(device), data.loader("val", 512, train=False), device=device)["accuracy"]
+    model = model.cpu()
+    dense = {"macs": cost.dense[0], "params": cost.dense[1], "val_accuracy": dense_val}
+    write_config(
+        run_dir / "config.yaml",
+        cfg,
+        dense=dict(dense),
+        space={"groups": len(space.choices), "size": space.size, "fixed": space.fixed},
+    )
+
+    trials = _load_trials(run_dir)
+    study = open_study(run_dir, cfg.seed, cfg.startup_trials)
+    if len(study.trials) == 0:
+        ctx = SeedContext(
+            model, example, space, cost, budget, cfg.importance, _sensitivity_evaluator(data, cfg, device)
+        )
+        for source, widths in make_seeds(ctx, cfg.seeds).items():
+            study.enqueue_trial(space.encode(widths), user_attrs={"source": source})
+    else:
+        repair_interrupted(study, space, trials)
+        trials = _load_trials(run_dir)
+    trained = int(trials["state"].isin(["complete", "pruned", "failed"]).sum()) if len(trials) else 0
+    to_train = max(0, cfg.trials - trained)
+    if not quiet:
+        print(
+            f"Run directory: {run_dir}  ({len(space.choices)} searched groups, {space.size:.3g} architectures; "
+            f"dense: {dense['macs'] / 1e6:.1f} MMACs, val accuracy {dense_val:.4f})"
+        )
+    if to_train:
+        _tune(
+            cfg,
+            run_dir,
+            space,
+            cost,
+            budget,
+            study,
+            data,
+            spec,
+            model,
+            to_train,
+            evaluate_fn,
+            ray_runtime_env,
+            quiet,
+        )
+
+    trials = _load_trials(run_dir)
+    trials = measure_latencies(
+        run_dir,
+        trials,
+        dense,
+        example,
+        model,
+        cfg,
+        budget,
+        torch.device("cpu") if device.type == "cpu" else device,
+    )
+    latency_objective = bool(budget.latency_ms or budget.latency_fraction)
+    objectives = ("val_accuracy", "flops", "latency_ms") if latency_objective else ("val_accuracy", "flops")
+    front = write_pareto(run_dir, objectives)
+    write_best_arch(run_dir, model=cfg.model, dataset=cfg.dataset, dense=dense)
+    _plots(run_dir, trials, front, dense, cfg, space, budget)
+    if not quiet:
+        _summary(run_dir, trials, front, cfg)
+    trials.attrs["run_dir"] = str(run_dir)
+    return trials
+
+
+def _tune(
+    cfg, run_dir, space, cost, budget, study, data, spec, model, to_train, evaluate_fn, runtime_env, quiet
+):
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from tqdm import tqdm
+
+    started = start_ray(cfg.ray_address, runtime_env)
+    try:
+        import ray
+
+        cpus = int(ray.cluster_resources().get("CPU", os.cpu_count() or 1))
+        cpus_per_trial = max(1, cpus // cfg.workers)
+        trial_device = "cuda" if cfg.gpus_per_trial > 0 else "cpu"  # Ray hides GPUs from GPU-less trials
+        settings = TrialSettings(
+            spec=spec,
+            dense_state={k: v.cpu() for k, v in model.state_dict().items()},
+            dataset=cfg.dataset,
+            data_dir=cfg.data_dir,
+            subset=cfg.subset,
+            epochs=cfg.epochs_per_trial,
+            reports=cfg.reports_per_trial,
+            batch_size=cfg.batch_size,
+            lr=cfg.lr,
+            importance=cfg.importance,
+            device=trial_device,
+            threads=cpus_per_trial,
+            seed=cfg.seed,
+        )
+        bar = tqdm(total=to_train, desc="search", unit="trial", disable=quiet, dynamic_ncols=True)
+        best = {"acc": float("nan"), "infeasible": 0}
+
+        def on_row(row):
+            if row["state"] == "infeasible":
+                best["infeasible"] += 1
+            else:
+                bar.update(1)
+                if row["state"] == "complete" and not best["acc"] >= row["val_accuracy"]:
+                    best["acc"] = row["val_accuracy"]
+            bar.set_postfix(best=f"{best['acc']:.4f}", infeasible=best["infeasible"], refresh=True)
+
+        searcher = WidthSearcher(
+            study, space, cost, budget, run_dir, to_train, cfg.reports_per_trial, cfg.startup_trials, on_row
+        )
+        scheduler = ASHAScheduler(
+            time_attr="step",
+            metric="val_accuracy",
+            mode="max",
+            max_t=cfg.reports_per_trial,
+            grace_period=1,
+            reduction_factor=2,
+        )
+        trainable = tune.with_resources(
+            tune.with_parameters(run_trial, settings=settings, evaluate_fn=evaluate_fn),
+            {"cpu": cpus_per_trial, "gpu": cfg.gpus_per_trial},
+        )
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                search_alg=searcher,
+                scheduler=scheduler,
+                num_samples=-1,
+                max_concurrent_trials=cfg.workers,
+                time_budget_s=cfg.time_budget,
+            ),
+            run_config=tune.RunConfig(
+                name=f"tune-{int(time.time())}",
+                storage_path=str((run_dir / "ray").resolve()),
+                verbose=0,
+                failure_config=tune.FailureConfig(max_failures=0),
+            ),
+        )
+        tuner.fit()
+        bar.close()
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+
+
+def _plots(run_dir, trials, front, dense, cfg, space, budget) -> None:
+    from .plots import plot_pareto, plot_progress, plot_widths
+    from .results import best_arch
+
+    title = f"{cfg.model} on {cfg.dataset}, {budget.label()}"
+    plot_pareto(
+        trials, front, run_dir / "pareto.png", dense=dense, budget_flops_ratio=budget.flops, title=title
+    )
+    plot_progress(trials, run_dir / "progress.png", budget_note=budget.label())
+    best = best_arch(trials)
+    if best is not None:
+        dense_widths = space.dense()
+        plot_widths(
+            dense_widths,
+            json.loads(best["widths"]),
+            run_dir / "widths.png",
+            title=f"best architecture (trial {int(best['trial_id'])}): kept channels per group",
+        )
+
+
+def _summary(run_dir: Path, trials: pd.DataFrame, front: pd.DataFrame, cfg: SearchConfig) -> None:
+    counts = trials["state"].value_counts().to_dict() if len(trials) else {}
+    sources = trials.loc[trials["state"] != "infeasible", "source"]
+    model_share = (sources == "optuna").mean() if len(sources) else 0.0
+    print(
+        f"\nProposals: {len(trials)} ({', '.join(f'{v} {k}' for k, v in counts.items())}); "
+        f"{model_share:.0%} of trained candidates came from the sampler's model (not start-up or seeds)."
+    )
+    if len(front):
+        cols = ["trial_id", "source", "val_accuracy", "flops_ratio", "params_ratio", "latency_ms", "epochs"]
+        print("\nPareto front (pareto.csv):")
+        print(front[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+        print(f"\nNext: python -m nas_prune.retrain {run_dir}   (trains best_arch.json from scratch)")
+    else:
+        print("\nNo complete feasible trial yet: more --trials or a looser budget.")
+    trained = int(trials["state"].isin(["complete", "pruned", "failed"]).sum()) if len(trials) else 0
+    if trained < cfg.trials:
+        print(
+            f"Stopped after {trained} of {cfg.trials} trials; continue with: "
+            f"python -m nas_prune.search --resume {run_dir}"
+        )
+    print(
+        "Scale up: --trials, --epochs-per-trial, --workers, --device cuda --gpus-per-trial 0.5, "
+        "--ray-address HOST:PORT (a Ray cluster)."
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------------------------------
+
+
+def _parser() -> ArgumentParser:
+    d = SearchConfig()
+    p = ArgumentParser(
+        prog="python -m nas_prune.search",
+        description="Search per-layer channel widths of a CNN under FLOP/parameter/latency budgets and "
+        "write the Pareto front (accuracy vs FLOPs vs latency) to a run directory.",
+        epilog="Example: python -m nas_prune.search --budget-flops 0.3   (Fashion-MNIST, convnet, ~15 min on "
+        "2 CPU cores). Scale up with --trials, --epochs-per-trial, --workers, --device cuda, --ray-address.",
+    )
+    b = p.add_argument_group("budgets (at least one; all given must hold)")
+    b.add_argument(
+        "--budget-flops", type=float, help="keep at most this fraction of the dense FLOPs, in (0, 1]"
+    )
+    b.add_argument("--budget-params", type=float, help="keep at most this fraction of the dense parameters")
+    b.add_argument(
+        "--budget-latency", help="0.8 = fraction of the dense model's measured latency; 12ms = absolute"
+    )
+    b.add_argument(
+        "--latency-batch", type=int, help=f"batch size latency is measured at (default {d.latency_batch})"
+    )
+    m = p.add_argument_group("model and data")
+    m.add_argument(
+        "--model", help="zoo name or pkg.module:factory (default: convnet for 28x28 data, else resnet20)"
+    )
+    m.add_argument("--checkpoint", help="dense weights (nas_prune checkpoint); default: train them first")
+    m.add_argument(
+        "--pretrain-epochs",
+        type=float,
+        help=f"epochs to train the dense model (default {d.pretrain_epochs:g})",
+    )
+    m.add_argument(
+        "--dataset",
+        help=f"fashion-mnist, mnist, cifar10, cifar100, synthetic or pkg.module:factory "
+        f"(default {d.dataset})",
+    )
+    m.add_argument("--data-dir", help="folder searched first for the dataset files")
+    m.add_argument("--subset", type=int, help="use a fixed random subset of N training images (quick runs)")
+    s = p.add_argument_group("search")
+    s.add_argument(
+        "--trials",
+        type=int,
+        help=f"candidates to train in total, seeds included, also on resume (default {d.trials})",
+    )
+    s.add_argument(
+        "--epochs-per-trial",
+        type=float,
+        help=f"fine-tuning epochs per candidate, fractions allowed (default {d.epochs_per_trial:g})",
+    )
+    s.add_argument("--workers", type=int, help=f"trials run concurrently (default {d.workers})")
+    s.add_argument("--gpus-per-trial", type=float, help="GPUs per trial, fractions allowed (default 0)")
+    s.add_argument("--device", help="auto, cpu or cuda for the dense model and latency (default auto)")
+    s.add_argument("--ray-address", help="join an existing Ray cluster (default: a local Ray on 127.0.0.1)")
+    s.add_argument("--seed", type=int, help="seed of the sampler, seeds and fine-tuning (default 0)")
+    s.add_argument("--time-budget", type=float, help="stop starting trials after this many seconds")
+    s.add_argument("--importance", help="channel importance when slimming: l2 (default), l1, bn_scale")
+    s.add_argument(
+        "--round-to", type=int, help="widths are multiples of this (default: the model's search space)"
+    )
+    s.add_argument(
+        "--min-fraction", type=float, help="narrowest width per group as a fraction (default: search space)"
+    )
+    s.add_argument(
+        "--seeds", nargs="*", help=f"seed architectures evaluated first (default: {' '.join(d.seeds)})"
+    )
+    s.add_argument("--lr", type=float, help=f"fine-tuning learning rate (default {d.lr:g})")
+    o = p.add_argument_group("output")
+    o.add_argument("--output", help="run directory (default results/<model>-<dataset>-<budget>-<timestamp>)")
+    o.add_argument("--resume", help="continue the run in this directory (finished trials are kept)")
+    o.add_argument(
+        "--dry-run", action="store_true", help="print groups, space size, dense cost and seeds; exit"
+    )
+    return p
+
+
+def _dry_run(cfg: SearchConfig) -> None:
+    cfg = validate(cfg)
+    budget = make_budget(cfg)
+    data = load_dataset(cfg.dataset, cfg.data_dir, subset=cfg.subset)
+    example = torch.zeros(2, *data.input_shape)
+    model = create_model(cfg.model, in_channels=data.in_channels, num_classes=data.num_classes)
+    if cfg.checkpoint:
+        model.load_state_dict(load_checkpoint(cfg.checkpoint)["state_dict"])
+    yaml_space = load_search_space(cfg.model) or {}
+    groups = channel_groups(model, example)
+    space = WidthSpace.build(
+        groups,
+        round_to=cfg.round_to or yaml_space.get("round_to", 1),
+        min_fraction=cfg.min_fraction or yaml_space.get("min_fraction", 0.1),
+        grid=yaml_space.get("grid"),
+        frozen=yaml_space.get("frozen", ()),
+    )
+    cost = CostModel(model, example)
+    print(
+        f"{cfg.model} on {cfg.dataset}: {cost.dense[0] / 1e6:.2f} MMACs ({2 * cost.dense[0] / 1e6:.2f} MFLOPs), "
+        f"{cost.dense[1] / 1e6:.3f} M params; budget {budget.label()}"
+    )
+    for g in groups:
+        choice = space.choices.get(g.name)
+        print(
+            f"  {g.name:40s} {g.channels:5d} ch  "
+            + (f"choices {choice}" if choice else f"fixed ({g.reason or 'frozen'})")
+        )
+    print(f"space: {space.size:.3g} architectures")
+    ctx = SeedContext(model, example, space, cost, budget, cfg.importance, None)
+    for name, widths in make_seeds(ctx, tuple(s for s in cfg.seeds if s != "sensitivity")).items():
+        macs, _ = cost.cost(widths)
+        print(f"seed {name}: flops ratio {macs / cost.dense[0]:.3f} {widths}")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = vars(_parser().parse_args(argv))
+    resume, dry_run = args.pop("resume"), args.pop("dry_run")
+    given = {k: (tuple(v) if k == "seeds" else v) for k, v in args.items() if v is not None}
+    if resume:
+        search(resume=resume, **given)
+    elif dry_run:
+        _dry_run(SearchConfig(**given))
+    else:
+        search(SearchConfig(**given))
+
+
+class _CallableModule(types.ModuleType):
+    """``nas_prune.search(...)`` is both this module and the function :func:`search`."""
+
+    def __call__(self, *args, **kwargs):
+        return search(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
