@@ -34,6 +34,8 @@ def run_cli(main: Callable[[Sequence[str] | None], None], argv: Sequence[str] | 
         prog = spec.name if spec is not None else "nas_prune"
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
+    except SystemExit as exit_:  # argparse: --help (0) or a usage error (2, already printed)
+        return exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -40,9 +40,18 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-import torch
-from ray.tune.search import Searcher
+# Ray reads these when it is imported: every Ray port on 127.0.0.1 (verified with Ray 2.60; a plain
+# ray.init() also listens on the machine's outward address), token auth on (generated for a local Ray;
+# a cluster's token lives in ~/.ray/auth_token or RAY_AUTH_TOKEN), no Tune loggers, quiet console.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+from ray.tune.schedulers import ASHAScheduler, TrialScheduler  # noqa: E402
+from ray.tune.search import Searcher  # noqa: E402
 
 from .cli import ArgumentParser, NasPruneError, run_cli
 from .config import SearchConfig, hardware_info, load_config, write_config
@@ -52,7 +61,7 @@ from .graph import channel_groups
 from .models import create_model, load_search_space, model_names, model_spec
 from .objective import TrialSettings, adapt_batchnorm, evaluate_candidate
 from .prune import prune
-from .results import append_trial, read_trials, write_best_arch, write_pareto, write_trials
+from .results import SEED_SOURCES, append_trial, read_trials, write_best_arch, write_pareto, write_trials
 from .seeds import SEEDS, SeedContext, make_seeds
 from .space import Budget, WidthSpace
 from .train import evaluate, fit, load_checkpoint, resolve_device, save_checkpoint, seed_everything
@@ -120,6 +129,34 @@ def validate(cfg: SearchConfig) -> SearchConfig:
     return cfg.replace(model=model, dataset=dataset)
 
 
+def build_space(cfg: SearchConfig, model, example) -> tuple[list, WidthSpace, CostModel]:
+    """Channel groups, width space (flags over the model's search_spaces YAML) and exact cost model.
+
+    Only the architecture matters here, not the weights, so this runs before any training.
+    """
+    yaml_space = load_search_space(cfg.model) or {}
+    groups = channel_groups(model, example)
+    space = WidthSpace.build(
+        groups,
+        round_to=cfg.round_to or yaml_space.get("round_to", 1),
+        min_fraction=cfg.min_fraction or yaml_space.get("min_fraction", 0.1),
+        grid=yaml_space.get("grid"),
+        frozen=yaml_space.get("frozen", ()),
+    )
+    return groups, space, CostModel(model, example)
+
+
+def require_reachable(budget: Budget, space: WidthSpace, cost: CostModel) -> None:
+    """Fail when even the smallest architecture in the space breaks a FLOP/parameter budget."""
+    smallest = cost.cost(space.smallest())
+    if not budget.met(*smallest, *cost.dense):
+        ratio = smallest[0] / cost.dense[0], smallest[1] / cost.dense[1]
+        raise NasPruneError(
+            f"no architecture in the space meets {budget.label()}: the smallest keeps "
+            f"{ratio[0]:.3f} of the FLOPs and {ratio[1]:.3f} of the parameters (lower --min-fraction?)"
+        )
+
+
 def default_output(cfg: SearchConfig, budget: Budget) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     model = cfg.model.replace(":", "-").replace(".", "-")
@@ -131,6 +168,15 @@ def default_output(cfg: SearchConfig, budget: Budget) -> Path:
 # ---------------------------------------------------------------------------------------------------
 
 
+def _load_weights(model, path, name: str) -> None:
+    """Load a nas_prune checkpoint's weights into ``model``; a mismatch is one clear error."""
+    try:
+        model.load_state_dict(load_checkpoint(path)["state_dict"])
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[-1].strip()
+        raise NasPruneError(f"checkpoint {path} does not fit model {name!r}: {first}") from None
+
+
 def dense_model(cfg: SearchConfig, data: DataSplits, run_dir: Path, device: torch.device):
     """The dense model and its spec: ``run_dir/dense.pt`` if present, else ``--checkpoint``, else trained
     for ``--pretrain-epochs`` (and cached as ``dense.pt``)."""
@@ -139,12 +185,7 @@ def dense_model(cfg: SearchConfig, data: DataSplits, run_dir: Path, device: torc
     cached = run_dir / "dense.pt"
     source = cached if cached.is_file() else (Path(cfg.checkpoint) if cfg.checkpoint else None)
     if source is not None:
-        ckpt = load_checkpoint(source)
-        try:
-            model.load_state_dict(ckpt["state_dict"])
-        except RuntimeError as err:
-            first = str(err).strip().splitlines()[-1].strip()
-            raise NasPruneError(f"checkpoint {source} does not fit model {cfg.model!r}: {first}") from None
+        _load_weights(model, source, cfg.model)
         if source != cached:
             save_checkpoint(cached, model, spec, copied_from=str(source))
         return model, spec
@@ -251,7 +292,7 @@ class WidthSearcher(Searcher):
                     "params": params,
                     "start": time.time(),
                 }
-                return {"widths": widths, "trial_number": trial.number}
+                return {"widths": widths, "trial_number": trial.number, "source": source}
             row = self._row(
                 trial, source, widths, macs, params, state="infeasible", feasible=False, epochs=0.0
             )
@@ -291,6 +332,17 @@ class WidthSearcher(Searcher):
             self.study.tell(trial, [accuracy, base["flops_ratio"]])
         else:
             self.study.tell(trial, state=TrialState.PRUNED)
+
+
+class SeedProtectingASHA(ASHAScheduler):
+    """ASHA that never stops seed trials (uniform, l2, ...): they are the baselines the search is
+    judged against, so they always get the full fine-tuning."""
+
+    def on_trial_result(self, tune_controller, trial, result):
+        decision = super().on_trial_result(tune_controller, trial, result)
+        if decision == TrialScheduler.STOP and trial.config.get("source") in SEED_SOURCES:
+            return TrialScheduler.CONTINUE
+        return decision
 
 
 def run_trial(config: dict, settings: TrialSettings, evaluate_fn: Callable = evaluate_candidate) -> None:
@@ -361,10 +413,6 @@ def start_ray(address: str | None, runtime_env: dict | None = None) -> bool:
 
     Returns True when this call started Ray (and so should shut it down).
     """
-    # Every Ray port on 127.0.0.1 (verified with Ray 2.60; a plain ray.init() also listens outward).
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     import logging
 
     import ray
@@ -484,24 +532,11 @@ def search(
     run_dir.mkdir(parents=True, exist_ok=True)
 
     example = torch.zeros(2, *data.input_shape)
+    skeleton = create_model(cfg.model, in_channels=data.in_channels, num_classes=data.num_classes)
+    groups, space, cost = build_space(cfg, skeleton, example)
+    require_reachable(budget, space, cost)  # before any training
     model, spec = dense_model(cfg, data, run_dir, device)
     model = model.cpu().eval()
-    yaml_space = load_search_space(cfg.model) or {}
-    space = WidthSpace.build(
-        channel_groups(model, example),
-        round_to=cfg.round_to or yaml_space.get("round_to", 1),
-        min_fraction=cfg.min_fraction or yaml_space.get("min_fraction", 0.1),
-        grid=yaml_space.get("grid"),
-        frozen=yaml_space.get("frozen", ()),
-    )
-    cost = CostModel(model, example)
-    smallest = cost.cost(space.smallest())
-    if not budget.met(*smallest, *cost.dense):
-        ratio = smallest[0] / cost.dense[0], smallest[1] / cost.dense[1]
-        raise NasPruneError(
-            f"no architecture in the space meets {budget.label()}: the smallest keeps "
-            f"{ratio[0]:.3f} of the FLOPs and {ratio[1]:.3f} of the parameters (lower --min-fraction?)"
-        )
     dense_val = evaluate(model.to(device), data.loader("val", 512, train=False), device=device)["accuracy"]
     model = model.cpu()
     dense = {"macs": cost.dense[0], "params": cost.dense[1], "val_accuracy": dense_val}
@@ -573,7 +608,6 @@ def _tune(
     cfg, run_dir, space, cost, budget, study, data, spec, model, to_train, evaluate_fn, runtime_env, quiet
 ):
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
     from tqdm import tqdm
 
     started = start_ray(cfg.ray_address, runtime_env)
@@ -597,6 +631,7 @@ def _tune(
             device=trial_device,
             threads=cpus_per_trial,
             seed=cfg.seed,
+            extra=dict(cfg.extra),
         )
         bar = tqdm(total=to_train, desc="search", unit="trial", disable=quiet, dynamic_ncols=True)
         best = {"acc": float("nan"), "infeasible": 0}
@@ -613,12 +648,15 @@ def _tune(
         searcher = WidthSearcher(
             study, space, cost, budget, run_dir, to_train, cfg.reports_per_trial, cfg.startup_trials, on_row
         )
-        scheduler = ASHAScheduler(
+        # ASHA compares accuracy only, which favours wide models; the mildest setting (keep the top half,
+        # first decision halfway through fine-tuning) stops hopeless trials without gutting the
+        # low-FLOP end of the front.
+        scheduler = SeedProtectingASHA(
             time_attr="step",
             metric="val_accuracy",
             mode="max",
             max_t=cfg.reports_per_trial,
-            grace_period=1,
+            grace_period=max(1, cfg.reports_per_trial // 2),
             reduction_factor=2,
         )
         trainable = tune.with_resources(
@@ -632,6 +670,7 @@ def _tune(
                 scheduler=scheduler,
                 num_samples=-1,
                 max_concurrent_trials=cfg.workers,
+                reuse_actors=True,
                 time_budget_s=cfg.time_budget,
             ),
             run_config=tune.RunConfig(
@@ -783,17 +822,9 @@ def _dry_run(cfg: SearchConfig) -> None:
     example = torch.zeros(2, *data.input_shape)
     model = create_model(cfg.model, in_channels=data.in_channels, num_classes=data.num_classes)
     if cfg.checkpoint:
-        model.load_state_dict(load_checkpoint(cfg.checkpoint)["state_dict"])
-    yaml_space = load_search_space(cfg.model) or {}
-    groups = channel_groups(model, example)
-    space = WidthSpace.build(
-        groups,
-        round_to=cfg.round_to or yaml_space.get("round_to", 1),
-        min_fraction=cfg.min_fraction or yaml_space.get("min_fraction", 0.1),
-        grid=yaml_space.get("grid"),
-        frozen=yaml_space.get("frozen", ()),
-    )
-    cost = CostModel(model, example)
+        _load_weights(model, cfg.checkpoint, cfg.model)
+    groups, space, cost = build_space(cfg, model, example)
+    require_reachable(budget, space, cost)
     print(
         f"{cfg.model} on {cfg.dataset}: {cost.dense[0] / 1e6:.2f} MMACs ({2 * cost.dense[0] / 1e6:.2f} MFLOPs), "
         f"{cost.dense[1] / 1e6:.3f} M params; budget {budget.label()}"
