@@ -34,8 +34,8 @@ class SearchConfig:
     dataset: str = "fashion-mnist"
     data_dir: str | None = None
     subset: int | None = None
-    trials: int = 32
-    epochs_per_trial: float = 0.3
+    trials: int = 48
+    epochs_per_trial: float = 0.5
     workers: int = 2
     gpus_per_trial: float = 0.0
     device: str = "auto"

@@ -76,20 +76,21 @@ def _copy(model: nn.Module) -> nn.Module:
     return clone
 
 
+def _group_scores(graph: ChannelGraph, scorer: Importance, group: ChannelGroup) -> torch.Tensor:
+    """One score per channel of ``group``; a group no weighted layer scores keeps its first channels."""
+    scores = scorer(graph.tp_group(group.name))
+    if scores is None:
+        return -torch.arange(group.channels, dtype=torch.float32)
+    return scores.float().cpu()
+
+
 def channel_importance(
     model: nn.Module, example_inputs, importance: str | Importance = "l2"
 ) -> dict[str, torch.Tensor]:
     """Per prunable group, one importance score per channel (higher = keep), on a copy of ``model``."""
     graph = ChannelGraph(_copy(model), example_inputs)
     scorer = get_importance(importance)
-    scores = {}
-    for group in graph.groups:
-        if group.prunable:
-            score = scorer(graph.tp_group(group.name))
-            scores[group.name] = (
-                -torch.arange(group.channels, dtype=torch.float32) if score is None else score.float().cpu()
-            )
-    return scores
+    return {g.name: _group_scores(graph, scorer, g) for g in graph.groups if g.prunable}
 
 
 def _select(graph: ChannelGraph, widths, importance, round_to) -> dict[str, list[int]]:
@@ -102,10 +103,7 @@ def _select(graph: ChannelGraph, widths, importance, round_to) -> dict[str, list
     drops = {}
     for group in graph.groups:
         if keep[group.name] < group.channels:
-            scores = scorer(graph.tp_group(group.name))
-            if scores is None:  # no weighted layer scored this group: keep the first channels
-                scores = -torch.arange(group.channels, dtype=torch.float32)
-            order = torch.argsort(scores.float(), descending=True, stable=True)
+            order = torch.argsort(_group_scores(graph, scorer, group), descending=True, stable=True)
             drops[group.name] = sorted(order[keep[group.name] :].tolist())
     return drops
 
