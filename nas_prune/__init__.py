@@ -26,18 +26,30 @@ __all__ = [
     "create_model",
     "get_importance",
     "importance_names",
+    "load_pruned",
     "measure_latency",
     "model_names",
     "prune",
     "register_importance",
     "register_model",
     "resolve_widths",
+    "save_pruned",
     "search",
 ]
 
 
+# Loaded on first use: the CLI modules must not be imported by the package itself (``python -m
+# nas_prune.train`` would warn about a double import), and ``search`` imports Ray, which the core never needs.
+_LAZY = {
+    "search": ("search", None),
+    "load_pruned": ("retrain", "load_pruned"),
+    "save_pruned": ("retrain", "save_pruned"),
+}
+
+
 def __getattr__(name: str):
-    """``nas_prune.search`` is loaded on first use: it imports Ray, which the core never needs."""
-    if name == "search":
-        return importlib.import_module(".search", __name__)  # a callable module: search(...) runs one
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module_name, attribute = _LAZY[name]
+    module = importlib.import_module(f".{module_name}", __name__)
+    return module if attribute is None else getattr(module, attribute)  # search: a callable module

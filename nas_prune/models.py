@@ -34,6 +34,7 @@ __all__ = [
     "model_spec",
     "build_from_spec",
     "load_search_space",
+    "init_weights",
     "ConvNet",
     "BasicBlock",
     "ResNet",
@@ -243,7 +244,7 @@ def load_search_space(name: str) -> dict[str, Any] | None:
 # ---------------------------------------------------------------------------------------------------
 
 
-def _init_weights(model: nn.Module) -> None:
+def init_weights(model: nn.Module) -> None:
     """Kaiming-normal convs, BN weight 1 / bias 0, small-normal linears (as torchvision)."""
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
@@ -313,7 +314,7 @@ class ConvNet(nn.Module):
             )
         )
         self.head = _Classifier(128, num_classes)
-        _init_weights(self)
+        init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
@@ -361,7 +362,7 @@ class ResNet(nn.Module):
         self.layer2 = self._stage(16, 32, num_blocks, stride=2)
         self.layer3 = self._stage(32, 64, num_blocks, stride=2)
         self.head = _Classifier(64, num_classes)
-        _init_weights(self)
+        init_weights(self)
 
     @staticmethod
     def _stage(in_ch: int, out_ch: int, n: int, stride: int) -> nn.Sequential:
@@ -403,7 +404,7 @@ class VGG(nn.Module):
                 ch = int(v)
         self.features = nn.Sequential(*layers)
         self.head = _Classifier(ch, num_classes)
-        _init_weights(self)
+        init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
@@ -463,7 +464,7 @@ class MobileNetV2(nn.Module):
         self.blocks = nn.Sequential(*blocks)
         self.conv_last = ConvBNAct(ch, 1280, 1, act=nn.ReLU6)
         self.head = _Classifier(1280, num_classes)
-        _init_weights(self)
+        init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.conv_last(self.blocks(self.stem(x))))

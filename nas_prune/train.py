@@ -161,6 +161,7 @@ def train_one_epoch(
     max_batches: int | None = None,
     progress: bool | str = True,
     scaler: torch.amp.GradScaler | None = None,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """Train for one pass over ``loader`` (or its first ``max_batches`` batches).
 
@@ -206,7 +207,10 @@ def train_one_epoch(
 
         with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
             logits = model(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+            if loss_fn is None:
+                loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+            else:  # e.g. knowledge distillation: loss_fn(logits, x, y)
+                loss = loss_fn(logits, x, y)
 
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
