@@ -967,8 +967,10 @@ def _plot_summary(table: pd.DataFrame, path: Path) -> Path:
     if table.empty:
         ax.text(0.5, 0.5, "no retrained model yet", transform=ax.transAxes, ha="center", va="center")
     colors = {"dense": "black", "scratch": "C0", "inherit": "C1"}
+    seen: dict[float, int] = {}  # variants of one architecture share their MACs: alternate label sides
     for _, row in table.iterrows():
         dense = row["name"] == "dense"
+        nth = seen[row["macs"]] = seen.get(row["macs"], -1) + 1
         marker = (
             "*" if dense else ("^" if bool(row["distill"]) else ("s" if bool(row["budget_matched"]) else "o"))
         )
@@ -984,7 +986,7 @@ def _plot_summary(table: pd.DataFrame, path: Path) -> Path:
         )
         note = row["name"] if dense else f"{row['name']}\n{row['speedup']:.2f}x faster"
         ax.annotate(note, (row["macs"] / 1e6, row["test_accuracy"]), textcoords="offset points",
-                    xytext=(6, 4), fontsize=7)  # fmt: skip
+                    xytext=(-6 if nth % 2 else 6, 4), ha="right" if nth % 2 else "left", fontsize=7)  # fmt: skip
     ax.set_xlabel("MMACs per sample")
     ax.set_ylabel("test accuracy")
     ax.grid(alpha=0.3)
