@@ -747,7 +747,7 @@ def _parser() -> ArgumentParser:
         prog="python -m nas_prune.search",
         description="Search per-layer channel widths of a CNN under FLOP/parameter/latency budgets and "
         "write the Pareto front (accuracy vs FLOPs vs latency) to a run directory.",
-        epilog="Example: python -m nas_prune.search --budget-flops 0.3   (Fashion-MNIST, convnet, ~15 min on "
+        epilog="Example: python -m nas_prune.search --budget-flops 0.3   (Fashion-MNIST, convnet, ~10 min on "
         "2 CPU cores). Scale up with --trials, --epochs-per-trial, --workers, --device cuda, --ray-address.",
     )
     b = p.add_argument_group("budgets (at least one; all given must hold)")
