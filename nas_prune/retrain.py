@@ -29,7 +29,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -52,6 +51,7 @@ from .objective import adapt_batchnorm
 from .prune import prune
 from .results import atomic_write_text, parse_widths, read_trials
 from .train import (
+    atomic_torch_save,
     evaluate,
     load_checkpoint,
     make_optimizer,
@@ -257,19 +257,6 @@ def output_name(init: str, trial_id: int, distill: bool = False, budget_matched:
 # ---------------------------------------------------------------------------------------------------
 
 
-def _atomic_torch_save(payload: Any, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
 def save_pruned(
     path: str | os.PathLike,
     model: nn.Module,
@@ -294,7 +281,7 @@ def save_pruned(
     }
     if importance is not None:
         payload["importance"] = str(importance)
-    return _atomic_torch_save(payload, Path(path))
+    return atomic_torch_save(payload, Path(path))
 
 
 def _structure(spec: Mapping[str, Any], widths: Mapping[str, int], where: str) -> nn.Module:

@@ -409,6 +409,12 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, spec: dict[str, A
     state_dict = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     payload = {"schema_version": CHECKPOINT_SCHEMA_VERSION, "state_dict": state_dict, "spec": spec, **extra}
     _check_plain(payload, "checkpoint")
+    return atomic_torch_save(payload, path)
+
+
+def atomic_torch_save(payload: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` to a temporary file beside ``path``, then rename: a kill never leaves half a file."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
