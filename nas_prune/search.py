@@ -126,6 +126,8 @@ def validate(cfg: SearchConfig) -> SearchConfig:
     if cfg.checkpoint and not Path(cfg.checkpoint).is_file():
         raise NasPruneError(f"checkpoint {cfg.checkpoint} does not exist")
     resolve_device(cfg.device)
+    if cfg.gpus_per_trial > 0 and not cfg.ray_address and not torch.cuda.is_available():
+        raise NasPruneError("--gpus-per-trial needs a GPU, and none is visible here (or give --ray-address)")
     return cfg.replace(model=model, dataset=dataset)
 
 
@@ -614,7 +616,12 @@ def _tune(
     try:
         import ray
 
-        cpus = int(ray.cluster_resources().get("CPU", os.cpu_count() or 1))
+        resources = ray.cluster_resources()
+        if resources.get("GPU", 0) < cfg.gpus_per_trial:
+            raise NasPruneError(
+                f"--gpus-per-trial {cfg.gpus_per_trial:g}: the Ray cluster has {resources.get('GPU', 0):g} GPUs"
+            )
+        cpus = int(resources.get("CPU", os.cpu_count() or 1))
         cpus_per_trial = max(1, cpus // cfg.workers)
         trial_device = "cuda" if cfg.gpus_per_trial > 0 else "cpu"  # Ray hides GPUs from GPU-less trials
         settings = TrialSettings(

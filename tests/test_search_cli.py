@@ -48,6 +48,11 @@ def _fails(capsys, argv, message):
         (["--budget-flops", "0.3", "--trials", "0"], "--trials must be at least 1"),
         (["--budget-flops", "0.3", "--seeds", "magic"], "unknown seed"),
         (["--resume", "/nonexistent-run"], "not a search run directory"),
+        pytest.param(
+            ["--budget-flops", "0.3", "--gpus-per-trial", "0.5"],
+            "needs a GPU",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible"),
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(capsys, argv, message):
