@@ -34,6 +34,7 @@ __all__ = [
     "model_spec",
     "build_from_spec",
     "load_search_space",
+    "default_model",
     "init_weights",
     "ConvNet",
     "BasicBlock",
@@ -221,6 +222,11 @@ def build_from_spec(spec: dict[str, Any]) -> nn.Module:
     if not isinstance(kwargs, dict):
         raise NasPruneError(f"model spec 'kwargs' must be a dict, got {type(kwargs).__name__}")
     return create_model(spec["model"], **kwargs)
+
+
+def default_model(dataset: str) -> str:
+    """A zoo CNN suited to the dataset and a laptop CPU: ``convnet`` for 28x28 sets, else ``resnet20``."""
+    return "convnet" if dataset in ("fashion-mnist", "mnist", "synthetic") else "resnet20"
 
 
 def load_search_space(name: str) -> dict[str, Any] | None:

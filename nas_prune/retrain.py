@@ -63,6 +63,8 @@ from .train import (
 )
 
 __all__ = [
+    "final_accuracy",
+    "final_costs",
     "METRICS_SCHEMA_VERSION",
     "MODEL_SCHEMA_VERSION",
     "SUMMARY_COLUMNS",
@@ -588,7 +590,9 @@ def _check_number(name: str, value: float | None, low: float, high: float = math
         raise NasPruneError(f"{name} must be {span}, got {value}")
 
 
-def _accuracy(model: nn.Module, data: DataSplits, device: torch.device, batch_size: int) -> dict[str, float]:
+def final_accuracy(
+    model: nn.Module, data: DataSplits, device: torch.device, batch_size: int
+) -> dict[str, float]:
     """Validation and test accuracy: the test split's only use, once per model at the very end."""
     model = model.to(device).eval()
     val = evaluate(model, data.loader("val", batch_size, train=False, device=device), device=device)
@@ -607,12 +611,12 @@ def _dense_accuracy(run: _Run, data: DataSplits, device: torch.device, batch_siz
             return cached["accuracy"]
     except (OSError, ValueError, AttributeError, KeyError):
         pass
-    accuracy = _accuracy(run.dense, data, device, batch_size)
+    accuracy = final_accuracy(run.dense, data, device, batch_size)
     atomic_write_text(cache, json.dumps({"key": key, "accuracy": accuracy}, indent=2) + "\n")
     return accuracy
 
 
-def _costs(
+def final_costs(
     model: nn.Module,
     counts: tuple[int, int],
     example: torch.Tensor,
@@ -794,11 +798,11 @@ def retrain(
     large = int(latency_batch_large)
     dense_fig = {
         **_dense_accuracy(run, data, torch_device, settings["batch_size"]),
-        **_costs(run.dense, dense_counts, example, torch_device, latency_fn, cfg.latency_batch, large),
+        **final_costs(run.dense, dense_counts, example, torch_device, latency_fn, cfg.latency_batch, large),
     }
     slim_fig = {
-        **_accuracy(slim, data, torch_device, settings["batch_size"]),
-        **_costs(slim, slim_counts, example, torch_device, latency_fn, cfg.latency_batch, large),
+        **final_accuracy(slim, data, torch_device, settings["batch_size"]),
+        **final_costs(slim, slim_counts, example, torch_device, latency_fn, cfg.latency_batch, large),
     }
     slim = slim.cpu().eval()
     save_pruned(out / "model.pt", slim, arch.widths, run.spec, cfg.importance)

@@ -58,7 +58,7 @@ from .config import SearchConfig, hardware_info, load_config, write_config
 from .cost import CostModel, measure_latency
 from .data import DataSplits, TensorSplit, check_dataset_name, load_dataset, make_loader
 from .graph import channel_groups
-from .models import create_model, load_search_space, model_names, model_spec
+from .models import create_model, default_model, load_search_space, model_names, model_spec
 from .objective import TrialSettings, adapt_batchnorm, evaluate_candidate
 from .prune import prune
 from .results import SEED_SOURCES, append_trial, read_trials, write_best_arch, write_pareto, write_trials
@@ -98,11 +98,6 @@ def parse_latency_budget(value: str | None) -> tuple[float | None, float | None]
 def make_budget(cfg: SearchConfig) -> Budget:
     latency_ms, latency_fraction = parse_latency_budget(cfg.budget_latency)
     return Budget(cfg.budget_flops, cfg.budget_params, latency_ms, latency_fraction)
-
-
-def default_model(dataset: str) -> str:
-    """A zoo CNN suited to the dataset and a laptop CPU: ``convnet`` for 28x28 sets, else ``resnet20``."""
-    return "convnet" if dataset in ("fashion-mnist", "mnist", "synthetic") else "resnet20"
 
 
 def validate(cfg: SearchConfig) -> SearchConfig:
