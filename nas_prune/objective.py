@@ -51,9 +51,10 @@ class TrialSettings:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def data(self) -> DataSplits:
-        """The dataset splits (the readers cache parsed files per process)."""
+        """The dataset splits (the readers cache parsed files per process). The split seed is always 0,
+        as in the search driver, retrain and baselines: ``seed`` varies training, never the val set."""
         return load_dataset(
-            self.dataset, self.data_dir, val_fraction=self.val_fraction, seed=self.seed, subset=self.subset
+            self.dataset, self.data_dir, val_fraction=self.val_fraction, seed=0, subset=self.subset
         )
 
     def dense_model(self) -> nn.Module:

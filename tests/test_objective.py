@@ -50,3 +50,7 @@ def test_same_seed_same_result():
     a = evaluate_candidate({"features.conv2.conv": 16}, settings, trial_seed=3)
     b = evaluate_candidate({"features.conv2.conv": 16}, settings, trial_seed=3)
     assert a["val_accuracy"] == b["val_accuracy"]
+
+
+def test_validation_split_does_not_depend_on_the_training_seed():
+    assert torch.equal(_settings(seed=0).data().val.indices, _settings(seed=5).data().val.indices)
