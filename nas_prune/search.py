@@ -841,7 +841,10 @@ def _dry_run(cfg: SearchConfig) -> None:
     ctx = SeedContext(model, example, space, cost, budget, cfg.importance, None)
     for name, widths in make_seeds(ctx, tuple(s for s in cfg.seeds if s != "sensitivity")).items():
         macs, _ = cost.cost(widths)
-        print(f"seed {name}: flops ratio {macs / cost.dense[0]:.3f} {widths}")
+        note = (
+            " (ranked on untrained weights: give --checkpoint)" if name == "l2" and not cfg.checkpoint else ""
+        )
+        print(f"seed {name}: flops ratio {macs / cost.dense[0]:.3f}{note} {widths}")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
