@@ -1,0 +1,359 @@
+"""Benchmark: searched widths vs the pruning baselines, same FLOPs budget, same training epochs.
+
+    python scripts/benchmark.py [--full] [--model resnet20] [--budget-flops 0.3] [--seeds 3]
+        [--subset N] [--output results] [--checkpoint dense.pt] [--dataset fashion-mnist]
+
+Steps, in this order (each one skipped on a restart when its result is already on disk):
+
+1. Train ONE dense model for ``--dense-epochs`` (or reuse ``--checkpoint``): ``OUTPUT/bench/dense.pt``.
+2. One width search from that checkpoint (``--trials`` x ``--epochs-per-trial``): ``OUTPUT/bench/search``.
+3. For every seed: every baseline method (``nas_prune.baselines.METHODS``) and a from-scratch retrain
+   of the search's best architecture, of its ``uniform`` seed trial and of its ``l2`` seed trial.
+   Every finished run is appended at once to ``OUTPUT/bench/runs.csv``; a restart skips those runs.
+4. ``OUTPUT/benchmark.md`` (table: test accuracy mean ± std over seeds, MACs, params, latency at batch 1,
+   wall time; the command line; the machine; one verdict per baseline) and ``OUTPUT/benchmark.png``.
+
+Same training per method. D = ``--dense-epochs``, E = ``--epochs`` (defaults D = E = 3). Every method
+trains its pruned network for E epochs: fine-tuning from the shared dense model (l1-unstructured,
+l2-structured, soft-filter), E split over the pruning steps (iterative-l2: ``--iterative-step`` of the
+remaining FLOPs per step, E / steps epochs after each step), from scratch at lr 0.1 (uniform-scratch
+and the three search retrains), and lottery-ticket, which trains its own dense model from theta0,
+gets (D + E) / 2 epochs for the dense model and again for the ticket, so D + E in all like the others.
+The search's own fine-tuning (trials x epochs-per-trial) is extra cost of the search rows, shown in the
+report with the search's wall time. The search uses the validation split only; test accuracy is
+measured once per trained model at the end.
+
+Defaults (CPU, 2 cores): Fashion-MNIST with a fixed training subset of 20,000 images (18,000 train,
+2,000 validation; the full 10,000 test images), resnet20, 30% of the FLOPs, 3 dense epochs, 3 epochs
+per method, search 24 trials x 0.3 epochs on 2 workers, 3 seeds: 1 dense + 1 search + 27 runs,
+expected about 45-75 min on a 2-core CPU (well under 2 hours). ``--full`` (GPU): full data,
+``--device cuda``, 30 dense epochs, 30 epochs per method, 96 trials x 1 epoch, 4 workers sharing the
+GPU; explicit flags still win over the ``--full`` presets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+import nas_prune  # noqa: E402
+from nas_prune.baselines import METHODS, BaselineSettings, iterative_targets, run_baseline  # noqa: E402
+from nas_prune.config import hardware_info  # noqa: E402
+from nas_prune.data import load_dataset  # noqa: E402
+from nas_prune.models import create_model, model_spec  # noqa: E402
+from nas_prune.retrain import retrain  # noqa: E402
+from nas_prune.train import fit, resolve_device, save_checkpoint, seed_everything  # noqa: E402
+
+CPU_DEFAULTS = dict(
+    subset=20000, dense_epochs=3.0, epochs=3.0, trials=24, epochs_per_trial=0.3, workers=2,
+    gpus_per_trial=0.0, device="cpu",
+)  # fmt: skip
+FULL_DEFAULTS = dict(
+    subset=None, dense_epochs=30.0, epochs=30.0, trials=96, epochs_per_trial=1.0, workers=4,
+    gpus_per_trial=0.25, device="cuda",
+)  # fmt: skip
+SEARCH_ROWS = ("search-best", "search-uniform-seed", "search-l2-seed")
+COLUMNS = [
+    "method", "seed", "trial_id", "source", "test_accuracy", "val_accuracy", "macs", "nonzero_macs",
+    "params", "flops_ratio", "latency_ms", "latency_device", "epochs", "wall_s", "output",
+]  # fmt: skip
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--full", action="store_true", help="GPU size (see above)")
+    parser.add_argument("--model", default="resnet20")
+    parser.add_argument("--dataset", default="fashion-mnist")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--budget-flops", type=float, default=0.3)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--subset", type=int, default=None, help="fixed training subset; 0 = all")
+    parser.add_argument("--checkpoint", default=None, help="reuse this dense model")
+    parser.add_argument("--dense-epochs", type=float, default=None)
+    parser.add_argument("--epochs", type=float, default=None, help="training epochs per method")
+    parser.add_argument("--trials", type=int, default=None)
+    parser.add_argument("--epochs-per-trial", type=float, default=None)
+    parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--gpus-per-trial", type=float, default=None)
+    parser.add_argument("--iterative-step", type=float, default=0.1)
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--output", default="results")
+    args = parser.parse_args()
+    for key, value in (FULL_DEFAULTS if args.full else CPU_DEFAULTS).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.subset == 0:
+        args.subset = None
+    return args
+
+
+def dense_checkpoint(args: argparse.Namespace, work: Path) -> Path:
+    """``--checkpoint``, or ``work/dense.pt`` (trained here for ``--dense-epochs`` if missing)."""
+    if args.checkpoint:
+        return Path(args.checkpoint)
+    path = work / "dense.pt"
+    if not path.is_file():
+        print(f"Training the dense {args.model} for {args.dense_epochs:g} epochs ...", flush=True)
+        data = load_dataset(args.dataset, args.data_dir, seed=0, subset=args.subset)
+        seed_everything(0)
+        model = create_model(args.model, in_channels=data.in_channels, num_classes=data.num_classes)
+        spec = model_spec(args.model, data.in_channels, data.num_classes, data.input_shape)
+        history = fit(
+            model, data, epochs=args.dense_epochs, device=resolve_device(args.device), seed=0,
+            progress=False,
+        )  # fmt: skip
+        save_checkpoint(
+            path, model.cpu(), spec, epochs=args.dense_epochs, val_accuracy=history[-1]["val_accuracy"]
+        )
+    return path
+
+
+def run_search(args: argparse.Namespace, checkpoint: Path, run_dir: Path) -> pd.DataFrame:
+    """The width search from ``checkpoint`` (resumed if interrupted, reused if finished)."""
+    if (run_dir / "best_arch.json").is_file():
+        return pd.read_csv(run_dir / "trials.csv")
+    print(f"Searching ({args.trials} trials x {args.epochs_per_trial:g} epochs) ...", flush=True)
+    common = dict(trials=args.trials, workers=args.workers, device=args.device, quiet=True)
+    if (run_dir / "config.yaml").is_file():
+        return nas_prune.search(resume=run_dir, **common)
+    return nas_prune.search(
+        model=args.model, dataset=args.dataset, data_dir=args.data_dir, subset=args.subset,
+        checkpoint=str(checkpoint), budget_flops=args.budget_flops,
+        epochs_per_trial=args.epochs_per_trial, gpus_per_trial=args.gpus_per_trial, seed=0,
+        output=str(run_dir), **common,
+    )  # fmt: skip
+
+
+def search_architectures(trials: pd.DataFrame, run_dir: Path) -> dict[str, tuple[int, str]]:
+    """trial_id and source of the searched best and of the ``uniform`` and ``l2`` seed trials."""
+    best = json.loads((run_dir / "best_arch.json").read_text())
+    best_source = trials.loc[trials["trial_id"] == best["trial_id"], "source"]
+    chosen = {"search-best": (int(best["trial_id"]), str(best_source.iloc[0]))}
+    trained = trials[trials["state"].isin(["complete", "pruned"])]
+    for source in ("uniform", "l2"):
+        rows = trained[trained["source"] == source]
+        if rows.empty:
+            print(f"warning: the search has no trained {source!r} seed trial; skipping it", flush=True)
+            continue
+        chosen[f"search-{source}-seed"] = (int(rows["trial_id"].iloc[0]), source)
+    return chosen
+
+
+def baseline_settings(args: argparse.Namespace, method: str, seed: int, checkpoint: Path, out: Path):
+    """The method's settings with the equal-epoch rule of the module docstring."""
+    epochs, extra = args.epochs, {}
+    if method == "iterative-l2":
+        steps = len(iterative_targets(args.budget_flops, args.iterative_step))
+        epochs = args.epochs / steps
+        extra = dict(step=args.iterative_step, epochs_between=epochs)
+    if method == "lottery-ticket":
+        epochs = (args.dense_epochs + args.epochs) / 2
+    return BaselineSettings(
+        method=method, budget_flops=args.budget_flops, model=args.model, dataset=args.dataset,
+        data_dir=args.data_dir, subset=args.subset, checkpoint=str(checkpoint), epochs=epochs,
+        seed=seed, device=args.device, output=str(out), progress=False, **extra,
+    )  # fmt: skip
+
+
+def row_of(method: str, seed: int, m: dict, source: str | None = None) -> dict:
+    row = {key: m.get(key) for key in COLUMNS}
+    if "train_seconds" in m:  # a retrain: its wall_s includes export; the baselines' is prune + train
+        row["wall_s"] = m["train_seconds"]
+    return {**row, "method": method, "seed": seed, "source": source or m.get("method")}
+
+
+def append_row(path: Path, row: dict) -> None:
+    frame = pd.DataFrame([row], columns=COLUMNS)
+    frame.to_csv(path, mode="a", header=not path.is_file(), index=False)
+
+
+def summarize(runs: pd.DataFrame, order: list[str]) -> pd.DataFrame:
+    runs = runs.assign(macs_shown=runs["nonzero_macs"].fillna(runs["macs"]))
+    table = runs.groupby("method").agg(
+        seeds=("seed", "count"),
+        acc_mean=("test_accuracy", "mean"),
+        acc_std=("test_accuracy", "std"),
+        macs=("macs_shown", "mean"),
+        params=("params", "mean"),
+        latency_ms=("latency_ms", "median"),
+        wall_s=("wall_s", "mean"),
+        trial_id=("trial_id", "first"),
+        source=("source", "first"),
+    )
+    return table.reindex([m for m in order if m in table.index])
+
+
+def verdict(table: pd.DataFrame, other: str) -> str:
+    a, b = table.loc["search-best"], table.loc[other]
+    diff = a["acc_mean"] - b["acc_mean"]
+    pooled = math.sqrt((a["acc_std"] ** 2 + b["acc_std"] ** 2) / 2)
+    head = f"- vs `{other}`: {100 * diff:+.2f} points of test accuracy"
+    if not math.isfinite(pooled):
+        return f"{head}; one seed only, so no spread to judge it against: no claim either way."
+    tail = f" (pooled std {100 * pooled:.2f})"
+    if diff > pooled:
+        return f"{head}{tail}: the searched architecture beats it."
+    if diff < -pooled:
+        return f"{head}{tail}: the searched architecture is worse than it."
+    return f"{head}{tail}: the searched architecture does NOT beat it (difference within the spread)."
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    """A pipe table (pandas' ``to_markdown`` needs tabulate, which is not a dependency)."""
+    cells = frame.astype(str)
+    rows = [list(frame.columns), ["---"] * len(frame.columns), *cells.to_numpy().tolist()]
+    return "\n".join("| " + " | ".join(row) + " |" for row in rows)
+
+
+def write_report(args, table: pd.DataFrame, timings: dict, out: Path, notes: list[str]) -> None:
+    shown = pd.DataFrame(
+        {
+            "method": [
+                f"{m} (trial {int(r.trial_id)}, {r.source})" if m in SEARCH_ROWS else m
+                for m, r in table.iterrows()
+            ],
+            "test acc (mean ± std)": [
+                f"{r.acc_mean:.4f} ± {r.acc_std:.4f}" if math.isfinite(r.acc_std) else f"{r.acc_mean:.4f}"
+                for r in table.itertuples()
+            ],
+            "seeds": table["seeds"].to_numpy(),
+            "MMACs": (table["macs"] / 1e6).round(2).to_numpy(),
+            "params (k)": (table["params"] / 1e3).round(1).to_numpy(),
+            "latency ms (batch 1)": table["latency_ms"].round(3).to_numpy(),
+            "prune + train s / run": table["wall_s"].round(1).to_numpy(),
+        }
+    )
+    lines = [
+        "# Benchmark: searched widths vs pruning baselines",
+        "",
+        f"{args.model} on {args.dataset} "
+        f"({'full training set' if args.subset is None else f'fixed training subset of {args.subset}'}), "
+        f"budget {args.budget_flops:g} of the dense FLOPs, {args.seeds} seed(s) per method. Dense model: "
+        f"{f'--checkpoint {args.checkpoint}' if args.checkpoint else f'{args.dense_epochs:g} epochs'}. Every method trains its pruned "
+        f"network {args.epochs:g} epochs (iterative-l2 split over its steps; lottery-ticket "
+        f"{(args.dense_epochs + args.epochs) / 2:g} dense + the same for the ticket). The `search-*` rows "
+        f"are retrained from scratch; the search itself took {timings.get('search_s', float('nan')):.0f} s "
+        f"({args.trials} trials x {args.epochs_per_trial:g} epochs). MACs of l1-unstructured are its "
+        "non-zero MACs (its dense kernels run at the dense latency). Latency: median over seeds of each "
+        "run's measured median, batch 1. Time per run: pruning and training, without the final "
+        "measurements.",
+        "",
+        markdown_table(shown),
+        "",
+        "## Does the searched architecture beat each baseline?",
+        "",
+        "Mean test-accuracy difference (searched best minus the other), judged against the pooled std "
+        "over seeds: only a difference larger than the pooled std counts as a win.",
+        "",
+        *[verdict(table, m) for m in table.index if m != "search-best"],
+        *([""] + notes if notes else []),
+        "",
+        "## Command",
+        "",
+        "```",
+        shlex.join([Path(sys.executable).name, *sys.argv]),
+        "```",
+        "",
+        "## Machine",
+        "",
+        "```",
+        json.dumps(hardware_info(), indent=2),
+        "```",
+        "",
+        f"Total wall time of the runs in this report: {timings.get('total_s', float('nan')) / 60:.1f} min "
+        "(dense model, search and every run, summed over restarts where recorded).",
+        "",
+    ]
+    (out / "benchmark.md").write_text("\n".join(lines))
+
+
+def write_plot(table: pd.DataFrame, out: Path) -> None:
+    fig = Figure(figsize=(8, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    colors = ["tab:red" if m in SEARCH_ROWS else "tab:blue" for m in table.index]
+    ax.bar(range(len(table)), table["acc_mean"], yerr=table["acc_std"].fillna(0), color=colors, capsize=4)
+    ax.set_xticks(range(len(table)), table.index, rotation=30, ha="right")
+    low = (table["acc_mean"] - table["acc_std"].fillna(0)).min()
+    ax.set_ylim(max(0.0, low - 0.02), min(1.0, table["acc_mean"].max() + 0.02))
+    ax.set_ylabel("test accuracy (mean ± std over seeds)")
+    ax.set_title("Same FLOPs budget, same training epochs (red: search)")
+    fig.savefig(out / "benchmark.png", dpi=120)
+
+
+def main() -> None:
+    args = parse_args()
+    out = Path(args.output)
+    work = out / "bench"
+    work.mkdir(parents=True, exist_ok=True)
+    runs_csv, timings_path = work / "runs.csv", work / "timings.json"
+    timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
+
+    def timed(key: str, fn, *a):
+        start = time.time()
+        result = fn(*a)
+        if key not in timings:
+            timings[key] = time.time() - start
+        timings["total_s"] = timings.get("total_s", 0.0) + time.time() - start
+        timings_path.write_text(json.dumps(timings, indent=2))
+        return result
+
+    # 1-2. The dense model, the search and the architectures it found.
+    checkpoint = timed("dense_s", dense_checkpoint, args, work)
+    search_dir = work / "search"
+    trials = timed("search_s", run_search, args, checkpoint, search_dir)
+    archs = search_architectures(trials, search_dir)
+
+    # 3. Every method x every seed, skipping runs already in runs.csv.
+    done = pd.read_csv(runs_csv) if runs_csv.is_file() else pd.DataFrame(columns=COLUMNS)
+    finished = set(zip(done["method"], done["seed"].astype(int), strict=True))
+    for seed in range(args.seeds):
+        for method in METHODS:
+            if (method, seed) in finished:
+                continue
+            print(f"seed {seed}: {method} ...", flush=True)
+            settings = baseline_settings(
+                args, method, seed, checkpoint, work / "runs" / f"{method}-seed{seed}"
+            )
+            metrics = timed("runs_s", lambda s=settings: run_baseline(s, quiet=True))
+            append_row(runs_csv, row_of(method, seed, metrics))
+        for name, (trial_id, source) in archs.items():
+            if (name, seed) in finished:
+                continue
+            print(f"seed {seed}: {name} (trial {trial_id}, {source}) retrained from scratch ...", flush=True)
+            metrics = timed(
+                "runs_s",
+                lambda t=trial_id, s=seed: retrain(
+                    search_dir, trial=t, epochs=args.epochs, init="scratch", seed=s,
+                    device=args.device, output=work / "runs" / f"retrain-trial{t}-seed{s}",
+                    quiet=True, progress=False,
+                ),
+            )  # fmt: skip
+            append_row(runs_csv, row_of(name, seed, metrics, source))
+
+    # 4. Report and plot.
+    runs = pd.read_csv(runs_csv)
+    runs = runs[runs["seed"] < args.seeds]
+    table = summarize(runs, ["search-best", "search-uniform-seed", "search-l2-seed", *METHODS])
+    notes = []
+    if archs["search-best"][0] in {t for n, (t, _) in archs.items() if n != "search-best"}:
+        notes.append("Note: the searched best is itself one of the seed trials (same trial id).")
+    write_report(args, table, timings, out, notes)
+    write_plot(table, out)
+    print(f"Wrote {out / 'benchmark.md'} and {out / 'benchmark.png'}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
