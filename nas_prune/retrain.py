@@ -54,6 +54,7 @@ from .train import (
     atomic_torch_save,
     evaluate,
     load_checkpoint,
+    load_weights,
     make_optimizer,
     make_scheduler,
     resolve_device,
@@ -332,21 +333,7 @@ def load_pruned(path: str | os.PathLike) -> nn.Module:
     if not isinstance(spec, dict) or not isinstance(state_dict, dict):
         raise NasPruneError(f"{path} is not a nas_prune pruned model ('spec' or 'state_dict' is not a dict)")
     model = _structure(spec, _widths(content["widths"], str(path)), str(path))
-    expected = model.state_dict()
-    for key, tensor in expected.items():
-        if key not in state_dict:
-            raise NasPruneError(f"{path} does not fit its architecture: it has no {key!r}")
-        got = state_dict[key]
-        if not isinstance(got, torch.Tensor) or tuple(got.shape) != tuple(tensor.shape):
-            shape = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
-            raise NasPruneError(
-                f"{path} does not fit its architecture: {key!r} is {shape} in the file but "
-                f"{tuple(tensor.shape)} for widths {content['widths']}"
-            )
-    unexpected = [k for k in state_dict if k not in expected]
-    if unexpected:
-        raise NasPruneError(f"{path} does not fit its architecture: unexpected key {unexpected[0]!r}")
-    model.load_state_dict(state_dict, strict=True)
+    load_weights(model, state_dict, str(path), detail=f" for widths {content['widths']}")
     return model.eval()
 
 

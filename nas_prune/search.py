@@ -64,7 +64,15 @@ from .prune import prune
 from .results import SEED_SOURCES, append_trial, read_trials, write_best_arch, write_pareto, write_trials
 from .seeds import SEEDS, SeedContext, make_seeds
 from .space import Budget, WidthSpace
-from .train import evaluate, fit, load_checkpoint, resolve_device, save_checkpoint, seed_everything
+from .train import (
+    evaluate,
+    fit,
+    load_checkpoint,
+    load_weights,
+    resolve_device,
+    save_checkpoint,
+    seed_everything,
+)
 
 __all__ = ["WidthSearcher", "search", "main", "parse_latency_budget"]
 
@@ -167,11 +175,7 @@ def default_output(cfg: SearchConfig, budget: Budget) -> Path:
 
 def _load_weights(model, path, name: str) -> None:
     """Load a nas_prune checkpoint's weights into ``model``; a mismatch is one clear error."""
-    try:
-        model.load_state_dict(load_checkpoint(path)["state_dict"])
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()[-1].strip()
-        raise NasPruneError(f"checkpoint {path} does not fit model {name!r}: {first}") from None
+    load_weights(model, load_checkpoint(path)["state_dict"], f"checkpoint {path} (model {name!r})")
 
 
 def dense_model(cfg: SearchConfig, data: DataSplits, run_dir: Path, device: torch.device):

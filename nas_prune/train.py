@@ -462,6 +462,26 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return ckpt
 
 
+def load_weights(model: nn.Module, state_dict: dict[str, Any], where: str, detail: str = "") -> None:
+    """Load ``state_dict`` into ``model`` strictly; the first missing, unexpected or misshapen key is
+    one clear :class:`NasPruneError` naming ``where`` (and ``detail``, e.g. the widths)."""
+    expected = model.state_dict()
+    for key, tensor in expected.items():
+        if key not in state_dict:
+            raise NasPruneError(f"{where} does not fit the model: it has no {key!r}")
+        got = state_dict[key]
+        if not isinstance(got, torch.Tensor) or tuple(got.shape) != tuple(tensor.shape):
+            shape = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
+            raise NasPruneError(
+                f"{where} does not fit the model: {key!r} is {shape} in the file but "
+                f"{tuple(tensor.shape)} in the model{detail}"
+            )
+    unexpected = [k for k in state_dict if k not in expected]
+    if unexpected:
+        raise NasPruneError(f"{where} does not fit the model: unexpected key {unexpected[0]!r}")
+    model.load_state_dict(state_dict, strict=True)
+
+
 def load_state_dict_into(model: nn.Module, path: str | os.PathLike) -> dict[str, Any]:
     """Load weights from a nas_prune checkpoint or a plain ``state_dict`` file into ``model``.
 
@@ -486,19 +506,7 @@ def load_state_dict_into(model: nn.Module, path: str | os.PathLike) -> dict[str,
         if state_dict and all(k.startswith(prefix) for k in state_dict):
             state_dict = {k[len(prefix) :]: v for k, v in state_dict.items()}
 
-    expected = model.state_dict()
-    for key, tensor in expected.items():
-        if key not in state_dict:
-            raise NasPruneError(f"checkpoint {path} does not fit the model: it has no {key!r}")
-        if tuple(state_dict[key].shape) != tuple(tensor.shape):
-            raise NasPruneError(
-                f"checkpoint {path} does not fit the model: {key!r} is {tuple(state_dict[key].shape)} "
-                f"in the file but {tuple(tensor.shape)} in the model"
-            )
-    unexpected = [k for k in state_dict if k not in expected]
-    if unexpected:
-        raise NasPruneError(f"checkpoint {path} does not fit the model: unexpected key {unexpected[0]!r}")
-    model.load_state_dict(state_dict)
+    load_weights(model, state_dict, f"checkpoint {path}")
     return ckpt
 
 
