@@ -156,6 +156,20 @@ def _optional(value: Any, kind: type) -> Any:
     return None if value is None or pd.isna(value) else kind(value)
 
 
+def _from_row(row: pd.Series, where: str, how: str) -> Architecture:
+    """An :class:`Architecture` from a trials.csv / pareto.csv row."""
+    return Architecture(
+        trial_id=int(row["trial_id"]),
+        widths=_widths(row["widths"], where),
+        val_accuracy=_optional(row["val_accuracy"], float),
+        flops=_optional(row["flops"], int),
+        how=how,
+        state=str(row["state"]),
+        feasible=bool(row["feasible"]),
+        source=str(row["source"]),
+    )
+
+
 def choose_architecture(
     run_dir: str | os.PathLike, rank: int | None = None, trial: int | None = None
 ) -> Architecture:
@@ -189,16 +203,7 @@ def choose_architecture(
             )
         if not bool(row["feasible"]):
             warnings.warn(f"trial {trial} does not meet the run's budget (feasible=False)", stacklevel=2)
-        return Architecture(
-            trial_id=int(row["trial_id"]),
-            widths=_widths(row["widths"], f"trial {trial} in {path}"),
-            val_accuracy=_optional(row["val_accuracy"], float),
-            flops=_optional(row["flops"], int),
-            how=f"trial {trial}",
-            state=str(row["state"]),
-            feasible=bool(row["feasible"]),
-            source=str(row["source"]),
-        )
+        return _from_row(row, f"trial {trial} in {path}", f"trial {trial}")
 
     rank = 0 if rank is None else int(rank)
     if rank < 0:
@@ -238,16 +243,7 @@ def choose_architecture(
             f"--rank {rank} is out of range: {pareto_path} has {len(front)} architectures (ranks 0..{len(front) - 1})"
         )
     row = front.iloc[rank]
-    return Architecture(
-        trial_id=int(row["trial_id"]),
-        widths=_widths(row["widths"], f"rank {rank} of {pareto_path}"),
-        val_accuracy=_optional(row["val_accuracy"], float),
-        flops=_optional(row["flops"], int),
-        how=f"rank {rank} (pareto.csv by accuracy)",
-        state=str(row["state"]),
-        feasible=bool(row["feasible"]),
-        source=str(row["source"]),
-    )
+    return _from_row(row, f"rank {rank} of {pareto_path}", f"rank {rank} (pareto.csv by accuracy)")
 
 
 def output_name(init: str, trial_id: int, distill: bool = False, budget_matched: bool = False) -> str:
