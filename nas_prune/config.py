@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["SearchConfig", "hardware_info", "library_versions", "load_config", "write_config"]
+__all__ = ["SearchConfig", "device_label", "hardware_info", "library_versions", "load_config", "write_config"]
 
 
 @dataclass(frozen=True)
@@ -89,6 +89,16 @@ def hardware_info() -> dict[str, Any]:
     except Exception:  # hardware info must never stop a run
         info["gpu"] = None
     return info
+
+
+def device_label(device) -> str:
+    """What latency was measured on, for the ``latency_device`` column: GPU name, or CPU model and threads."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({hardware_info()['cpu']}, {torch.get_num_threads()} threads)"
 
 
 def write_config(path: str | os.PathLike, config: SearchConfig, **extra: Any) -> None:

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .cli import ArgumentParser, NasPruneError, run_cli
-from .config import SearchConfig, hardware_info, load_config
+from .config import SearchConfig, device_label, load_config
 from .cost import count_macs, measure_latency
 from .data import DataSplits, load_dataset
 from .export import export_model
@@ -438,12 +438,6 @@ def _open_run(run_dir: Path) -> _Run:
     return _Run(run_dir, cfg, spec, dense.eval(), float(cfg.pretrain_epochs), "config pretrain_epochs")
 
 
-def _latency_label(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"cuda ({torch.cuda.get_device_name(device)})"
-    return f"cpu ({hardware_info()['cpu']}, {torch.get_num_threads()} threads)"
-
-
 # ---------------------------------------------------------------------------------------------------
 # Resumable training
 # ---------------------------------------------------------------------------------------------------
@@ -621,7 +615,7 @@ def final_costs(
             latency_fn(model, example.to(device), device=device, batch=large, warmup=3, repeats=20)
         ),
         "latency_large_batch": int(large),
-        "latency_device": _latency_label(device),
+        "latency_device": device_label(device),
     }
 
 

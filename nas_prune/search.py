@@ -54,7 +54,7 @@ from ray.tune.schedulers import ASHAScheduler, TrialScheduler  # noqa: E402
 from ray.tune.search import Searcher  # noqa: E402
 
 from .cli import ArgumentParser, NasPruneError, run_cli
-from .config import SearchConfig, hardware_info, load_config, write_config
+from .config import SearchConfig, device_label, load_config, write_config
 from .cost import CostModel, measure_latency
 from .data import DataSplits, TensorSplit, check_dataset_name, load_dataset, make_loader
 from .graph import channel_groups
@@ -451,20 +451,13 @@ def _sensitivity_evaluator(data: DataSplits, cfg: SearchConfig, device) -> Calla
     return score
 
 
-def _latency_label(device: torch.device) -> str:
-    info = hardware_info()
-    if device.type == "cuda":
-        return f"cuda ({torch.cuda.get_device_name(device)})"
-    return f"cpu ({info['cpu']}, {torch.get_num_threads()} threads)"
-
-
 def measure_latencies(run_dir, trials, dense, example, spec_model, cfg, budget, device) -> pd.DataFrame:
     """Fill latency columns of complete trials, one model at a time in this process, and judge any
     latency budget on the measured median."""
     todo = trials.index[(trials["state"] == "complete") & trials["latency_ms"].isna()]
     if len(todo) == 0 and not (budget.latency_ms or budget.latency_fraction):
         return trials
-    label = _latency_label(device)
+    label = device_label(device)
     dense_ms = measure_latency(spec_model, example, device=device, batch=cfg.latency_batch)
     for i in todo:
         widths = json.loads(trials.at[i, "widths"])
