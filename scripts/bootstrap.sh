@@ -18,7 +18,10 @@ if ! python -c "import torch" 2>/dev/null; then
   # 2.13.0 is the CPU wheel on this kind of machine; elsewhere pick a CUDA wheel from pytorch.org first.
   python -m pip install -q "torch==2.13.0"
 fi
-python -m pip install -q -e ".${extras}"
+# setuptools prints a long editable-install notice on success; show pip's output only on failure.
+log=$(mktemp)
+python -m pip install -q -e ".${extras}" >"$log" 2>&1 || { cat "$log"; rm -f "$log"; exit 1; }
+rm -f "$log"
 
 data=/usr/share/datasets/fashion-mnist
 have_data() { [ -e "$data/train-images-idx3-ubyte.gz" ] || [ -e "$data/train-images-idx3-ubyte" ]; }
