@@ -153,6 +153,13 @@ class CostModel:
 
     def cost(self, widths: dict[str, int]) -> tuple[int, int]:
         """``(macs, params)`` per sample of the model pruned to ``widths`` (missing groups: full width)."""
+        macs, params = self.cost_terms(widths)
+        return int(round(macs)), int(round(params))
+
+    def cost_terms(self, widths: dict) -> tuple:
+        """Unrounded ``(macs, params)``; widths may be floats or tensors, so a gate supernet can
+        differentiate the cost of its expected widths (each layer's cost is bilinear in its input and
+        output widths, so for independent groups the cost of the expected widths is the expected cost)."""
         drop = {g: (c - widths.get(g, c)) / c for g, c in self.groups.items()}
         macs = params = 0.0
         for _, module, own, area, outs, ins in self._layers:
@@ -174,7 +181,7 @@ class CostModel:
                 params += own * (channels - out_cut) / channels
             else:
                 params += own
-        return int(round(macs)), int(round(params))
+        return macs, params
 
 
 def _output_area(model: nn.Module, example_inputs) -> dict[str, float]:
