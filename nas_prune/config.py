@@ -48,6 +48,7 @@ class SearchConfig:
     min_fraction: float | None = None
     seeds: tuple[str, ...] = ("uniform", "l2", "sensitivity")
     startup_trials: int = 8
+    sampler: str = "tpe"
     lr: float = 0.01
     batch_size: int = 128
     reports_per_trial: int = 4

@@ -30,6 +30,7 @@ Decisions:
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import sys
@@ -123,6 +124,8 @@ def validate(cfg: SearchConfig) -> SearchConfig:
         raise NasPruneError("--epochs-per-trial must be >= 0 and --pretrain-epochs > 0")
     if cfg.workers < 1 or cfg.gpus_per_trial < 0 or cfg.latency_batch < 1:
         raise NasPruneError("--workers and --latency-batch must be >= 1 and --gpus-per-trial >= 0")
+    if cfg.sampler not in SAMPLERS:
+        raise NasPruneError(f"unknown --sampler {cfg.sampler!r}; choose {' or '.join(SAMPLERS)}")
     unknown = [s for s in cfg.seeds if s not in SEEDS]
     if unknown:
         raise NasPruneError(f"unknown seed(s) {unknown}; choose from {', '.join(SEEDS)}")
@@ -226,7 +229,7 @@ class WidthSearcher(Searcher):
         run_dir: Path,
         to_train: int,
         reports: int,
-        startup_trials: int,
+        startup_trials: float,
         on_row: Callable[[dict], None] | None = None,
     ):
         super().__init__(metric="val_accuracy", mode="max")
@@ -357,17 +360,27 @@ def run_trial(config: dict, settings: TrialSettings, evaluate_fn: Callable = eva
         tune.report({"val_accuracy": 0.0, "error": f"{type(err).__name__}: {err}"[:1000], "step": 0})
 
 
-def open_study(run_dir: Path, seed: int, startup_trials: int):
-    """The Optuna study in ``run_dir/study.db`` (created or reloaded)."""
+SAMPLERS = ("tpe", "random")
+
+
+def open_study(run_dir: Path, seed: int, startup_trials: int, sampler: str = "tpe"):
+    """The Optuna study in ``run_dir/study.db`` (created or reloaded).
+
+    ``sampler="random"`` (uniform random widths) is the control a search must beat with the same trial
+    count; its proposals are labelled ``random``.
+    """
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sampler = optuna.samplers.TPESampler(
-        seed=seed,
-        n_startup_trials=startup_trials,
-        multivariate=True,
-        constant_liar=True,
-    )
+    if sampler == "random":
+        sampler = optuna.samplers.RandomSampler(seed=seed)
+    else:
+        sampler = optuna.samplers.TPESampler(
+            seed=seed,
+            n_startup_trials=startup_trials,
+            multivariate=True,
+            constant_liar=True,
+        )
     return optuna.create_study(
         study_name=STUDY_NAME,
         storage=f"sqlite:///{(run_dir / 'study.db').resolve()}",
@@ -542,7 +555,7 @@ def search(
     )
 
     trials = _load_trials(run_dir)
-    study = open_study(run_dir, cfg.seed, cfg.startup_trials)
+    study = open_study(run_dir, cfg.seed, cfg.startup_trials, cfg.sampler)
     if len(study.trials) == 0:
         ctx = SeedContext(
             model, example, space, cost, budget, cfg.importance, _sensitivity_evaluator(data, cfg, device)
@@ -644,8 +657,9 @@ def _tune(
                     best["acc"] = row["val_accuracy"]
             bar.set_postfix(best=f"{best['acc']:.4f}", infeasible=best["infeasible"], refresh=True)
 
+        startup = cfg.startup_trials if cfg.sampler == "tpe" else math.inf  # random: every proposal
         searcher = WidthSearcher(
-            study, space, cost, budget, run_dir, to_train, cfg.reports_per_trial, cfg.startup_trials, on_row
+            study, space, cost, budget, run_dir, to_train, cfg.reports_per_trial, startup, on_row
         )
         # ASHA compares accuracy only, which favours wide models; the mildest setting (keep the top half,
         # first decision halfway through fine-tuning) stops hopeless trials without gutting the
@@ -803,6 +817,11 @@ def _parser() -> ArgumentParser:
     )
     s.add_argument(
         "--seeds", nargs="*", help=f"seed architectures evaluated first (default: {' '.join(d.seeds)})"
+    )
+    s.add_argument(
+        "--sampler",
+        help="tpe (default: Optuna's constrained multi-objective TPE) or random (uniform random widths, "
+        "the control a search must beat)",
     )
     s.add_argument("--lr", type=float, help=f"fine-tuning learning rate (default {d.lr:g})")
     o = p.add_argument_group("output")

@@ -175,6 +175,29 @@ def test_real_evaluation_end_to_end(ray_session, tmp_path):
     assert trained["val_accuracy"].between(0, 1).all() and (trained["epochs"] > 0).all()
 
 
+def test_random_sampler_is_the_unseeded_control(ray_session, tmp_path):
+    from search_fakes import fake_evaluate
+
+    trials = nas_prune.search(
+        budget_flops=0.5,
+        dataset="synthetic",
+        model="convnet",
+        trials=5,
+        workers=1,
+        pretrain_epochs=1,
+        epochs_per_trial=0.5,
+        sampler="random",
+        seeds=(),
+        output=str(tmp_path / "run"),
+        quiet=True,
+        evaluate_fn=fake_evaluate,
+        extra={"marker_dir": str(tmp_path), "dense_total": 320},
+    )
+    assert (trials["source"] == "random").all() and trials["state"].isin(TRAINED).sum() == 5
+    study = search_module.open_study(tmp_path / "run", 0, 8, "random")
+    assert type(study.sampler).__name__ == "RandomSampler"
+
+
 def test_latency_budget_parsing():
     assert parse_latency_budget("12ms") == (12.0, None)
     assert parse_latency_budget("0.8") == (None, 0.8)

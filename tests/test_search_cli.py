@@ -47,6 +47,7 @@ def _fails(capsys, argv, message):
         (["--budget-flops", "0.3", "--checkpoint", "/nonexistent.pt"], "does not exist"),
         (["--budget-flops", "0.3", "--trials", "0"], "--trials must be at least 1"),
         (["--budget-flops", "0.3", "--seeds", "magic"], "unknown seed"),
+        (["--budget-flops", "0.3", "--sampler", "grid"], "unknown --sampler 'grid'"),
         (["--resume", "/nonexistent-run"], "not a search run directory"),
         pytest.param(
             ["--budget-flops", "0.3", "--gpus-per-trial", "0.5"],
