@@ -29,7 +29,8 @@ __all__ = ["SEEDS", "SeedContext", "register_seed", "make_seeds"]
 @dataclass
 class SeedContext:
     """What a seed function may use. ``evaluate(model) -> accuracy`` scores a pruned model on a
-    validation subset (needed by ``sensitivity`` only)."""
+    validation subset (needed by ``sensitivity`` only); ``constraint(widths) -> bool`` is an extra
+    budget beyond FLOPs/parameters (the search's latency budget, judged by the latency LUT)."""
 
     model: nn.Module
     example_inputs: torch.Tensor
@@ -38,10 +39,13 @@ class SeedContext:
     budget: Budget
     importance: str = "l2"
     evaluate: Callable[[nn.Module], float] | None = None
+    constraint: Callable[[dict[str, int]], bool] | None = None
 
     def feasible(self, widths: dict[str, int]) -> bool:
         macs, params = self.cost.cost(widths)
-        return self.budget.met(macs, params, *self.cost.dense)
+        if not self.budget.met(macs, params, *self.cost.dense):
+            return False
+        return self.constraint is None or self.constraint(widths)
 
 
 SEEDS: dict[str, Callable[[SeedContext], dict[str, int] | None]] = {}

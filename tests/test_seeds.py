@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 import torch
 
@@ -62,3 +64,12 @@ def test_l2_seed_removes_negligible_channels_first(context):
     # Dropping exactly the negligible half costs 17% of the FLOPs: a 0.84 budget needs just that.
     ctx = SeedContext(model, x, context.space, CostModel(model, x), Budget(flops=0.84))
     assert l2_seed(ctx) == {**context.space.dense(), first: channels // 2}
+
+
+def test_seeds_honour_an_extra_constraint(context):
+    """A latency budget reaches the seeds as ``constraint``: here, the first group at most 8 channels."""
+    first = context.space.names[0]
+    ctx = dataclasses.replace(context, budget=Budget(flops=1.0), constraint=lambda w: w[first] <= 8)
+    seeds = make_seeds(ctx, ("uniform", "l2"))
+    assert set(seeds) == {"uniform", "l2"}
+    assert all(w[first] <= 8 for w in seeds.values())
