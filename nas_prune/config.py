@@ -49,6 +49,8 @@ class SearchConfig:
     seeds: tuple[str, ...] = ("uniform", "l2", "sensitivity")
     startup_trials: int = 8
     sampler: str = "tpe"
+    gate_epochs: float = 1.0
+    gate_seeds: int = 3
     lr: float = 0.01
     batch_size: int = 128
     reports_per_trial: int = 4

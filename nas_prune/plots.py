@@ -1,4 +1,5 @@
-"""Figures of a search run for people: the Pareto plot, per-layer widths and search progress.
+"""Figures of a search run for people: the Pareto plot, per-layer widths, search progress and the gate
+supernet's width distributions.
 
 Figures are built on ``matplotlib.figure.Figure`` directly, not through ``pyplot``: no global
 backend switch, no window, nothing left open, so plotting is safe inside workers and tests. Every
@@ -17,7 +18,7 @@ from matplotlib.figure import Figure
 
 from .results import SEED_SOURCES, SOURCES
 
-__all__ = ["plot_pareto", "plot_progress", "plot_widths"]
+__all__ = ["plot_gates", "plot_pareto", "plot_progress", "plot_widths"]
 
 _DPI = 150
 _SEED_MARKERS = {"uniform": "s", "l2": "D", "sensitivity": "^", "gates": "P"}
@@ -278,4 +279,56 @@ def plot_progress(trials: pd.DataFrame, path: str | os.PathLike, *, budget_note:
     ax.set_ylabel("validation accuracy", fontsize=11)
     ax.set_title("Search progress" + (f" ({budget_note})" if budget_note else ""), fontsize=12)
     ax.grid(True, alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_gates(history: pd.DataFrame, path: str | os.PathLike, *, title: str = "") -> Path:
+    """One heat map per channel group: each candidate width's probability over the gate training.
+
+    Columns are record steps (x: epochs), rows the group's candidate widths (y); the colour is the
+    probability, on one scale shared by all panels. A white line traces the expected width.
+
+    Args:
+        history: ``GateResult.history``: columns ``epoch, group, width, probability``.
+        path: PNG file to write.
+        title: figure title.
+
+    Returns:
+        ``path`` as a ``Path``.
+    """
+    groups = list(dict.fromkeys(history["group"]))
+    cols = min(4, max(1, len(groups)))
+    rows = max(1, -(-len(groups) // cols))
+    fig = Figure(figsize=(3.4 * cols + 1.0, 2.5 * rows + 0.8), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    top = float(history["probability"].max()) if len(history) else 1.0
+    mesh = None
+    for ax, group in zip(axes, groups, strict=False):
+        table = history[history["group"] == group].pivot_table(
+            index="width", columns="epoch", values="probability", aggfunc="last"
+        )
+        epochs, widths = table.columns.to_numpy(dtype=float), table.index.to_numpy(dtype=float)
+        mesh = ax.pcolormesh(
+            epochs if len(epochs) > 1 else np.array([epochs[0] - 0.5, epochs[0] + 0.5]),
+            widths,
+            table.to_numpy() if len(epochs) > 1 else np.repeat(table.to_numpy(), 2, axis=1),
+            shading="nearest",
+            cmap="viridis",
+            vmin=0.0,
+            vmax=top,
+        )
+        expected = (table.to_numpy() * widths[:, None]).sum(axis=0)
+        ax.plot(epochs, expected, color="white", linewidth=1.2, marker="." if len(epochs) == 1 else None)
+        ax.set_title(group, fontsize=9)
+        ax.tick_params(labelsize=7)
+        ax.set_xlabel("epoch", fontsize=8)
+        ax.set_ylabel("width", fontsize=8)
+    for ax in axes[len(groups) :]:
+        ax.set_axis_off()
+    if mesh is None:
+        axes[0].set_axis_on()
+        _note(axes[0], "no gate history")
+    else:
+        fig.colorbar(mesh, ax=list(axes[: len(groups)]), label="probability", shrink=0.9)
+    fig.suptitle(title or "Width distribution per group during gate training (white: expected width)")
     return _save(fig, path)

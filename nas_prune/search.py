@@ -5,7 +5,8 @@ How a run goes:
 1. Validate every input (one line and exit code 2 on bad input), load the data, get the dense model
    (``--checkpoint`` or trained for ``--pretrain-epochs`` and cached as ``dense.pt``).
 2. Build the width space and the exact cost model; a budget below the smallest architecture fails.
-3. Seeds (uniform, l2, sensitivity) are enqueued first, labelled in ``source``.
+3. Seeds (uniform, l2, sensitivity; with ``--gate-epochs`` > 0 also the best architectures of a
+   ProxylessNAS-style gate supernet, ``source = gates``) are enqueued first, labelled in ``source``.
 4. A :class:`WidthSearcher` (a Ray Tune ``Searcher`` driving an Optuna study through ask/tell) proposes
    widths; proposals over a FLOP/parameter budget are recorded as ``infeasible`` and told to Optuna
    with their constraint violation, never trained. Feasible ones become Ray Tune trials that slim,
@@ -120,8 +121,10 @@ def validate(cfg: SearchConfig) -> SearchConfig:
         )
     if cfg.trials < 1:
         raise NasPruneError(f"--trials must be at least 1, got {cfg.trials}")
-    if cfg.epochs_per_trial < 0 or cfg.pretrain_epochs <= 0:
-        raise NasPruneError("--epochs-per-trial must be >= 0 and --pretrain-epochs > 0")
+    if cfg.epochs_per_trial < 0 or cfg.pretrain_epochs <= 0 or cfg.gate_epochs < 0 or cfg.gate_seeds < 1:
+        raise NasPruneError(
+            "--epochs-per-trial and --gate-epochs must be >= 0, --pretrain-epochs > 0, --gate-seeds >= 1"
+        )
     if cfg.workers < 1 or cfg.gpus_per_trial < 0 or cfg.latency_batch < 1:
         raise NasPruneError("--workers and --latency-batch must be >= 1 and --gpus-per-trial >= 0")
     if cfg.sampler not in SAMPLERS:
@@ -464,6 +467,31 @@ def _sensitivity_evaluator(data: DataSplits, cfg: SearchConfig, device) -> Calla
     return score
 
 
+def gate_seeds(cfg, model, example, space, cost, budget, data, device, run_dir: Path, quiet: bool) -> list:
+    """Train the gate supernet for ``--gate-epochs`` and return its seeds (``source = gates``).
+
+    Its width distributions go to ``gates.csv`` (``gates.png`` is drawn from it). Weights step on the
+    training split, architecture logits on the validation split (the search's split; never the test set).
+    """
+    from .gates import GateSettings, train_gates
+
+    settings = GateSettings(
+        epochs=cfg.gate_epochs,
+        num_seeds=cfg.gate_seeds,
+        device=str(device),
+        seed=cfg.seed,
+        progress=not quiet,
+    )
+    batch = min(cfg.batch_size, len(data.train), len(data.val))  # tiny splits still give full batches
+    train = data.loader("train", batch, train=True, seed=cfg.seed, drop_last=True)
+    val = data.loader("val", batch, train=True, augment=False, seed=cfg.seed + 1, drop_last=True)
+    if not quiet:
+        print(f"Training the gate supernet for {cfg.gate_epochs:g} epochs (--gate-epochs; 0 skips it) ...")
+    result = train_gates(model, example, space, cost, budget, train, val, settings)
+    result.history.to_csv(run_dir / "gates.csv", index=False)
+    return result.seeds()
+
+
 def measure_latencies(run_dir, trials, dense, example, spec_model, cfg, budget, device) -> pd.DataFrame:
     """Fill latency columns of complete trials, one model at a time in this process, and judge any
     latency budget on the measured median."""
@@ -560,7 +588,12 @@ def search(
         ctx = SeedContext(
             model, example, space, cost, budget, cfg.importance, _sensitivity_evaluator(data, cfg, device)
         )
-        for source, widths in make_seeds(ctx, cfg.seeds).items():
+        seeds = list(make_seeds(ctx, cfg.seeds).items())
+        if cfg.gate_epochs > 0:
+            known = [w for _, w in seeds]
+            gated = gate_seeds(cfg, model, example, space, cost, budget, data, device, run_dir, quiet)
+            seeds += [("gates", w) for w in gated if w not in known]
+        for source, widths in seeds:
             study.enqueue_trial(space.encode(widths), user_attrs={"source": source})
     else:
         repair_interrupted(study, space, trials)
@@ -703,7 +736,7 @@ def _tune(
 
 
 def _plots(run_dir, trials, front, dense, cfg, space, budget) -> None:
-    from .plots import plot_pareto, plot_progress, plot_widths
+    from .plots import plot_gates, plot_pareto, plot_progress, plot_widths
     from .results import best_arch
 
     title = f"{cfg.model} on {cfg.dataset}, {budget.label()}"
@@ -711,6 +744,8 @@ def _plots(run_dir, trials, front, dense, cfg, space, budget) -> None:
         trials, front, run_dir / "pareto.png", dense=dense, budget_flops_ratio=budget.flops, title=title
     )
     plot_progress(trials, run_dir / "progress.png", budget_note=budget.label())
+    if (run_dir / "gates.csv").is_file():
+        plot_gates(pd.read_csv(run_dir / "gates.csv"), run_dir / "gates.png", title=f"gate supernet: {title}")
     best = best_arch(trials)
     if best is not None:
         dense_widths = space.dense()
@@ -822,6 +857,15 @@ def _parser() -> ArgumentParser:
         "--sampler",
         help="tpe (default: Optuna's constrained multi-objective TPE) or random (uniform random widths, "
         "the control a search must beat)",
+    )
+    s.add_argument(
+        "--gate-epochs",
+        type=float,
+        help=f"epochs of the ProxylessNAS-style gate supernet whose best architectures seed the search "
+        f"(source gates; default {d.gate_epochs:g}, 0 disables it)",
+    )
+    s.add_argument(
+        "--gate-seeds", type=int, help=f"architectures the gate supernet seeds (default {d.gate_seeds})"
     )
     s.add_argument("--lr", type=float, help=f"fine-tuning learning rate (default {d.lr:g})")
     o = p.add_argument_group("output")

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
-from nas_prune.plots import plot_pareto, plot_progress, plot_widths
+from nas_prune.plots import plot_gates, plot_pareto, plot_progress, plot_widths
 from nas_prune.results import SOURCES, append_trial, pareto_front, read_trials
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -71,3 +72,25 @@ def test_plot_widths_empty_and_unknown_group(tmp_path):
 def test_plot_progress(tmp_path, trials, empty):
     assert is_png(plot_progress(trials, tmp_path / "progress.png", budget_note="FLOPs <= 0.6 of dense"))
     assert is_png(plot_progress(empty, tmp_path / "empty.png"))
+
+
+def _gate_history(groups, records):
+    """Per group, a width distribution drifting from uniform towards a narrow width."""
+    rows = []
+    for g, widths in enumerate(groups):
+        for step in range(records):
+            logits = -np.abs(np.arange(len(widths)) - 1) * step / 4
+            p = np.exp(logits) / np.exp(logits).sum()
+            rows += [
+                (step * 5, step / 4, f"layer{g}.conv", w, float(q)) for w, q in zip(widths, p, strict=True)
+            ]
+    return pd.DataFrame(rows, columns=["step", "epoch", "group", "width", "probability"])
+
+
+@pytest.mark.parametrize(
+    "groups,records", [([(4, 8, 12, 16), (2, 4), (8, 16, 24, 32, 64)], 12), ([(1, 2, 3)], 1)]
+)
+def test_plot_gates(tmp_path, groups, records):
+    out = plot_gates(_gate_history(groups, records), tmp_path / "gates.png", title="gates")
+    assert out == tmp_path / "gates.png" and is_png(out)
+    assert is_png(plot_gates(_gate_history([], 0), tmp_path / "empty.png"))

@@ -45,6 +45,8 @@ def fake_run(ray_session, tmp_path_factory):
         pretrain_epochs=1,
         epochs_per_trial=0.5,
         startup_trials=4,
+        gate_epochs=1,
+        gate_seeds=2,
         output=str(run),
         quiet=True,
         evaluate_fn=fake_evaluate,
@@ -70,6 +72,8 @@ def test_every_contract_file_is_written(fake_run):
         "pareto.png",
         "widths.png",
         "progress.png",
+        "gates.png",
+        "gates.csv",
     ):
         assert (run / name).is_file(), name
     assert isinstance(trials, pd.DataFrame) and trials.attrs["run_dir"] == str(run)
@@ -86,10 +90,15 @@ def test_trial_count_and_budget_honoured(fake_run):
 
 def test_seeds_come_first_with_their_labels_and_are_never_stopped(fake_run):
     _, trials, _ = fake_run
-    first = trials.sort_values("trial_id").head(3)
-    assert list(first["source"]) == ["uniform", "l2", "sensitivity"]
-    assert (first["state"] == "complete").all() and (first["epochs"] == 0.5).all()
-    assert set(trials["source"]) <= {"uniform", "l2", "sensitivity", "random", "optuna"}
+    ordered = trials.sort_values("trial_id")
+    gates = int((trials["source"] == "gates").sum())
+    assert 1 <= gates <= 2
+    first = ordered.head(3 + gates)
+    assert list(first["source"]) == ["uniform", "l2", "sensitivity"] + ["gates"] * gates
+    assert (first["state"] != "pruned").all() and (first["flops_ratio"] <= 0.5 + 1e-9).all()
+    heuristics = first.head(3)  # a gate seed may hit the fake's planted failure (first group at 8)
+    assert (heuristics["state"] == "complete").all() and (heuristics["epochs"] == 0.5).all()
+    assert set(trials["source"]) <= {"uniform", "l2", "sensitivity", "gates", "random", "optuna"}
 
 
 def test_only_feasible_proposals_are_trained(fake_run):
@@ -188,6 +197,7 @@ def test_random_sampler_is_the_unseeded_control(ray_session, tmp_path):
         epochs_per_trial=0.5,
         sampler="random",
         seeds=(),
+        gate_epochs=0,
         output=str(tmp_path / "run"),
         quiet=True,
         evaluate_fn=fake_evaluate,
