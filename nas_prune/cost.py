@@ -11,12 +11,13 @@ import contextlib
 import copy
 import statistics
 import time
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
 from thop import profile
 
-__all__ = ["CostModel", "count_macs", "count_params", "measure_latency"]
+__all__ = ["CostModel", "LayerCut", "count_macs", "count_params", "measure_latency"]
 
 _COUNTED = (nn.modules.conv._ConvNd, nn.Linear)
 
@@ -112,6 +113,26 @@ def measure_latency(
     return float(statistics.median(times))
 
 
+class LayerCut(NamedTuple):
+    """One layer with parameters of the traced dense model, and the channel groups that cut it.
+
+    Attributes:
+        name: qualified module name.
+        module: the dense module (of CostModel's private traced copy).
+        params: its own parameters at full width.
+        area: conv/linear MACs per (output channel x input channel per group), per sample; else 0.
+        outs: ``(group, channels of the group among the layer's outputs)`` pairs.
+        ins: the same for the layer's inputs.
+    """
+
+    name: str
+    module: nn.Module
+    params: int
+    area: float
+    outs: list[tuple[str, int]]
+    ins: list[tuple[str, int]]
+
+
 class CostModel:
     """Exact MACs and parameters of any width assignment, without building the slim model.
 
@@ -141,14 +162,13 @@ class CostModel:
                     continue
                 side = cut_out if graph.dg.is_out_channel_pruning_fn(item.dep.handler) else cut_in
                 side.setdefault(layer, []).append((group.name, len(item.idxs)))
-        self._layers = []
+        self.layers: list[LayerCut] = []
+        """Every module with parameters of the traced dense model, in ``named_modules()`` order."""
         for name, module in probe.named_modules():
             own = sum(p.numel() for p in module.parameters(recurse=False))
-            if own == 0:
-                continue
-            self._layers.append(
-                (name, module, own, area.get(name, 0), cut_out.get(name, []), cut_in.get(name, []))
-            )
+            if own:
+                outs, ins = cut_out.get(name, []), cut_in.get(name, [])
+                self.layers.append(LayerCut(name, module, own, area.get(name, 0), outs, ins))
         self.dense = self.cost(dict(self.groups))
 
     def cost(self, widths: dict[str, int]) -> tuple[int, int]:
@@ -156,13 +176,17 @@ class CostModel:
         macs, params = self.cost_terms(widths)
         return int(round(macs)), int(round(params))
 
+    def drop_fractions(self, widths: dict) -> dict:
+        """Fraction of each group's channels that ``widths`` removes (missing groups: 0)."""
+        return {g: (c - widths.get(g, c)) / c for g, c in self.groups.items()}
+
     def cost_terms(self, widths: dict) -> tuple:
         """Unrounded ``(macs, params)``; widths may be floats or tensors, so a gate supernet can
         differentiate the cost of its expected widths (each layer's cost is bilinear in its input and
         output widths, so for independent groups the cost of the expected widths is the expected cost)."""
-        drop = {g: (c - widths.get(g, c)) / c for g, c in self.groups.items()}
+        drop = self.drop_fractions(widths)
         macs = params = 0.0
-        for _, module, own, area, outs, ins in self._layers:
+        for _, module, own, area, outs, ins in self.layers:
             out_cut = sum(n * drop[g] for g, n in outs)
             in_cut = sum(n * drop[g] for g, n in ins)
             if isinstance(module, nn.modules.conv._ConvNd):

@@ -52,6 +52,19 @@ def test_measure_latency_on_cuda():
     assert measure_latency(TwoLayer(), torch.randn(1, 1, 8, 8), device="cuda", warmup=2, repeats=5) > 0
 
 
+def test_cost_model_layer_table_names_the_groups_that_cut_each_layer():
+    cost = CostModel(TwoLayer(), torch.randn(2, 1, 8, 8))
+    table = {layer.name: (layer.params, layer.area, layer.outs, layer.ins) for layer in cost.layers}
+    assert table == {
+        "conv1": (72, 9 * 64, [("conv1", 8)], []),
+        "bn1": (16, 0, [("conv1", 8)], []),
+        "conv2": (288, 9 * 64, [("conv2", 4)], [("conv1", 8)]),
+        "bn2": (8, 0, [("conv2", 4)], []),
+        "fc": (50, 1, [], [("conv2", 4)]),
+    }
+    assert cost.drop_fractions({"conv1": 2}) == {"conv1": 0.75, "conv2": 0.0}
+
+
 def _random_widths(groups, seed):
     gen = torch.Generator().manual_seed(seed)
     return {g.name: int(torch.randint(1, g.channels + 1, (1,), generator=gen)) for g in groups if g.prunable}

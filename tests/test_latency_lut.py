@@ -1,0 +1,258 @@
+import json
+import math
+import random
+import re
+from collections import Counter
+
+import pytest
+import torch
+from conftest import COUPLING_MODELS, Residual, TwoLayer
+
+from nas_prune import channel_groups, create_model, prune
+from nas_prune.latency_lut import LatencyLUT
+from nas_prune.space import WidthSpace
+
+DENSE_MS = 100.0  # what FakeTimer says the whole model takes
+OVERHEAD = {"Conv2d": 0.05, "BatchNorm2d": 0.01, "Linear": 0.02}
+
+
+class FakeTimer:
+    """Deterministic ``measure_fn``: input size and parameters times a rate, plus a per-kind overhead.
+
+    The whole model (a module with children) takes ``DENSE_MS``. Every call is recorded.
+    """
+
+    def __init__(self):
+        self.calls: list[tuple[str, tuple[int, ...]]] = []
+
+    def __call__(self, module, shape, device):
+        self.calls.append((type(module).__name__, tuple(shape)))
+        if any(module.children()):
+            return DENSE_MS
+        params = sum(p.numel() for p in module.parameters())
+        return 1e-4 * math.prod(shape) + 1e-3 * params + OVERHEAD.get(type(module).__name__, 0.005)
+
+
+def channels(keys):
+    """(layer label, in, out) per key."""
+    return [(k.split("[")[0], *map(int, re.search(r" in=(\d+) out=(\d+) ", k).groups())) for k in keys]
+
+
+@pytest.fixture
+def two_layer(tmp_path):
+    timer = FakeTimer()
+    lut = LatencyLUT(TwoLayer(), torch.randn(2, 1, 8, 8), cache_dir=tmp_path, measure_fn=timer, rounds=1)
+    return lut, timer
+
+
+def test_keys_follow_the_widths_by_hand(two_layer):
+    lut, _ = two_layer
+    assert channels(lut.layer_keys({"conv1": 4, "conv2": 2})) == [
+        ("Conv2d", 1, 4),
+        ("BatchNorm2d", 4, 4),
+        ("relu", 4, 4),  # F.relu in forward: a functional op with its own entry
+        ("Conv2d", 4, 2),
+        ("BatchNorm2d", 2, 2),
+        ("relu", 2, 2),
+        ("adaptive_avg_pool2d", 2, 2),
+        ("flatten", 2, 2),  # (N, C, 1, 1) -> (N, C) keeps batch and channels
+        ("Linear", 2, 10),
+    ]
+    assert lut.layer_keys({}) == lut.layer_keys({"conv1": 8, "conv2": 4})
+    assert all(" input=8x8 batch=1 float32 @ cpu (" in k for k in lut.layer_keys({})[:6])
+    with pytest.raises(ValueError, match="unknown channel group"):
+        lut.layer_keys({"conv9": 3})
+
+
+def test_prediction_is_the_sum_of_entries_plus_the_constant(two_layer):
+    lut, timer = two_layer
+    widths = {"conv1": 4, "conv2": 2}
+    entries = lut.layer_ms(widths)
+    dense_entries = lut.layer_ms({})
+    assert lut.constant_ms == pytest.approx(DENSE_MS - sum(dense_entries))
+    assert lut.predict(widths) == pytest.approx(sum(entries) + lut.constant_ms)
+    assert lut.predict({}) == pytest.approx(DENSE_MS)  # the constant is calibrated on the dense model
+    # Each entry is the timer's value for a fresh layer of the key's shape.
+    assert ("Conv2d", (1, 1, 8, 8)) in timer.calls and ("Linear", (1, 2)) in timer.calls
+    conv1 = 1e-4 * 64 + 1e-3 * (4 * 9) + OVERHEAD["Conv2d"]
+    assert entries[0] == pytest.approx(conv1)
+
+
+def test_entries_are_timed_in_rounds_and_the_fastest_kept(tmp_path):
+    seen = Counter()
+
+    def timer(module, shape, device):  # 3 ms, then 1 ms, then 2 ms for each layer
+        seen[str(module), shape] += 1
+        return [3.0, 1.0, 2.0][seen[str(module), shape] - 1]
+
+    lut = LatencyLUT(TwoLayer(), torch.randn(2, 1, 8, 8), cache_dir=tmp_path, measure_fn=timer, rounds=3)
+    entries = lut.layer_ms({"conv1": 2})
+    assert min(entries) == max(entries) == 1.0 and set(seen.values()) == {3}
+
+
+def test_a_second_lut_reuses_the_cache(two_layer, tmp_path):
+    lut, timer = two_layer
+    widths = {"conv1": 4, "conv2": 2}
+    predicted = lut.predict(widths)
+    assert len(timer.calls) == len(set(lut.layer_keys(widths)) | set(lut.layer_keys({}))) + 1  # + dense model
+    doc = json.loads(lut.path.read_text())
+    assert doc["device"] == lut.device_name and set(lut.layer_keys(widths)) <= set(doc["entries"])
+    assert [p.name for p in tmp_path.iterdir()] == [lut.path.name]  # no temp files left behind
+
+    other_timer = FakeTimer()
+    other = LatencyLUT(TwoLayer(), torch.randn(2, 1, 8, 8), cache_dir=tmp_path, measure_fn=other_timer)
+    assert other.predict(widths) == predicted and other_timer.calls == []
+    new = {"conv1": 3, "conv2": 2}  # conv1, bn1, relu and conv2's input change: 4 new entries, 3 rounds
+    other.predict(new)
+    assert len(other_timer.calls) == 4 * 3
+    lut.predict(new)  # the first instance reads what the second one measured
+    assert len(timer.calls) == len(set(lut.layer_keys(widths)) | set(lut.layer_keys({}))) + 1
+
+
+def test_keys_change_with_batch_dtype_device_and_channels(tmp_path):
+    model, x = TwoLayer(), torch.randn(2, 1, 8, 8)
+    base = LatencyLUT(model, x, cache_dir=tmp_path, threads=1)
+    keys = base.layer_keys({})
+
+    def differ(other_keys, old, new):
+        assert other_keys != keys and other_keys == [k.replace(old, new) for k in keys]
+
+    differ(LatencyLUT(model, x, cache_dir=tmp_path, threads=1, batch=8).layer_keys({}), "batch=1", "batch=8")
+    double = LatencyLUT(TwoLayer().double(), x.double(), cache_dir=tmp_path, threads=1)
+    differ(double.layer_keys({}), "float32", "float64")
+    two = LatencyLUT(model, x, cache_dir=tmp_path, threads=2)
+    differ(two.layer_keys({}), base.device_name, two.device_name)
+    assert "1 threads" in base.device_name and "2 threads" in two.device_name and two.path != base.path
+    narrow = base.layer_keys({"conv2": 3})
+    changed = [i for i, (a, b) in enumerate(zip(keys, narrow, strict=True)) if a != b]
+    assert changed == [3, 4, 5, 6, 7, 8]  # conv2 (its outputs) onwards, up to the linear's input
+
+
+def test_timing_uses_the_key_dtype(tmp_path):
+    dtypes = set()
+
+    def timer(module, shape, device):
+        dtypes.update(p.dtype for p in module.parameters())
+        return 1.0
+
+    LatencyLUT(
+        TwoLayer().double(), torch.randn(2, 1, 8, 8).double(), cache_dir=tmp_path, measure_fn=timer
+    ).predict({"conv1": 4})
+    assert dtypes == {torch.float64}
+
+
+@pytest.mark.parametrize("name", ["residual", "dense_concat", "squeeze_excite", "depthwise"])
+def test_keys_equal_those_of_the_pruned_model(name, tmp_path):
+    factory, shape = COUPLING_MODELS[name]
+    torch.manual_seed(0)
+    model, x = factory().eval(), torch.randn(2, *shape)
+    lut = LatencyLUT(model, x, cache_dir=tmp_path, measure_fn=FakeTimer())
+    assert lut.unmodelled == []
+    rng = random.Random(0)
+    widths = {g.name: rng.randint(1, g.channels - 1) for g in channel_groups(model, x) if g.prunable}
+    slim = LatencyLUT(prune(model, x, widths), x, cache_dir=tmp_path, measure_fn=FakeTimer())
+    assert lut.layer_keys(widths) == slim.layer_keys({})
+
+
+def test_residual_adds_and_relus_have_entries_that_follow_the_widths(tmp_path):
+    model, x = Residual(), torch.randn(2, 3, 16, 16)
+    lut = LatencyLUT(model, x, cache_dir=tmp_path, measure_fn=FakeTimer(), rounds=1)
+    adds = [c for c in channels(lut.layer_keys({"stem.0": 5})) if c[0] == "add"]
+    assert adds == [("add", 5, 5), ("add", 5, 5), ("add", 12, 12)]  # the 2 residual adds carry the stem group
+    assert lut.predict({"stem.0": 5}) < lut.predict({})
+
+
+def test_resnet20_on_random_widths_of_its_space(tmp_path):
+    model, x = create_model("resnet20", in_channels=1), torch.randn(2, 1, 28, 28)
+    space = WidthSpace.build(channel_groups(model, x), round_to=4, min_fraction=0.1)
+    rng = random.Random(0)
+    widths = space.decode({n: rng.randrange(len(c)) for n, c in space.choices.items()})
+    lut = LatencyLUT(model, x, cache_dir=tmp_path, measure_fn=FakeTimer(), rounds=1)
+    slim = LatencyLUT(prune(model, x, widths), x, cache_dir=tmp_path, measure_fn=FakeTimer(), rounds=1)
+    assert lut.layer_keys(widths) == slim.layer_keys({})
+    assert lut.unmodelled == []
+    assert lut.predict(widths) < lut.predict({}) == pytest.approx(DENSE_MS)
+
+
+def test_the_model_is_left_untouched(tmp_path):
+    model = TwoLayer().train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    lut = LatencyLUT(model, torch.randn(2, 1, 8, 8), cache_dir=tmp_path, measure_fn=FakeTimer())
+    lut.predict({"conv1": 3})
+    assert model.training and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+
+
+def _validated(predicted, measured, tmp_path):
+    lut = LatencyLUT(TwoLayer(), torch.randn(2, 1, 8, 8), cache_dir=tmp_path, measure_fn=FakeTimer())
+    lut.predict = lambda widths: predicted[widths["conv1"]]  # known predictions, no table needed
+    return lut, lut.validate([{"conv1": i} for i in range(len(predicted))], lambda w: measured[w["conv1"]])
+
+
+def test_validate_on_known_numbers(tmp_path):
+    predicted, measured = [1.0, 2.0, 3.0, 4.0, 5.0], [1.0, 2.5, 2.4, 4.4, 5.5]
+    lut, result = _validated(predicted, measured, tmp_path)
+    errors = [0.0, 0.5 / 2.5, 0.6 / 2.4, 0.4 / 4.4, 0.5 / 5.5]
+    assert result["median_error"] == pytest.approx(sorted(errors)[2])
+    assert result["worst_error"] == pytest.approx(0.25)
+    assert result["spearman"] == pytest.approx(1 - 6 * 2 / (5 * (25 - 1)))  # ranks 1 3 2 4 5: sum d^2 = 2
+    assert [p["measured_ms"] for p in result["pairs"]] == measured
+    assert [p["error"] for p in result["pairs"]] == pytest.approx(errors)
+    assert result["pairs"][1]["widths"] == {"conv1": 1} and result["pairs"][1]["predicted_ms"] == 2.0
+
+
+@pytest.mark.parametrize(
+    "measured, trusted",
+    [
+        ([1.1, 2.2, 3.3, 4.4], True),  # 9% error, same order
+        ([1.2, 2.4, 3.6, 4.8], False),  # 17% error
+        ([4.0, 3.0, 2.0, 1.0], False),  # reversed order
+        ([1.0, 2.0, 4.0, 3.0], False),  # right median error, Spearman 0.8
+    ],
+)
+def test_trusted_needs_small_error_and_the_right_order(measured, trusted, tmp_path):
+    lut, result = _validated([1.0, 2.0, 3.0, 4.0], measured, tmp_path)
+    assert result["trusted"] is trusted and lut.trusted is trusted
+
+
+def test_one_sample_is_never_trusted(tmp_path):
+    lut, result = _validated([1.0], [1.0], tmp_path)
+    assert math.isnan(result["spearman"]) and result["median_error"] == 0 and not result["trusted"]
+
+
+@pytest.mark.parametrize("content", ["{not json", "[1, 2]", '{"entries": {"k": "fast"}}'])
+def test_a_corrupt_cache_file_starts_a_fresh_table(content, two_layer, tmp_path):
+    lut, _ = two_layer
+    lut.path.write_text(content)
+    with pytest.warns(UserWarning, match="unreadable"):
+        fresh = LatencyLUT(TwoLayer(), torch.randn(2, 1, 8, 8), cache_dir=tmp_path, measure_fn=FakeTimer())
+        predicted = fresh.predict({"conv1": 4})
+    assert predicted > 0 and json.loads(lut.path.read_text())["entries"]  # replaced by a valid table
+
+
+def test_real_timing_smoke_on_convnet(tmp_path):
+    model, x = create_model("convnet", in_channels=1), torch.randn(2, 1, 28, 28)
+    lut = LatencyLUT(model, x, cache_dir=tmp_path, threads=1, rounds=1)
+    half = {g: c // 2 for g, c in lut.groups.items()}
+    entries = lut.layer_ms(half)
+    assert all(ms > 0 for ms in entries) and math.isfinite(lut.predict(half))
+    assert lut.predict({}) == pytest.approx(
+        json.loads(lut.path.read_text())["constants"].popitem()[1]["dense_ms"]
+    )
+
+
+class FixedView(torch.nn.Module):
+    """A reshape to fixed sizes that keeps the shape: element-wise in shape, but not in channels."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 6, 3, padding=1)
+
+    def forward(self, x):
+        x = self.conv(x)
+        return torch.relu(x.reshape(2, 6, 4, 4)).mean((2, 3))
+
+
+def test_ops_with_fixed_shapes_get_no_entry(tmp_path):
+    lut = LatencyLUT(FixedView(), torch.randn(2, 1, 4, 4), cache_dir=tmp_path, measure_fn=FakeTimer())
+    assert [c[0] for c in channels(lut.layer_keys({}))] == ["Conv2d"]  # the relu is fed by the reshape
