@@ -461,12 +461,16 @@ def _train(
     progress: bool,
     quiet: bool,
     on_epoch_end: Callable[[int, dict[str, Any]], Any] | None,
+    before_checkpoint: Callable[[int, dict[str, Any]], Any] | None = None,
 ) -> tuple[list[dict[str, Any]], float]:
     """Train ``slim`` for ``settings["epochs"]``, checkpointing after every (partial) epoch.
 
     A checkpoint of the same settings in ``out`` is continued from its last finished epoch. Each epoch
     draws its batch order and augmentation from ``seed`` and its index, so an interrupted and resumed
     run sees the same batches as an uninterrupted one.
+
+    ``before_checkpoint(epoch_index, history_row)`` runs after each epoch's validation and before its
+    checkpoint, so what it changes in ``slim`` (soft filter pruning's zeroing) is what a resume sees.
 
     Returns:
         The history (one row per epoch, also the ones before a resume) and the epochs done at start.
@@ -524,6 +528,8 @@ def _train(
             "train_seconds": seconds,
         }
         history.append(row)
+        if before_checkpoint is not None:
+            before_checkpoint(epoch, row)
         save_checkpoint(
             path,
             slim,

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 
 import pytest
 import torch
 
+import nas_prune.baselines as baselines
 from nas_prune.baselines import (
     METHODS,
     BaselineSettings,
@@ -16,18 +18,21 @@ from nas_prune.baselines import (
     main,
     make_permanent,
     nonzero_macs,
+    prune_channels,
     run_baseline,
     structured_ticket,
     unstructured_ticket,
     weight_positions,
     zero_filters,
 )
-from nas_prune.cli import run_cli
+from nas_prune.cli import NasPruneError, run_cli
 from nas_prune.cost import count_macs
+from nas_prune.data import load_dataset
 from nas_prune.models import create_model, model_spec
+from nas_prune.objective import adapt_batchnorm
 from nas_prune.prune import channel_importance, prune
 from nas_prune.retrain import load_pruned
-from nas_prune.train import make_optimizer, save_checkpoint
+from nas_prune.train import fit, make_optimizer, save_checkpoint
 
 X = torch.zeros(2, 1, 28, 28)
 STRUCTURED = [m for m in METHODS if m != "l1-unstructured"]
@@ -46,16 +51,17 @@ def checkpoint(tmp_path_factory):
 
 
 def _run(method, tmp_path, checkpoint=None, budget=0.5, **kw):
+    kw = {"epochs": 0.2, "pretrain_epochs": 0.2, "epochs_between": 0.1, "progress": False, **kw}
     settings = BaselineSettings(
-        method=method, budget_flops=budget, dataset="synthetic", checkpoint=checkpoint, epochs=0.2,
-        pretrain_epochs=0.2, epochs_between=0.1, output=str(tmp_path / method), progress=False, **kw,
+        method=method, budget_flops=budget, dataset="synthetic", checkpoint=checkpoint,
+        output=str(tmp_path / method), **kw,
     )  # fmt: skip
     return run_baseline(settings, latency_fn=_fake_latency, quiet=True)
 
 
 @pytest.mark.parametrize("method", STRUCTURED)
 def test_structured_methods_meet_the_budget(method, tmp_path, checkpoint):
-    metrics = _run(method, tmp_path, checkpoint, step=0.2)
+    metrics = _run(method, tmp_path, None if method == "lottery-ticket" else checkpoint, step=0.2)
     model = load_pruned(tmp_path / method / "model.pt")
     macs = count_macs(model, X)[0]
     dense_macs = count_macs(create_model("convnet", 1, 10), X)[0]
@@ -165,6 +171,7 @@ def test_iterative_run_reports_steps(tmp_path, checkpoint):
         ["l2-structured", "--budget-flops", "1.5", "--dataset", "synthetic"],
         ["l2-structured", "--budget-flops", "0", "--dataset", "synthetic"],
         ["l2-structured", "--budget-flops", "0.5", "--dataset", "synthetic", "--checkpoint", "/nope.pt"],
+        ["soft-filter", "--budget-flops", "0.5", "--dataset", "synthetic", "--finetune-share", "1.5"],
         ["l2-structured"],
     ],
 )
@@ -172,3 +179,110 @@ def test_bad_input_one_line_exit_2(argv, capsys):
     assert run_cli(main, argv) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "error" in err
+
+
+# ---------------------------------------------------------------------------------------------------
+# soft-filter: the hard cut after the soft phase
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_soft_filter_cut_scores_like_the_masked_model():
+    """After the last zeroing, cutting the zeroed channels (BN re-estimated) changes the outputs only at
+    zero-padded borders: predictions and accuracy stay those of the masked model (float64)."""
+    data = load_dataset("synthetic", seed=0)
+    torch.manual_seed(5)
+    model = create_model("convnet", 1, 10)
+    fit(model, data, epochs=2, batch_size=64, progress=False)
+    widths = {"features.conv1.conv": 16, "features.conv2.conv": 16, "features.conv3.conv": 32,
+              "features.conv4.conv": 32, "features.conv5.conv": 64}  # fmt: skip
+    drops = zero_filters(model, X, widths)
+    masked, cut = copy.deepcopy(model), prune_channels(model, X, drops)
+    for net in (masked, cut):
+        adapt_batchnorm(net, data.loader("train", 64, train=True, seed=0), 20, torch.device("cpu"))
+        net.double().eval()
+    x, y = next(iter(data.loader("test", len(data.test), train=False)))
+    with torch.no_grad():
+        a, b = masked(x.double()), cut(x.double())
+    assert (a.argmax(1) == b.argmax(1)).float().mean() >= 0.9
+    assert (a - b).abs().mean() <= 0.25 * a.abs().mean()
+    assert abs((a.argmax(1) == y).float().mean() - (b.argmax(1) == y).float().mean()) <= 0.05
+
+
+def test_soft_filter_run_cuts_then_fine_tunes(tmp_path, checkpoint):
+    metrics = _run("soft-filter", tmp_path, checkpoint, epochs=1.0, finetune_share=0.5)
+    assert metrics["soft_epochs"] == metrics["finetune_epochs"] == 0.5
+    assert len(metrics["history"]) == 2  # half an epoch of the soft phase, then of the slim network
+    assert metrics["val_accuracy_cut"] >= metrics["val_accuracy_masked"] - 0.1  # the cut costs little
+
+
+# ---------------------------------------------------------------------------------------------------
+# lottery-ticket ignores --checkpoint, and says so
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_lottery_ticket_warns_that_it_ignores_the_checkpoint(tmp_path, checkpoint, capsys, monkeypatch):
+    monkeypatch.setattr(baselines, "measure_latency", _fake_latency)
+    out = tmp_path / "lt"
+    argv = ["lottery-ticket", "--budget-flops", "0.5", "--dataset", "synthetic", "--epochs", "0.2",
+            "--checkpoint", checkpoint, "--output", str(out), "--no-progress"]  # fmt: skip
+    assert run_cli(main, argv) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "--checkpoint" in warnings[0] and "ignored" in warnings[0]
+    notes = json.loads((out / "metrics.json").read_text())["notes"]
+    assert len(notes) == 1 and checkpoint in notes[0]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Resuming: finished runs are reused, interrupted ones continue
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_finished_run_is_not_recomputed(tmp_path, checkpoint, monkeypatch):
+    first = _run("l2-structured", tmp_path, checkpoint)
+
+    def boom(*_args, **_kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(baselines, "train_resumable", boom)
+        again = _run("l2-structured", tmp_path, checkpoint, progress=True)  # display flags do not count
+        assert again == first
+        with pytest.raises(NasPruneError, match="other settings.*epochs"):
+            _run("l2-structured", tmp_path, checkpoint, epochs=0.4)
+    redone = run_baseline(
+        BaselineSettings(method="l2-structured", budget_flops=0.5, dataset="synthetic", checkpoint=checkpoint,
+                         epochs=0.4, output=str(tmp_path / "l2-structured"), progress=False),
+        latency_fn=_fake_latency, quiet=True, force=True,
+    )  # fmt: skip
+    assert redone["epochs"] == 0.4 and not (tmp_path / "l2-structured" / "phases").exists()
+
+
+@pytest.mark.parametrize(("method", "epochs"), [("l2-structured", 2.0), ("soft-filter", 4.0)])
+def test_interrupted_run_continues_where_it_stopped(method, epochs, tmp_path, checkpoint, monkeypatch):
+    """Killed after the first epoch of its first phase, a rerun continues from that epoch's checkpoint
+    (soft-filter: with the zeroing of that epoch) and ends with the weights of an uninterrupted run."""
+    whole = _run(method, tmp_path / "whole", checkpoint, epochs=epochs)
+    real = baselines.train_resumable
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        calls.append(args[4]["phase"])
+
+        def stop(_epoch, _row):
+            raise KeyboardInterrupt
+
+        return real(*args, **{**kwargs, "on_epoch_end": stop})
+
+    monkeypatch.setattr(baselines, "train_resumable", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _run(method, tmp_path / "cut", checkpoint, epochs=epochs)
+    phase = calls[0]
+    assert (tmp_path / "cut" / method / "phases" / phase / "checkpoint.pt").is_file()
+    monkeypatch.setattr(baselines, "train_resumable", real)
+    resumed = _run(method, tmp_path / "cut", checkpoint, epochs=epochs)
+    assert [row["epoch"] for row in resumed["history"]] == [row["epoch"] for row in whole["history"]]
+    a = load_pruned(tmp_path / "whole" / method / "model.pt").state_dict()
+    b = load_pruned(tmp_path / "cut" / method / "model.pt").state_dict()
+    assert a.keys() == b.keys() and all(torch.allclose(a[k].double(), b[k].double(), atol=1e-6) for k in a)
+    assert resumed["widths"] == whole["widths"]
+    assert not (tmp_path / "cut" / method / "phases").exists()  # checkpoints go once the run is done
