@@ -1,34 +1,42 @@
 """Benchmark: searched widths vs the pruning baselines, same FLOPs budget, same training epochs.
 
-    python scripts/benchmark.py [--full] [--model resnet20] [--budget-flops 0.3] [--seeds 3]
+    python scripts/benchmark.py [--full] [--model convnet] [--budget-flops 0.3] [--seeds 3]
         [--subset N] [--output results] [--checkpoint dense.pt] [--dataset fashion-mnist]
 
 Steps, in this order (each one skipped on a restart when its result is already on disk):
 
 1. Train ONE dense model for ``--dense-epochs`` (or reuse ``--checkpoint``): ``OUTPUT/bench/dense.pt``.
-2. One width search from that checkpoint (``--trials`` x ``--epochs-per-trial``): ``OUTPUT/bench/search``.
+2. Two width searches from that checkpoint, with the same ``--trials`` x ``--epochs-per-trial``: the
+   search (TPE sampler, seed architectures first) in ``OUTPUT/bench/search`` and its control, a random
+   search without seed architectures (``sampler="random", seeds=()``), in ``OUTPUT/bench/search-random``.
 3. For every seed: every baseline method (``nas_prune.baselines.METHODS``) and a from-scratch retrain
-   of the search's best architecture, of its ``uniform`` seed trial and of its ``l2`` seed trial.
-   Every finished run is appended at once to ``OUTPUT/bench/runs.csv``; a restart skips those runs.
+   of the search's best architecture, of its ``uniform`` and ``l2`` seed trials and of the random
+   search's best. Every finished run is appended at once to ``OUTPUT/bench/runs.csv``; a restart skips
+   those runs, and a baseline interrupted mid-training continues from its last finished epoch.
 4. ``OUTPUT/benchmark.md`` (table: test accuracy mean ± std over seeds, MACs, params, latency at batch 1,
-   wall time; the command line; the machine; one verdict per baseline) and ``OUTPUT/benchmark.png``.
+   wall time; which rows share an architecture; the command line; the machine; one verdict per row,
+   first whether the search beats the random search) and ``OUTPUT/benchmark.png``.
 
 Same training per method. D = ``--dense-epochs``, E = ``--epochs`` (defaults D = E = 3). Every method
 trains its pruned network for E epochs: fine-tuning from the shared dense model (l1-unstructured,
-l2-structured, soft-filter), E split over the pruning steps (iterative-l2: ``--iterative-step`` of the
-remaining FLOPs per step, E / steps epochs after each step), from scratch at lr 0.1 (uniform-scratch
-and the three search retrains), and lottery-ticket, which trains its own dense model from theta0,
-gets (D + E) / 2 epochs for the dense model and again for the ticket, so D + E in all like the others.
-The search's own fine-tuning (trials x epochs-per-trial) is extra cost of the search rows, shown in the
-report with the search's wall time. The search uses the validation split only; test accuracy is
-measured once per trained model at the end.
+l2-structured), soft-filter from the same dense model (half of E soft-pruned, the other half fine-tuning
+the cut network: ``nas_prune.baselines.FINETUNE_SHARE``), E split over the pruning steps (iterative-l2: ``--iterative-step`` of the remaining
+FLOPs per step, E / steps epochs after each step), from scratch at lr 0.1 (uniform-scratch and the four
+search retrains), and lottery-ticket, which trains its own dense model from theta0 (so it gets no
+``--checkpoint``), gets (D + E) / 2 epochs for the dense model and again for the ticket, so D + E in all
+like the others. The searches' own fine-tuning (trials x epochs-per-trial each) is extra cost of the
+search rows, shown in the report with the searches' wall time. The searches use the validation split
+only; test accuracy is measured once per trained model at the end.
 
 Defaults (CPU, 2 cores): Fashion-MNIST with a fixed training subset of 20,000 images (18,000 train,
-2,000 validation; the full 10,000 test images), resnet20, 30% of the FLOPs, 3 dense epochs, 3 epochs
-per method, search 24 trials x 0.3 epochs on 2 workers, 3 seeds: 1 dense + 1 search + 27 runs,
-expected about 45-75 min on a 2-core CPU (well under 2 hours). ``--full`` (GPU): full data,
-``--device cuda``, 30 dense epochs, 30 epochs per method, 96 trials x 1 epoch, 4 workers sharing the
-GPU; explicit flags still win over the ``--full`` presets.
+2,000 validation; the full 10,000 test images), ``convnet``, 30% of the FLOPs, 3 dense epochs, 3 epochs
+per method, each search 24 trials x 0.3 epochs on 2 workers, 3 seeds: 1 dense + 2 searches + 30 runs.
+The CPU default is ``convnet`` and not ``resnet20`` because the report must stay well under 2 hours on a
+shared 2-core CPU: the 27-run report took 13 min with convnet, and a resnet20 epoch took 2.2x a convnet
+one here, which would put the default near an hour or beyond on a loaded machine (``--model resnet20``
+still works). ``--full`` (GPU): resnet20, full data, ``--device cuda``, 30 dense epochs, 30 epochs per
+method, 96 trials x 1 epoch per search, 4 workers sharing the GPU; explicit flags still win over the
+presets. A rerun into the same ``--output`` must use the same settings (``--seeds`` may grow).
 """
 
 from __future__ import annotations
@@ -48,7 +56,13 @@ import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 import nas_prune  # noqa: E402
-from nas_prune.baselines import METHODS, BaselineSettings, iterative_targets, run_baseline  # noqa: E402
+from nas_prune.baselines import (  # noqa: E402
+    FINETUNE_SHARE,
+    METHODS,
+    BaselineSettings,
+    iterative_targets,
+    run_baseline,
+)
 from nas_prune.config import hardware_info  # noqa: E402
 from nas_prune.data import load_dataset  # noqa: E402
 from nas_prune.models import create_model, model_spec  # noqa: E402
@@ -56,26 +70,29 @@ from nas_prune.retrain import retrain  # noqa: E402
 from nas_prune.train import fit, resolve_device, save_checkpoint, seed_everything  # noqa: E402
 
 CPU_DEFAULTS = dict(
-    subset=20000, dense_epochs=3.0, epochs=3.0, trials=24, epochs_per_trial=0.3, workers=2,
-    gpus_per_trial=0.0, device="cpu",
+    model="convnet", subset=20000, dense_epochs=3.0, epochs=3.0, trials=24, epochs_per_trial=0.3,
+    workers=2, gpus_per_trial=0.0, device="cpu",
 )  # fmt: skip
 FULL_DEFAULTS = dict(
-    subset=None, dense_epochs=30.0, epochs=30.0, trials=96, epochs_per_trial=1.0, workers=4,
-    gpus_per_trial=0.25, device="cuda",
+    model="resnet20", subset=None, dense_epochs=30.0, epochs=30.0, trials=96, epochs_per_trial=1.0,
+    workers=4, gpus_per_trial=0.25, device="cuda",
 )  # fmt: skip
-SEARCH_ROWS = ("search-best", "search-uniform-seed", "search-l2-seed")
+SEARCH_ROWS = ("search-best", "search-random-best", "search-uniform-seed", "search-l2-seed")
+ORDER = [*SEARCH_ROWS, *METHODS]
 COLUMNS = [
     "method", "seed", "trial_id", "source", "test_accuracy", "val_accuracy", "macs", "nonzero_macs",
-    "params", "flops_ratio", "latency_ms", "latency_device", "epochs", "wall_s", "output",
+    "params", "flops_ratio", "latency_ms", "latency_device", "epochs", "wall_s", "output", "widths",
 ]  # fmt: skip
+NOT_SETTINGS = ("output", "seeds", "full")  # may differ between a run and its restart
+VERSION = 2  # of the runs in runs.csv: 1 had a broken soft-filter, no random-search control, no widths
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--full", action="store_true", help="GPU size (see above)")
-    parser.add_argument("--model", default="resnet20")
+    parser.add_argument("--model", default=None, help="default: convnet (CPU), resnet20 (--full)")
     parser.add_argument("--dataset", default="fashion-mnist")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--budget-flops", type=float, default=0.3)
@@ -91,7 +108,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--iterative-step", type=float, default=0.1)
     parser.add_argument("--device", default=None)
     parser.add_argument("--output", default="results")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     for key, value in (FULL_DEFAULTS if args.full else CPU_DEFAULTS).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -121,34 +138,76 @@ def dense_checkpoint(args: argparse.Namespace, work: Path) -> Path:
     return path
 
 
-def run_search(args: argparse.Namespace, checkpoint: Path, run_dir: Path) -> pd.DataFrame:
-    """The width search from ``checkpoint`` (resumed if interrupted, reused if finished)."""
+def check_settings(args: argparse.Namespace, work: Path) -> None:
+    """Refuse to mix runs of other settings or of an older benchmark :data:`VERSION` into ``work``
+    (``--seeds`` may change between restarts)."""
+    path = work / "settings.json"
+    now = {"version": VERSION, **{k: v for k, v in vars(args).items() if k not in NOT_SETTINGS}}
+    before = json.loads(path.read_text()) if path.is_file() else None
+    if before is None and (work / "runs.csv").is_file():
+        before = {"version": 1}  # runs of a benchmark from before settings.json
+    if before is not None:
+        diff = [f"{k} {before.get(k)!r} there vs {v!r} now" for k, v in now.items() if before.get(k) != v]
+        if diff:
+            sys.exit(
+                f"error: {work} holds a benchmark with other settings ({', '.join(diff[:3])}); delete it or use another --output"
+            )
+    path.write_text(json.dumps(now, indent=2) + "\n")
+
+
+def run_search(
+    args: argparse.Namespace, checkpoint: Path, run_dir: Path, sampler: str = "tpe"
+) -> pd.DataFrame:
+    """A width search from ``checkpoint`` (resumed if interrupted, reused if finished).
+
+    ``sampler="random"`` is the control: uniform random widths, no seed architectures, same trials.
+    """
     if (run_dir / "best_arch.json").is_file():
         return pd.read_csv(run_dir / "trials.csv")
-    print(f"Searching ({args.trials} trials x {args.epochs_per_trial:g} epochs) ...", flush=True)
+    print(
+        f"Searching, {sampler} sampler ({args.trials} trials x {args.epochs_per_trial:g} epochs) ...",
+        flush=True,
+    )
     common = dict(trials=args.trials, workers=args.workers, device=args.device, quiet=True)
     if (run_dir / "config.yaml").is_file():
         return nas_prune.search(resume=run_dir, **common)
+    control = dict(sampler="random", seeds=()) if sampler == "random" else {}
     return nas_prune.search(
         model=args.model, dataset=args.dataset, data_dir=args.data_dir, subset=args.subset,
         checkpoint=str(checkpoint), budget_flops=args.budget_flops,
         epochs_per_trial=args.epochs_per_trial, gpus_per_trial=args.gpus_per_trial, seed=0,
-        output=str(run_dir), **common,
+        output=str(run_dir), **control, **common,
     )  # fmt: skip
 
 
-def search_architectures(trials: pd.DataFrame, run_dir: Path) -> dict[str, tuple[int, str]]:
-    """trial_id and source of the searched best and of the ``uniform`` and ``l2`` seed trials."""
+def best_trial(trials: pd.DataFrame, run_dir: Path) -> tuple[int, str] | None:
+    """trial_id and source of the search's best_arch.json; None if it found no feasible architecture."""
+    if not (run_dir / "best_arch.json").is_file():
+        return None
     best = json.loads((run_dir / "best_arch.json").read_text())
-    best_source = trials.loc[trials["trial_id"] == best["trial_id"], "source"]
-    chosen = {"search-best": (int(best["trial_id"]), str(best_source.iloc[0]))}
+    source = trials.loc[trials["trial_id"] == best["trial_id"], "source"]
+    return int(best["trial_id"]), str(source.iloc[0])
+
+
+def search_architectures(
+    trials: pd.DataFrame, run_dir: Path, random_trials: pd.DataFrame, random_dir: Path
+) -> dict[str, tuple[Path, int, str]]:
+    """Run folder, trial_id and source of every search row: the searched best, the ``uniform`` and
+    ``l2`` seed trials and the random search's best (rows that do not exist are skipped with a warning)."""
+    chosen = {}
+    for name, found in (("search-best", best_trial(trials, run_dir)),
+                        ("search-random-best", best_trial(random_trials, random_dir))):  # fmt: skip
+        if found is None:
+            print(f"warning: no feasible trained architecture for {name}; skipping it", flush=True)
+        else:
+            chosen[name] = (random_dir if "random" in name else run_dir, *found)
     trained = trials[trials["state"].isin(["complete", "pruned"])]
     for source in ("uniform", "l2"):
         rows = trained[trained["source"] == source]
         if rows.empty:
             print(f"warning: the search has no trained {source!r} seed trial; skipping it", flush=True)
             continue
-        chosen[f"search-{source}-seed"] = (int(rows["trial_id"].iloc[0]), source)
+        chosen[f"search-{source}-seed"] = (run_dir, int(rows["trial_id"].iloc[0]), source)
     return chosen
 
 
@@ -159,12 +218,13 @@ def baseline_settings(args: argparse.Namespace, method: str, seed: int, checkpoi
         steps = len(iterative_targets(args.budget_flops, args.iterative_step))
         epochs = args.epochs / steps
         extra = dict(step=args.iterative_step, epochs_between=epochs)
-    if method == "lottery-ticket":
+    if method == "lottery-ticket":  # trains its own dense model from theta0: no --checkpoint
         epochs = (args.dense_epochs + args.epochs) / 2
     return BaselineSettings(
         method=method, budget_flops=args.budget_flops, model=args.model, dataset=args.dataset,
-        data_dir=args.data_dir, subset=args.subset, checkpoint=str(checkpoint), epochs=epochs,
-        seed=seed, device=args.device, output=str(out), progress=False, **extra,
+        data_dir=args.data_dir, subset=args.subset, epochs=epochs, seed=seed, device=args.device,
+        checkpoint=None if method == "lottery-ticket" else str(checkpoint), output=str(out),
+        progress=False, **extra,
     )  # fmt: skip
 
 
@@ -172,7 +232,8 @@ def row_of(method: str, seed: int, m: dict, source: str | None = None) -> dict:
     row = {key: m.get(key) for key in COLUMNS}
     if "train_seconds" in m:  # a retrain: its wall_s includes export; the baselines' is prune + train
         row["wall_s"] = m["train_seconds"]
-    return {**row, "method": method, "seed": seed, "source": source or m.get("method")}
+    widths = json.dumps(m["widths"], sort_keys=True) if m.get("widths") is not None else None
+    return {**row, "method": method, "seed": seed, "source": source or m.get("method"), "widths": widths}
 
 
 def append_row(path: Path, row: dict) -> None:
@@ -218,7 +279,36 @@ def markdown_table(frame: pd.DataFrame) -> str:
     return "\n".join("| " + " | ".join(row) + " |" for row in rows)
 
 
-def write_report(args, table: pd.DataFrame, timings: dict, out: Path, notes: list[str]) -> None:
+def shared_architectures(runs: pd.DataFrame, order: list[str]) -> list[list[str]]:
+    """Groups of rows trained on identical widths in every seed (e.g. a searched best that is a seed
+    trial, or ``l2-structured`` and the ``l2`` seed trial): their differences come from training only."""
+    groups: dict[str, list[str]] = {}
+    for method in order:
+        widths = set(runs.loc[runs["method"] == method, "widths"].dropna())
+        if len(widths) == 1:
+            groups.setdefault(widths.pop(), []).append(method)
+    return [group for group in groups.values() if len(group) > 1]
+
+
+def verdict_lines(table: pd.DataFrame) -> list[str]:
+    """The verdicts: first the search against its random-search control, then against every other row."""
+    if "search-best" not in table.index:
+        return ["The search found no feasible architecture: there is nothing to compare."]
+    lines = ["**Against the control, a random search with the same trial count:**", ""]
+    if "search-random-best" in table.index:
+        lines.append(verdict(table, "search-random-best"))
+    else:
+        lines.append(
+            "- no `search-random-best` row (the random search found no feasible architecture): no claim "
+            "that the search beats random sampling."
+        )
+    others = [m for m in table.index if m not in ("search-best", "search-random-best")]
+    return [*lines, "", "**Against the other rows:**", "", *[verdict(table, m) for m in others]]
+
+
+def write_report(
+    args, table: pd.DataFrame, timings: dict, out: Path, notes: list[str], command: list[str]
+) -> None:
     shown = pd.DataFrame(
         {
             "method": [
@@ -236,35 +326,40 @@ def write_report(args, table: pd.DataFrame, timings: dict, out: Path, notes: lis
             "prune + train s / run": table["wall_s"].round(1).to_numpy(),
         }
     )
+    nan = float("nan")
     lines = [
         "# Benchmark: searched widths vs pruning baselines",
         "",
         f"{args.model} on {args.dataset} "
         f"({'full training set' if args.subset is None else f'fixed training subset of {args.subset}'}), "
         f"budget {args.budget_flops:g} of the dense FLOPs, {args.seeds} seed(s) per method. Dense model: "
-        f"{f'--checkpoint {args.checkpoint}' if args.checkpoint else f'{args.dense_epochs:g} epochs'}. Every method trains its pruned "
-        f"network {args.epochs:g} epochs (iterative-l2 split over its steps; lottery-ticket "
-        f"{(args.dense_epochs + args.epochs) / 2:g} dense + the same for the ticket). The `search-*` rows "
-        f"are retrained from scratch; the search itself took {timings.get('search_s', float('nan')):.0f} s "
-        f"({args.trials} trials x {args.epochs_per_trial:g} epochs). MACs of l1-unstructured are its "
-        "non-zero MACs (its dense kernels run at the dense latency). Latency: median over seeds of each "
-        "run's measured median, batch 1. Time per run: pruning and training, without the final "
-        "measurements.",
+        f"{f'--checkpoint {args.checkpoint}' if args.checkpoint else f'{args.dense_epochs:g} epochs'}. "
+        f"Every method trains its pruned network {args.epochs:g} epochs (iterative-l2 split over its "
+        f"steps; soft-filter {1 - FINETUNE_SHARE:g} of them soft-pruned, the rest fine-tuning after the "
+        f"cut; lottery-ticket "
+        f"{(args.dense_epochs + args.epochs) / 2:g} dense from its own theta0 + the same for the ticket). "
+        f"The `search-*` rows are retrained from scratch; the search took "
+        f"{timings.get('search_s', nan):.0f} s and its control, a random search without seed "
+        f"architectures (`search-random-best`; its trial id is one of `bench/search-random/trials.csv`), "
+        f"{timings.get('search_random_s', nan):.0f} s, each {args.trials} trials x "
+        f"{args.epochs_per_trial:g} epochs. MACs of l1-unstructured are its non-zero MACs (its dense "
+        "kernels run at the dense latency). Latency: median over seeds of each run's measured median, "
+        "batch 1. Time per run: pruning and training, without the final measurements.",
         "",
         markdown_table(shown),
+        *(["", *notes] if notes else []),
         "",
         "## Does the searched architecture beat each baseline?",
         "",
         "Mean test-accuracy difference (searched best minus the other), judged against the pooled std "
         "over seeds: only a difference larger than the pooled std counts as a win.",
         "",
-        *[verdict(table, m) for m in table.index if m != "search-best"],
-        *([""] + notes if notes else []),
+        *verdict_lines(table),
         "",
         "## Command",
         "",
         "```",
-        shlex.join([Path(sys.executable).name, *sys.argv]),
+        shlex.join(["python", "scripts/benchmark.py", *command]),
         "```",
         "",
         "## Machine",
@@ -273,8 +368,8 @@ def write_report(args, table: pd.DataFrame, timings: dict, out: Path, notes: lis
         json.dumps(hardware_info(), indent=2),
         "```",
         "",
-        f"Total wall time of the runs in this report: {timings.get('total_s', float('nan')) / 60:.1f} min "
-        "(dense model, search and every run, summed over restarts where recorded).",
+        f"Total wall time of the runs in this report: {timings.get('total_s', nan) / 60:.1f} min "
+        "(dense model, searches and every run, summed over restarts where recorded).",
         "",
     ]
     (out / "benchmark.md").write_text("\n".join(lines))
@@ -293,11 +388,13 @@ def write_plot(table: pd.DataFrame, out: Path) -> None:
     fig.savefig(out / "benchmark.png", dpi=120)
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv: list[str] | None = None) -> Path:
+    """Run (or continue) the benchmark; returns the report's path."""
+    args = parse_args(argv)
     out = Path(args.output)
     work = out / "bench"
     work.mkdir(parents=True, exist_ok=True)
+    check_settings(args, work)
     runs_csv, timings_path = work / "runs.csv", work / "timings.json"
     timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
 
@@ -310,11 +407,12 @@ def main() -> None:
         timings_path.write_text(json.dumps(timings, indent=2))
         return result
 
-    # 1-2. The dense model, the search and the architectures it found.
+    # 1-2. The dense model, the search, its random-search control and the architectures they found.
     checkpoint = timed("dense_s", dense_checkpoint, args, work)
-    search_dir = work / "search"
+    search_dir, random_dir = work / "search", work / "search-random"
     trials = timed("search_s", run_search, args, checkpoint, search_dir)
-    archs = search_architectures(trials, search_dir)
+    random_trials = timed("search_random_s", run_search, args, checkpoint, random_dir, "random")
+    archs = search_architectures(trials, search_dir, random_trials, random_dir)
 
     # 3. Every method x every seed, skipping runs already in runs.csv.
     done = pd.read_csv(runs_csv) if runs_csv.is_file() else pd.DataFrame(columns=COLUMNS)
@@ -329,16 +427,16 @@ def main() -> None:
             )
             metrics = timed("runs_s", lambda s=settings: run_baseline(s, quiet=True))
             append_row(runs_csv, row_of(method, seed, metrics))
-        for name, (trial_id, source) in archs.items():
+        for name, (run_dir, trial_id, source) in archs.items():
             if (name, seed) in finished:
                 continue
             print(f"seed {seed}: {name} (trial {trial_id}, {source}) retrained from scratch ...", flush=True)
+            folder = f"retrain-{'random-' if run_dir == random_dir else ''}trial{trial_id}-seed{seed}"
             metrics = timed(
                 "runs_s",
-                lambda t=trial_id, s=seed: retrain(
-                    search_dir, trial=t, epochs=args.epochs, init="scratch", seed=s,
-                    device=args.device, output=work / "runs" / f"retrain-trial{t}-seed{s}",
-                    quiet=True, progress=False,
+                lambda r=run_dir, t=trial_id, s=seed, f=folder: retrain(
+                    r, trial=t, epochs=args.epochs, init="scratch", seed=s, device=args.device,
+                    output=work / "runs" / f, quiet=True, progress=False,
                 ),
             )  # fmt: skip
             append_row(runs_csv, row_of(name, seed, metrics, source))
@@ -346,13 +444,18 @@ def main() -> None:
     # 4. Report and plot.
     runs = pd.read_csv(runs_csv)
     runs = runs[runs["seed"] < args.seeds]
-    table = summarize(runs, ["search-best", "search-uniform-seed", "search-l2-seed", *METHODS])
-    notes = []
-    if archs["search-best"][0] in {t for n, (t, _) in archs.items() if n != "search-best"}:
-        notes.append("Note: the searched best is itself one of the seed trials (same trial id).")
-    write_report(args, table, timings, out, notes)
+    table = summarize(runs, ORDER)
+    shared = shared_architectures(runs, ORDER)
+    notes = [
+        "Rows with the same architecture (identical widths in every seed; their differences come from "
+        "how they were trained, not from the widths):",
+        "",
+        *["- " + " = ".join(f"`{m}`" for m in group) for group in shared],
+    ] if shared else []  # fmt: skip
+    write_report(args, table, timings, out, notes, sys.argv[1:] if argv is None else argv)
     write_plot(table, out)
     print(f"Wrote {out / 'benchmark.md'} and {out / 'benchmark.png'}", flush=True)
+    return out / "benchmark.md"
 
 
 if __name__ == "__main__":
