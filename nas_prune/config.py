@@ -51,6 +51,8 @@ class SearchConfig:
     sampler: str = "tpe"
     gate_epochs: float = 1.0
     gate_seeds: int = 3
+    lut_dir: str = "results/lut"
+    lut_samples: int = 8
     lr: float = 0.01
     batch_size: int = 128
     reports_per_trial: int = 4

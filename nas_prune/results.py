@@ -69,6 +69,7 @@ TRIAL_COLUMNS = [
     "latency_ratio",
     "latency_device",
     "latency_batch",
+    "latency_predicted_ms",
     "epochs",
     "widths",
     "feasible",
@@ -85,6 +86,7 @@ _FLOAT_COLUMNS = (
     "params_ratio",
     "latency_ms",
     "latency_ratio",
+    "latency_predicted_ms",
     "epochs",
     "wall_s",
 )

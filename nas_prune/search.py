@@ -22,8 +22,13 @@ Decisions:
   recorded but not counted. The search stops early if the sampler keeps proposing infeasible widths.
 * Trials stopped by ASHA are told to Optuna as PRUNED, so the sampler does not learn from their
   low-fidelity accuracy as if it were final; trials.csv marks them ``pruned`` with the epochs they ran.
-* A latency budget is judged on the measured median after training (no latency model yet): such
-  candidates are trained and then marked infeasible if too slow.
+* A latency budget (:class:`LatencyGuard`): every proposal gets the latency LUT's prediction, told to
+  Optuna as a constraint and as a third objective (the LUT is instant; a measurement per proposal is
+  not). The LUT rejects proposals (never trained) only when it passed validation on this device at the
+  start of the run (``latency.json``: median error <= 15% and Spearman >= 0.9 on random widths);
+  otherwise it only orders them. Feasibility in trials.csv is judged on the measured median of every
+  trained candidate, against the limit fixed at the start (a fraction budget uses the dense latency
+  measured then).
 * The module is callable: ``nas_prune.search(budget_flops=0.3, ...)`` runs a search from Python and
   returns the trials DataFrame.
 """
@@ -33,11 +38,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import re
 import sys
 import time
 import types
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -60,10 +67,19 @@ from .config import SearchConfig, device_label, load_config, write_config
 from .cost import CostModel, measure_latency
 from .data import DataSplits, TensorSplit, check_dataset_name, load_dataset, make_loader
 from .graph import channel_groups
+from .latency_lut import LatencyLUT
 from .models import create_model, default_model, load_search_space, model_names, model_spec
 from .objective import TrialSettings, adapt_batchnorm, evaluate_candidate
 from .prune import prune
-from .results import SEED_SOURCES, append_trial, read_trials, write_best_arch, write_pareto, write_trials
+from .results import (
+    SEED_SOURCES,
+    append_trial,
+    atomic_write_text,
+    read_trials,
+    write_best_arch,
+    write_pareto,
+    write_trials,
+)
 from .seeds import SEEDS, SeedContext, make_seeds
 from .space import Budget, WidthSpace
 from .train import (
@@ -215,6 +231,12 @@ def _load_trials(run_dir: Path) -> pd.DataFrame:
     return read_trials(run_dir / "trials.csv")
 
 
+def objective_values(accuracy: float, flops_ratio: float, predicted_ms: float | None) -> list[float]:
+    """What Optuna is told: accuracy and FLOPs ratio, plus the LUT's latency with a latency budget."""
+    values = [float(accuracy), float(flops_ratio)]
+    return values if predicted_ms is None or pd.isna(predicted_ms) else [*values, float(predicted_ms)]
+
+
 class WidthSearcher(Searcher):
     """Ray Tune searcher that proposes widths by Optuna ask/tell and records every proposal.
 
@@ -234,9 +256,10 @@ class WidthSearcher(Searcher):
         reports: int,
         startup_trials: float,
         on_row: Callable[[dict], None] | None = None,
+        guard: LatencyGuard | None = None,
     ):
         super().__init__(metric="val_accuracy", mode="max")
-        self.study, self.space, self.cost, self.budget = study, space, cost, budget
+        self.study, self.space, self.cost, self.budget, self.guard = study, space, cost, budget, guard
         self.trials_csv = run_dir / "trials.csv"
         self.to_train, self.reports, self.startup_trials = to_train, reports, startup_trials
         self.on_row = on_row
@@ -244,7 +267,7 @@ class WidthSearcher(Searcher):
         self.live: dict[str, dict[str, Any]] = {}
 
     def __getstate__(self):  # Tune pickles its searcher into experiment state; callbacks stay behind
-        return {**self.__dict__, "on_row": None}
+        return {**self.__dict__, "on_row": None, "guard": None}
 
     def save_to_dir(self, *args, **kwargs):
         """No-op: the state lives in study.db and trials.csv, which ``--resume`` reads."""
@@ -287,9 +310,15 @@ class WidthSearcher(Searcher):
             trial, widths, source = self._ask()
             macs, params = self.cost.cost(widths)
             violations = self.budget.violations(macs, params, *self.cost.dense)
+            predicted = None
+            if self.guard is not None:
+                predicted, violations["latency"] = self.guard.violation(widths)
             for name, value in violations.items():  # constraint-aware TPE reads these (<= 0: feasible)
                 trial.set_constraint(name, value)
-            if all(v <= 1e-12 for v in violations.values()):
+            rejected = [
+                n for n, v in violations.items() if v > 1e-12 and (n != "latency" or self.guard.trusted)
+            ]
+            if not rejected:
                 self.suggested += 1
                 self.live[trial_id] = {
                     "trial": trial,
@@ -297,14 +326,16 @@ class WidthSearcher(Searcher):
                     "source": source,
                     "macs": macs,
                     "params": params,
+                    "predicted": predicted,
                     "start": time.time(),
                 }
                 return {"widths": widths, "trial_number": trial.number, "source": source}
             row = self._row(
-                trial, source, widths, macs, params, state="infeasible", feasible=False, epochs=0.0
-            )
+                trial, source, widths, macs, params, state="infeasible", feasible=False, epochs=0.0,
+                latency_predicted_ms=predicted,
+            )  # fmt: skip
             self._record(row)
-            self.study.tell(trial, [0.0, row["flops_ratio"]])
+            self.study.tell(trial, objective_values(0.0, row["flops_ratio"], predicted))
         print(
             f"warning: {_MAX_INFEASIBLE_IN_A_ROW} infeasible proposals in a row; stopping the search",
             file=sys.stderr,
@@ -326,6 +357,7 @@ class WidthSearcher(Searcher):
             info["params"],
             wall_s=time.time() - info["start"],
             epochs=float(result.get("epochs", 0.0)),
+            latency_predicted_ms=info["predicted"],
         )
         message = result.get("error") or ("the trial's worker crashed" if error or not result else "")
         if message:
@@ -336,7 +368,7 @@ class WidthSearcher(Searcher):
         state = "complete" if int(result.get("step", 0)) >= self.reports else "pruned"
         self._record({**base, "state": state, "feasible": True, "val_accuracy": accuracy})
         if state == "complete":
-            self.study.tell(trial, [accuracy, base["flops_ratio"]])
+            self.study.tell(trial, objective_values(accuracy, base["flops_ratio"], info["predicted"]))
         else:
             self.study.tell(trial, state=TrialState.PRUNED)
 
@@ -366,8 +398,9 @@ def run_trial(config: dict, settings: TrialSettings, evaluate_fn: Callable = eva
 SAMPLERS = ("tpe", "random")
 
 
-def open_study(run_dir: Path, seed: int, startup_trials: int, sampler: str = "tpe"):
-    """The Optuna study in ``run_dir/study.db`` (created or reloaded).
+def open_study(run_dir: Path, seed: int, startup_trials: int, sampler: str = "tpe", latency: bool = False):
+    """The Optuna study in ``run_dir/study.db`` (created or reloaded): accuracy up, FLOPs down and, with
+    ``latency``, the LUT's predicted latency down.
 
     ``sampler="random"`` (uniform random widths) is the control a search must beat with the same trial
     count; its proposals are labelled ``random``.
@@ -387,7 +420,7 @@ def open_study(run_dir: Path, seed: int, startup_trials: int, sampler: str = "tp
     return optuna.create_study(
         study_name=STUDY_NAME,
         storage=f"sqlite:///{(run_dir / 'study.db').resolve()}",
-        directions=["maximize", "minimize"],
+        directions=["maximize", "minimize", "minimize"] if latency else ["maximize", "minimize"],
         sampler=sampler,
         load_if_exists=True,
     )
@@ -404,13 +437,9 @@ def repair_interrupted(study, space: WidthSpace, trials: pd.DataFrame) -> int:
         if rows is not None and frozen.number in rows.index:
             row = rows.loc[frozen.number]
             if row["state"] in ("complete", "infeasible"):
-                study.tell(
-                    frozen.number,
-                    [
-                        float(row["val_accuracy"] if row["state"] == "complete" else 0.0),
-                        float(row["flops_ratio"]),
-                    ],
-                )
+                accuracy = row["val_accuracy"] if row["state"] == "complete" else 0.0
+                predicted = row["latency_predicted_ms"] if len(study.directions) == 3 else None
+                study.tell(frozen.number, objective_values(accuracy, row["flops_ratio"], predicted))
             else:
                 study.tell(
                     frozen.number, state=TrialState.PRUNED if row["state"] == "pruned" else TrialState.FAIL
@@ -467,20 +496,112 @@ def _sensitivity_evaluator(data: DataSplits, cfg: SearchConfig, device) -> Calla
     return score
 
 
-def gate_seeds(cfg, model, example, space, cost, budget, data, device, run_dir: Path, quiet: bool) -> list:
+@dataclass
+class LatencyGuard:
+    """A latency budget during the search, judged by the latency LUT (see the module docstring).
+
+    ``limit_ms`` is fixed at the start of the run (a fraction budget times the dense latency measured
+    then) and kept in ``latency.json`` so a resumed run judges by the same limit. ``trusted``: the LUT
+    passed validation on this device (DESIGN: median error <= 15%, Spearman >= 0.9), so it may reject.
+    """
+
+    lut: LatencyLUT
+    dense_ms: float
+    limit_ms: float
+    trusted: bool
+
+    def violation(self, widths: dict[str, int]) -> tuple[float, float]:
+        """``(predicted ms, predicted / limit - 1)``: Optuna's constraint form (<= 0 is within budget)."""
+        predicted = self.lut.predict(widths)
+        return predicted, predicted / self.limit_ms - 1.0
+
+    def meets(self, widths: dict[str, int]) -> bool:
+        """The LUT predicts ``widths`` within the limit (used by the seeds, trusted or not: best guess)."""
+        return self.violation(widths)[1] <= 1e-12
+
+
+def measure_fn(latency_fn: Callable | None) -> Callable:
+    """``latency_fn(model, example_inputs, device, batch) -> ms`` (tests inject one) or real timing."""
+    if latency_fn is not None:
+        return latency_fn
+    return lambda model, example, device, batch: measure_latency(model, example, device=device, batch=batch)
+
+
+def latency_guard(
+    cfg, budget, model, example, space, run_dir: Path, device, latency_fn, quiet
+) -> LatencyGuard | None:
+    """Build the LUT for a latency budget, measure the dense model and validate the LUT on
+    ``cfg.lut_samples`` random architectures (plus the smallest and the dense one); ``None`` without a
+    latency budget. A resumed run reads the limit and the verdict back from ``latency.json``."""
+    if not (budget.latency_ms or budget.latency_fraction):
+        return None
+    timed = measure_fn(latency_fn)
+    layer_fn = None
+    if latency_fn is not None:
+        layer_fn = lambda module, shape, dev: timed(module, torch.zeros(shape), dev, shape[0])  # noqa: E731
+    lut = LatencyLUT(
+        model, example, device=device, batch=cfg.latency_batch, cache_dir=cfg.lut_dir, measure_fn=layer_fn
+    )
+    saved = run_dir / "latency.json"
+    if saved.is_file():
+        info = json.loads(saved.read_text())
+        return LatencyGuard(lut, info["dense_ms"], info["limit_ms"], info["trusted"])
+    if not quiet:
+        print(f"Latency budget: building and validating the latency LUT on {device_label(device)} ...")
+    dense_ms = timed(model, example, device, cfg.latency_batch)
+    limit_ms = budget.latency_ms or budget.latency_fraction * dense_ms
+    rng = random.Random(cfg.seed)
+    samples = [space.smallest(), space.dense()] + [
+        space.decode({n: rng.randrange(len(c)) for n, c in space.choices.items()})
+        for _ in range(cfg.lut_samples)
+    ]
+    report = lut.validate(
+        samples, lambda w: timed(prune(model, example, w, cfg.importance), example, device, cfg.latency_batch)
+    )
+    info = {
+        "device": device_label(device),
+        "batch": cfg.latency_batch,
+        "dense_ms": dense_ms,
+        "limit_ms": limit_ms,
+        "trusted": bool(report["trusted"]),
+        "median_error": report["median_error"],
+        "worst_error": report["worst_error"],
+        "spearman": report["spearman"],
+        "pairs": report["pairs"],
+    }
+    atomic_write_text(saved, json.dumps(info, indent=2, default=float))
+    if not quiet:
+        verdict = (
+            "rejects proposals over the limit" if info["trusted"] else "only orders proposals (not trusted)"
+        )
+        print(
+            f"  dense {dense_ms:.3f} ms, limit {limit_ms:.3f} ms; LUT median error {info['median_error']:.1%}, "
+            f"worst {info['worst_error']:.1%}, Spearman {info['spearman']:.2f}: it {verdict}"
+        )
+    return LatencyGuard(lut, dense_ms, limit_ms, info["trusted"])
+
+
+def gate_seeds(cfg, model, example, space, cost, budget, data, device, run_dir: Path, guard, quiet) -> list:
     """Train the gate supernet for ``--gate-epochs`` and return its seeds (``source = gates``).
 
     Its width distributions go to ``gates.csv`` (``gates.png`` is drawn from it). Weights step on the
     training split, architecture logits on the validation split (the search's split; never the test set).
+    The supernet's cost term is expected FLOPs/parameters; with only a latency budget it aims at the
+    FLOPs fraction equal to the latency limit's fraction of the dense latency (latency grows with FLOPs
+    at these sizes), and its seeds must also meet the LUT's prediction.
     """
     from .gates import GateSettings, train_gates
 
+    target = None
+    if budget.flops is None and budget.params is None and guard is not None:
+        target = min(1.0, guard.limit_ms / guard.dense_ms)
     settings = GateSettings(
         epochs=cfg.gate_epochs,
         num_seeds=cfg.gate_seeds,
         device=str(device),
         seed=cfg.seed,
         progress=not quiet,
+        target_flops=target,
     )
     batch = min(cfg.batch_size, len(data.train), len(data.val))  # tiny splits still give full batches
     train = data.loader("train", batch, train=True, seed=cfg.seed, drop_last=True)
@@ -489,29 +610,32 @@ def gate_seeds(cfg, model, example, space, cost, budget, data, device, run_dir: 
         print(f"Training the gate supernet for {cfg.gate_epochs:g} epochs (--gate-epochs; 0 skips it) ...")
     result = train_gates(model, example, space, cost, budget, train, val, settings)
     result.history.to_csv(run_dir / "gates.csv", index=False)
-    return result.seeds()
+    return [w for w in result.seeds() if guard is None or guard.meets(w)]
 
 
-def measure_latencies(run_dir, trials, dense, example, spec_model, cfg, budget, device) -> pd.DataFrame:
-    """Fill latency columns of complete trials, one model at a time in this process, and judge any
-    latency budget on the measured median."""
-    todo = trials.index[(trials["state"] == "complete") & trials["latency_ms"].isna()]
-    if len(todo) == 0 and not (budget.latency_ms or budget.latency_fraction):
+def measure_latencies(
+    run_dir, trials, dense, example, spec_model, cfg, guard, device, latency_fn
+) -> pd.DataFrame:
+    """Measure every trained candidate (complete or stopped early) that has no latency yet, one model at a
+    time in this process, and judge a latency budget on the measured median against the run's limit."""
+    trained = trials["state"].isin(["complete", "pruned"])
+    todo = trials.index[trained & trials["latency_ms"].isna()]
+    timed = measure_fn(latency_fn)
+    dense_ms = guard.dense_ms if guard is not None else None
+    if len(todo) == 0 and guard is None:
         return trials
+    if dense_ms is None:
+        dense_ms = timed(spec_model, example, device, cfg.latency_batch)
     label = device_label(device)
-    dense_ms = measure_latency(spec_model, example, device=device, batch=cfg.latency_batch)
     for i in todo:
         widths = json.loads(trials.at[i, "widths"])
-        slim = prune(spec_model, example, widths, cfg.importance)
-        ms = measure_latency(slim, example, device=device, batch=cfg.latency_batch)
+        ms = timed(prune(spec_model, example, widths, cfg.importance), example, device, cfg.latency_batch)
         trials.loc[i, ["latency_ms", "latency_ratio"]] = [ms, ms / dense_ms]
         trials.at[i, "latency_device"] = label
         trials.at[i, "latency_batch"] = cfg.latency_batch
-    if budget.latency_ms or budget.latency_fraction:
-        limit = budget.latency_ms if budget.latency_ms else budget.latency_fraction * dense_ms
-        measured = trials["state"] == "complete"
-        trials.loc[measured, "feasible"] = trials.loc[measured, "feasible"] & (
-            trials.loc[measured, "latency_ms"] <= limit
+    if guard is not None:
+        trials.loc[trained, "feasible"] = trials.loc[trained, "feasible"] & (
+            trials.loc[trained, "latency_ms"] <= guard.limit_ms
         )
     write_trials(run_dir / "trials.csv", trials)
     dense["latency_ms"] = dense_ms
@@ -525,6 +649,7 @@ def search(
     resume: str | os.PathLike | None = None,
     evaluate_fn: Callable = evaluate_candidate,
     ray_runtime_env: dict | None = None,
+    latency_fn: Callable | None = None,
     quiet: bool = False,
     **settings: Any,
 ) -> pd.DataFrame:
@@ -536,6 +661,8 @@ def search(
             ``time_budget`` and ``device`` taken from the keyword arguments when given.
         evaluate_fn: scores one candidate (default :func:`evaluate_candidate`); tests inject fakes.
         ray_runtime_env: passed to ``ray.init`` when this call starts Ray.
+        latency_fn: ``(model, example_inputs, device, batch) -> ms`` instead of timing (tests inject one;
+            DESIGN: tests of latency logic do not time).
         quiet: no progress bar or tables.
 
     Returns:
@@ -570,6 +697,13 @@ def search(
     skeleton = create_model(cfg.model, in_channels=data.in_channels, num_classes=data.num_classes)
     groups, space, cost = build_space(cfg, skeleton, example)
     require_reachable(budget, space, cost)  # before any training
+    latency_device = torch.device("cpu") if device.type == "cpu" else device
+    guard = latency_guard(cfg, budget, skeleton, example, space, run_dir, latency_device, latency_fn, quiet)
+    if guard is not None and guard.trusted and not guard.meets(space.smallest()):
+        raise NasPruneError(
+            f"no architecture in the space meets {budget.label()}: the smallest is predicted at "
+            f"{guard.lut.predict(space.smallest()):.3f} ms against a limit of {guard.limit_ms:.3f} ms"
+        )
     model, spec = dense_model(cfg, data, run_dir, device)
     model = model.cpu().eval()
     dense_val = evaluate(model.to(device), data.loader("val", 512, train=False), device=device)["accuracy"]
@@ -583,15 +717,15 @@ def search(
     )
 
     trials = _load_trials(run_dir)
-    study = open_study(run_dir, cfg.seed, cfg.startup_trials, cfg.sampler)
+    study = open_study(run_dir, cfg.seed, cfg.startup_trials, cfg.sampler, latency=guard is not None)
     if len(study.trials) == 0:
-        ctx = SeedContext(
-            model, example, space, cost, budget, cfg.importance, _sensitivity_evaluator(data, cfg, device)
-        )
+        evaluator = _sensitivity_evaluator(data, cfg, device)
+        constraint = guard.meets if guard is not None else None
+        ctx = SeedContext(model, example, space, cost, budget, cfg.importance, evaluator, constraint)
         seeds = list(make_seeds(ctx, cfg.seeds).items())
         if cfg.gate_epochs > 0:
             known = [w for _, w in seeds]
-            gated = gate_seeds(cfg, model, example, space, cost, budget, data, device, run_dir, quiet)
+            gated = gate_seeds(cfg, model, example, space, cost, budget, data, device, run_dir, guard, quiet)
             seeds += [("gates", w) for w in gated if w not in known]
         for source, widths in seeds:
             study.enqueue_trial(space.encode(widths), user_attrs={"source": source})
@@ -619,22 +753,13 @@ def search(
             to_train,
             evaluate_fn,
             ray_runtime_env,
+            guard,
             quiet,
         )
 
     trials = _load_trials(run_dir)
-    trials = measure_latencies(
-        run_dir,
-        trials,
-        dense,
-        example,
-        model,
-        cfg,
-        budget,
-        torch.device("cpu") if device.type == "cpu" else device,
-    )
-    latency_objective = bool(budget.latency_ms or budget.latency_fraction)
-    objectives = ("val_accuracy", "flops", "latency_ms") if latency_objective else ("val_accuracy", "flops")
+    trials = measure_latencies(run_dir, trials, dense, example, model, cfg, guard, latency_device, latency_fn)
+    objectives = ("val_accuracy", "flops", "latency_ms") if guard else ("val_accuracy", "flops")
     front = write_pareto(run_dir, objectives)
     write_best_arch(run_dir, model=cfg.model, dataset=cfg.dataset, dense=dense)
     _plots(run_dir, trials, front, dense, cfg, space, budget)
@@ -645,7 +770,20 @@ def search(
 
 
 def _tune(
-    cfg, run_dir, space, cost, budget, study, data, spec, model, to_train, evaluate_fn, runtime_env, quiet
+    cfg,
+    run_dir,
+    space,
+    cost,
+    budget,
+    study,
+    data,
+    spec,
+    model,
+    to_train,
+    evaluate_fn,
+    runtime_env,
+    guard,
+    quiet,
 ):
     from ray import tune
     from tqdm import tqdm
@@ -692,7 +830,7 @@ def _tune(
 
         startup = cfg.startup_trials if cfg.sampler == "tpe" else math.inf  # random: every proposal
         searcher = WidthSearcher(
-            study, space, cost, budget, run_dir, to_train, cfg.reports_per_trial, startup, on_row
+            study, space, cost, budget, run_dir, to_train, cfg.reports_per_trial, startup, on_row, guard
         )
         # ASHA compares accuracy only, which favours wide models; the mildest setting (keep the top half,
         # first decision halfway through fine-tuning) stops hopeless trials without gutting the

@@ -208,6 +208,55 @@ def test_random_sampler_is_the_unseeded_control(ray_session, tmp_path):
     assert type(study.sampler).__name__ == "RandomSampler"
 
 
+def fake_latency(model, example, device, batch):
+    """Milliseconds proportional to MACs: deterministic, so the LUT is exact (DESIGN: tests do not time)."""
+    return nas_prune.count_macs(model, example)[0] * 1e-5 * batch + 0.01
+
+
+def test_latency_budget_rows_meet_it_and_the_lut_rejects_before_training(ray_session, tmp_path):
+    from search_fakes import fake_evaluate
+
+    run, markers = tmp_path / "run", tmp_path / "markers"
+    markers.mkdir()
+    trials = nas_prune.search(
+        budget_latency="0.5",
+        dataset="synthetic",
+        model="convnet",
+        trials=8,
+        workers=1,
+        pretrain_epochs=1,
+        epochs_per_trial=0.5,
+        startup_trials=3,
+        gate_epochs=1,
+        gate_seeds=1,
+        lut_dir=str(tmp_path / "lut"),
+        output=str(run),
+        quiet=True,
+        evaluate_fn=fake_evaluate,
+        latency_fn=fake_latency,
+        extra={"marker_dir": str(markers), "dense_total": 320},
+    )
+    info = json.loads((run / "latency.json").read_text())
+    assert (
+        info["trusted"]
+        and info["median_error"] < 1e-6
+        and info["limit_ms"] == pytest.approx(0.5 * info["dense_ms"])
+    )
+    assert list((tmp_path / "lut").glob("*.json"))  # the LUT's cache
+    trained = trials[trials["state"].isin(TRAINED)]
+    assert len(trained) == 8 and {int(m.name) for m in markers.iterdir()} == set(trained["trial_id"])
+    assert (trials["latency_predicted_ms"] > 0).all()
+    measured = trials[trials["state"].isin(["complete", "pruned"])]
+    assert (measured["latency_ms"] > 0).all()
+    assert (measured["latency_ms"] <= info["limit_ms"] + 1e-9).all()  # every trained one: LUT is exact
+    assert measured["feasible"].all()
+    rejected = trials[trials["state"] == "infeasible"]
+    assert (rejected["latency_predicted_ms"] > info["limit_ms"]).all()
+    front = pd.read_csv(run / "pareto.csv")
+    assert len(front) and (front["latency_ms"] <= info["limit_ms"] + 1e-9).all()
+    assert len(search_module.open_study(run, 0, 3, latency=True).directions) == 3
+
+
 def test_latency_budget_parsing():
     assert parse_latency_budget("12ms") == (12.0, None)
     assert parse_latency_budget("0.8") == (None, 0.8)
