@@ -7,8 +7,9 @@ Steps, in this order (each one skipped on a restart when its result is already o
 
 1. Train ONE dense model for ``--dense-epochs`` (or reuse ``--checkpoint``): ``OUTPUT/bench/dense.pt``.
 2. Two width searches from that checkpoint, with the same ``--trials`` x ``--epochs-per-trial``: the
-   search (TPE sampler, seed architectures first) in ``OUTPUT/bench/search`` and its control, a random
-   search without seed architectures (``sampler="random", seeds=()``), in ``OUTPUT/bench/search-random``.
+   search (TPE sampler, seed and gate-supernet architectures first) in ``OUTPUT/bench/search`` and its
+   control, a random search without seed architectures or gate supernet (``sampler="random",
+   seeds=(), gate_epochs=0``) in ``OUTPUT/bench/search-random``.
 3. For every seed: every baseline method (``nas_prune.baselines.METHODS``) and a from-scratch retrain
    of the search's best architecture, of its ``uniform`` and ``l2`` seed trials and of the random
    search's best. Every finished run is appended at once to ``OUTPUT/bench/runs.csv``; a restart skips
@@ -171,7 +172,7 @@ def run_search(
     common = dict(trials=args.trials, workers=args.workers, device=args.device, quiet=True)
     if (run_dir / "config.yaml").is_file():
         return nas_prune.search(resume=run_dir, **common)
-    control = dict(sampler="random", seeds=()) if sampler == "random" else {}
+    control = dict(sampler="random", seeds=(), gate_epochs=0.0) if sampler == "random" else {}
     return nas_prune.search(
         model=args.model, dataset=args.dataset, data_dir=args.data_dir, subset=args.subset,
         checkpoint=str(checkpoint), budget_flops=args.budget_flops,
