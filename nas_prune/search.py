@@ -141,8 +141,10 @@ def validate(cfg: SearchConfig) -> SearchConfig:
         raise NasPruneError(
             "--epochs-per-trial and --gate-epochs must be >= 0, --pretrain-epochs > 0, --gate-seeds >= 1"
         )
-    if cfg.workers < 1 or cfg.gpus_per_trial < 0 or cfg.latency_batch < 1:
-        raise NasPruneError("--workers and --latency-batch must be >= 1 and --gpus-per-trial >= 0")
+    if cfg.workers < 1 or cfg.gpus_per_trial < 0 or cfg.latency_batch < 1 or cfg.lut_samples < 2:
+        raise NasPruneError(
+            "--workers and --latency-batch must be >= 1, --lut-samples >= 2 and --gpus-per-trial >= 0"
+        )
     if cfg.sampler not in SAMPLERS:
         raise NasPruneError(f"unknown --sampler {cfg.sampler!r}; choose {' or '.join(SAMPLERS)}")
     unknown = [s for s in cfg.seeds if s not in SEEDS]
@@ -555,9 +557,12 @@ def latency_guard(
         space.decode({n: rng.randrange(len(c)) for n, c in space.choices.items()})
         for _ in range(cfg.lut_samples)
     ]
-    report = lut.validate(
-        samples, lambda w: timed(prune(model, example, w, cfg.importance), example, device, cfg.latency_batch)
-    )
+
+    def measured(widths):  # the LUT's own estimator: the fastest of its rounds of medians
+        slim = prune(model, example, widths, cfg.importance)
+        return min(timed(slim, example, device, cfg.latency_batch) for _ in range(lut.rounds))
+
+    report = lut.validate(samples, measured)
     info = {
         "device": device_label(device),
         "batch": cfg.latency_batch,
@@ -946,6 +951,15 @@ def _parser() -> ArgumentParser:
     )
     b.add_argument(
         "--latency-batch", type=int, help=f"batch size latency is measured at (default {d.latency_batch})"
+    )
+    b.add_argument(
+        "--lut-dir",
+        help=f"cache of the per-layer latency lookup table, one file per device (default {d.lut_dir})",
+    )
+    b.add_argument(
+        "--lut-samples",
+        type=int,
+        help=f"random architectures the LUT is validated on before it may reject (default {d.lut_samples})",
     )
     m = p.add_argument_group("model and data")
     m.add_argument(

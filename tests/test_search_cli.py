@@ -48,6 +48,8 @@ def _fails(capsys, argv, message):
         (["--budget-flops", "0.3", "--trials", "0"], "--trials must be at least 1"),
         (["--budget-flops", "0.3", "--seeds", "magic"], "unknown seed"),
         (["--budget-flops", "0.3", "--sampler", "grid"], "unknown --sampler 'grid'"),
+        (["--budget-flops", "0.3", "--gate-epochs", "-1"], "--gate-epochs must be >= 0"),
+        (["--budget-latency", "0.5", "--lut-samples", "1"], "--lut-samples >= 2"),
         (["--resume", "/nonexistent-run"], "not a search run directory"),
         pytest.param(
             ["--budget-flops", "0.3", "--gpus-per-trial", "0.5"],
@@ -108,6 +110,11 @@ def test_help_explains_every_flag():
         "--time-budget",
         "--checkpoint",
         "--data-dir",
+        "--gate-epochs",
+        "--gate-seeds",
+        "--sampler",
+        "--lut-dir",
+        "--lut-samples",
     ):
         assert flag in out.stdout
 
