@@ -1050,6 +1050,8 @@ def _dry_run(cfg: SearchConfig) -> None:
             + (f"choices {choice}" if choice else f"fixed ({g.reason or 'frozen'})")
         )
     print(f"space: {space.size:.3g} architectures")
+    if budget.latency_ms or budget.latency_fraction:
+        print("latency budget: judged by the latency LUT during the search; the seeds below ignore it")
     ctx = SeedContext(model, example, space, cost, budget, cfg.importance, None)
     for name, widths in make_seeds(ctx, tuple(s for s in cfg.seeds if s != "sensitivity")).items():
         macs, _ = cost.cost(widths)
