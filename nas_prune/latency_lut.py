@@ -38,6 +38,15 @@ re-read before each write and before measuring (so instances share entries), wri
 file + ``os.replace``: readers never see half a file; two processes writing at once may lose each other's
 newest entries, which are then measured again). An unreadable file is replaced, with a warning.
 
+During a search nothing may be timed while trials train on the same device (DESIGN.md), and timed entries
+are cached for later runs. So the search calls :meth:`LatencyLUT.prepare` before any trial starts: it
+measures every entry the space's grid can reach (or, past ``max_entries``, an evenly spaced sub-grid per
+layer) and the constant. Then it predicts with ``predict(widths, measure_missing=False)``, which never
+times: an entry missing from the table is interpolated from the measured entries of the same layer slot
+(linear over the width, or bilinear over input and output widths), or scaled from the nearest measured
+one. Other callers (and :meth:`LatencyLUT.validate`) keep the default ``measure_missing=True``, which times
+and caches what is missing.
+
 DESIGN.md: the LUT may reject candidates only once :meth:`LatencyLUT.validate` finds it trusted on the
 device (median error <= 15% and Spearman >= 0.9 against measurement on random widths); otherwise it only
 orders candidates.
@@ -48,12 +57,14 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
+import itertools
 import json
 import math
 import re
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import torch
@@ -63,6 +74,9 @@ from torch.overrides import TorchFunctionMode
 from .config import device_label
 from .cost import CostModel, _batch_of, _cpu_threads, measure_latency
 from .results import atomic_write_text
+
+if TYPE_CHECKING:
+    from .space import WidthSpace
 
 __all__ = ["MAX_MEDIAN_ERROR", "MIN_SPEARMAN", "LatencyLUT"]
 
@@ -75,6 +89,7 @@ MIN_SPEARMAN = 0.9
 _ELEMENTWISE_MODULES = ("torch.nn.modules.activation", "torch.nn.modules.pooling", "torch.nn.modules.dropout")
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _CONVS = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+_KEY = re.compile(r"^(.*) in=(\d+) out=(\d+) groups=(\d+) (input=.*)$", re.S)
 
 
 class _Call(nn.Module):
@@ -187,6 +202,50 @@ def _build(slot: _Slot, cin: int, cout: int, groups: int) -> nn.Module:
     return copy.deepcopy(m)
 
 
+def _channels(slot: _Slot, drop: Mapping[str, float]) -> tuple[int, int, int]:
+    """``(in, out, groups)`` of ``slot`` when each group loses the fraction ``drop[group]`` of its channels."""
+    cout = round(slot.dense_out - sum(n * drop[g] for g, n in slot.outs))
+    cin = round(slot.dense_in - sum(n * drop[g] for g, n in slot.ins))
+    groups = 1
+    if slot.kind == "conv":
+        groups = slot.template.groups
+        if _depthwise(slot):
+            cin = groups = cout
+    return cin, cout, groups
+
+
+def _depthwise(slot: _Slot) -> bool:
+    m = slot.template
+    return slot.kind == "conv" and m.groups == m.in_channels == m.out_channels > 1
+
+
+def _work(slot: _Slot, cin: int, cout: int, groups: int) -> float:
+    """What an entry's time is taken to scale with: weights (conv, linear) or channels (the rest)."""
+    if slot.kind in ("conv", "linear"):
+        return max(cin, 1) * max(cout, 1) / max(groups, 1)
+    return max(cout, 1)
+
+
+def _spread(values: Sequence[int], k: int) -> list[int]:
+    """``k`` evenly spaced items of sorted ``values``, always the first and the last (all if fewer)."""
+    n = len(values)
+    if n <= k:
+        return list(values)
+    return sorted({values[round(i * (n - 1) / (k - 1))] for i in range(k)})
+
+
+def _between(points: Mapping[float, float], x: float) -> float | None:
+    """Linear interpolation of ``{x: y}`` at ``x`` (exact hit or bracketed), ``None`` outside the range."""
+    if x in points:
+        return points[x]
+    below = max((p for p in points if p < x), default=None)
+    above = min((p for p in points if p > x), default=None)
+    if below is None or above is None:
+        return None
+    t = (x - below) / (above - below)
+    return points[below] * (1 - t) + points[above] * t
+
+
 def _slug(label: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-") or "device"
 
@@ -253,6 +312,9 @@ class LatencyLUT:
         self._slots, self.unmodelled = self._trace(inputs)
         self.trusted = False
         self.table: dict[str, float] = {}
+        self._index: dict[tuple[str, str], dict[tuple[int, int, int], float]] = {}  # for _estimate
+        self._estimates: dict[str, float] = {}
+        self._indexed = -1  # len(table) when _index was built (entries are only ever added)
         self._constants: dict[str, dict] = {}
         self._load()
         dense_keys = self.layer_keys({})
@@ -358,23 +420,18 @@ class LatencyLUT:
         if unknown:
             raise ValueError(f"unknown channel group(s) {sorted(unknown)}; groups: {list(self.groups)}")
         drop = self._cost.drop_fractions(widths)
+        return [self._entry(slot, *_channels(slot, drop)) for slot in self._slots]
+
+    def _entry(self, slot: _Slot, cin: int, cout: int, groups: int) -> tuple[str, _Slot, int, int, int]:
+        """``(key, slot, in, out, groups)`` of ``slot`` at the given channels."""
+        head, tail = self._key_parts(slot)
+        return f"{head} in={cin} out={cout} groups={groups} {tail}", slot, cin, cout, groups
+
+    def _key_parts(self, slot: _Slot) -> tuple[str, str]:
+        """The width-independent parts of ``slot``'s keys: before and after ``in=.. out=.. groups=..``."""
         dtype = str(self.dtype).removeprefix("torch.")
-        resolved = []
-        for slot in self._slots:
-            cout = round(slot.dense_out - sum(n * drop[g] for g, n in slot.outs))
-            cin = round(slot.dense_in - sum(n * drop[g] for g, n in slot.ins))
-            groups = 1
-            if slot.kind == "conv":
-                groups = slot.template.groups
-                if groups == slot.template.in_channels == slot.template.out_channels > 1:  # depthwise
-                    cin = groups = cout
-            size = "x".join(map(str, slot.size)) or "-"
-            key = (
-                f"{slot.label}[{slot.config}] in={cin} out={cout} groups={groups} "
-                f"input={size} batch={self.batch} {dtype} @ {self.device_name}"
-            )
-            resolved.append((key, slot, cin, cout, groups))
-        return resolved
+        size = "x".join(map(str, slot.size)) or "-"
+        return f"{slot.label}[{slot.config}]", f"input={size} batch={self.batch} {dtype} @ {self.device_name}"
 
     def layer_keys(self, widths: Mapping[str, int]) -> list[str]:
         """One key per layer call of the model pruned to ``widths`` (``{group: channels}``, missing = full).
@@ -384,23 +441,44 @@ class LatencyLUT:
         """
         return [key for key, *_ in self._resolve(widths)]
 
-    def layer_ms(self, widths: Mapping[str, int]) -> list[float]:
-        """The entry of each layer of :meth:`layer_keys`; missing ones are measured and cached first."""
-        resolved = self._resolve(widths)
-        if any(key not in self.table for key, *_ in resolved):
-            self._fill(resolved)
-        return [self.table[key] for key, *_ in resolved]
+    def layer_ms(self, widths: Mapping[str, int], measure_missing: bool = True) -> list[float]:
+        """The entry of each layer of :meth:`layer_keys`.
 
-    def predict(self, widths: Mapping[str, int]) -> float:
-        """Predicted latency in ms at :attr:`batch` on this device: sum of the entries plus the constant."""
-        return float(sum(self.layer_ms(widths)) + self.constant_ms)
+        Args:
+            widths: ``{group: channels}``, missing groups at full width.
+            measure_missing: time and cache missing entries first; when false nothing is timed and a
+                missing entry is estimated from its slot's measured entries (see :meth:`_estimate`).
+        """
+        resolved = self._resolve(widths)
+        if measure_missing:
+            if any(key not in self.table for key, *_ in resolved):
+                self._fill(resolved)
+            return [self.table[key] for key, *_ in resolved]
+        return [self.table[key] if key in self.table else self._estimate(*entry) for key, *entry in resolved]
+
+    def predict(self, widths: Mapping[str, int], measure_missing: bool = True) -> float:
+        """Predicted latency in ms at :attr:`batch` on this device: sum of the entries plus the constant.
+
+        With ``measure_missing=False`` nothing is timed (missing entries are estimated, see
+        :meth:`layer_ms`); the constant must then be known (:meth:`prepare`, or the cache), else
+        ``RuntimeError``.
+        """
+        return float(sum(self.layer_ms(widths, measure_missing)) + self._constant(measure_missing))
 
     @property
     def constant_ms(self) -> float:
         """Measured dense latency minus the sum of the dense entries (cached per model fingerprint)."""
+        return self._constant(measure=True)
+
+    def _constant(self, measure: bool) -> float:
         if self._fingerprint not in self._constants:
             self._load()
         if self._fingerprint not in self._constants:
+            if not measure:
+                raise RuntimeError(
+                    "the latency LUT's constant is not measured yet: call prepare() before predicting "
+                    "with measure_missing=False"
+                )
             shape = (self.batch, *self._sample_shape)
             resolved = self._resolve({})
             dense = min(
@@ -414,6 +492,163 @@ class LatencyLUT:
             }
             self._save()
         return float(self._constants[self._fingerprint]["constant_ms"])
+
+    # ------------------------------------------------------------------------------------------------
+    # Preparing the grid, and estimating without timing
+    # ------------------------------------------------------------------------------------------------
+
+    def prepare(self, space: WidthSpace, max_entries: int = 3000, progress: bool = True) -> dict:
+        """Measure, before a search, the entries its candidates can reach, so it predicts without timing.
+
+        Each layer slot gets every combination of the widths of the groups cutting its input and output
+        (``space.choices``; ``space.fixed`` groups at their width). If more than ``max_entries`` of these
+        are missing from the table, each slot gets a sub-grid instead: the same number ``k`` of evenly
+        spaced widths per axis (input, output; always the smallest and the largest), the largest ``k``
+        that keeps the missing entries within ``max_entries`` (at least 2). A slot whose combinations
+        cannot be enumerated (over 200,000) gets the keys of a few architectures (smallest, dense,
+        uniform 1/4, 1/2, 3/4). Entries are timed through the usual path (:attr:`rounds`, cached), then
+        the constant.
+
+        Returns:
+            ``entries`` (distinct keys on the full grid), ``measured`` (how many of them are now in the
+            table), ``targets`` (keys prepared: the grid or the sub-grid, plus the fallbacks), ``timed``
+            (keys timed by this call), ``subgrid`` (bool), ``per_axis`` (the sub-grid's ``k``, or
+            ``None``) and ``fallback_layers`` (slots that were not enumerated).
+        """
+        from tqdm.auto import tqdm
+
+        self._load()
+        grids, fallback = [], {}
+        for slot in self._slots:
+            triples = self._slot_grid(slot, space)
+            if triples is None:
+                for widths in [
+                    space.smallest(),
+                    space.dense(),
+                    *(space.uniform(f) for f in (0.25, 0.5, 0.75)),
+                ]:
+                    entry = self._entry(slot, *_channels(slot, self._cost.drop_fractions(widths)))
+                    fallback[entry[0]] = entry
+            else:
+                grids.append((slot, triples))
+        dense = {entry[0]: entry for entry in self._resolve({})}
+        full = {**dense, **fallback}
+        for slot, triples in grids:
+            full.update((entry[0], entry) for entry in (self._entry(slot, *t) for t in triples))
+
+        def missing(keys) -> int:
+            return sum(key not in self.table for key in keys)
+
+        targets, per_axis = full, None
+        if missing(full) > max_entries:
+            longest = max((len({t[i] for t in triples}) for _, triples in grids for i in (0, 1)), default=2)
+            low, high = 2, max(2, longest)
+            while low < high:  # the largest k whose sub-grid fits (2 even if it does not)
+                mid = (low + high + 1) // 2
+                if missing(self._subgrid(grids, mid).keys() | dense.keys() | fallback.keys()) <= max_entries:
+                    low = mid
+                else:
+                    high = mid - 1
+            per_axis = low
+            targets = {**dense, **fallback, **self._subgrid(grids, per_axis)}
+            if missing(targets) > max_entries:
+                warnings.warn(
+                    f"latency LUT: even 2 widths per axis need {missing(targets)} entries "
+                    f"(> max_entries={max_entries}); measuring them anyway",
+                    stacklevel=2,
+                )
+        todo = [entry for key, entry in targets.items() if key not in self.table]
+        with tqdm(
+            total=len(todo) * self.rounds, desc="latency LUT", unit="timing", disable=not progress
+        ) as bar:
+            for start in range(0, len(todo), 500):  # chunks: the cache is saved after each
+                self._fill(todo[start : start + 500], bar=bar)
+        self._constant(measure=True)
+        return {
+            "entries": len(full),
+            "measured": len(full) - missing(full),
+            "targets": len(targets),
+            "timed": len(todo),
+            "subgrid": per_axis is not None,
+            "per_axis": per_axis,
+            "fallback_layers": len(self._slots) - len(grids),
+        }
+
+    def _slot_grid(self, slot: _Slot, space: WidthSpace) -> set[tuple[int, int, int]] | None:
+        """``(in, out, groups)`` of ``slot`` at every combination of its groups' widths (``None``: too many)."""
+        names = list(dict.fromkeys(g for g, _ in (*slot.ins, *slot.outs)))
+        options = [space.choices.get(g) or (space.fixed.get(g, self.groups[g]),) for g in names]
+        if math.prod(len(o) for o in options) > 200_000:
+            return None
+        drops = [
+            [(self.groups[g] - w) / self.groups[g] for w in o] for g, o in zip(names, options, strict=True)
+        ]
+        return {_channels(slot, dict(zip(names, combo, strict=True))) for combo in itertools.product(*drops)}
+
+    def _subgrid(self, grids: list, k: int) -> dict[str, tuple]:
+        """Entries of every slot's sub-grid with ``k`` evenly spaced widths per axis."""
+        out = {}
+        for slot, triples in grids:
+            if all(cin == cout for cin, cout, _ in triples):  # one axis: norms, depthwise, element-wise
+                by_width = {cout: (cin, cout, groups) for cin, cout, groups in triples}
+                chosen = [by_width[c] for c in _spread(sorted(by_width), k)]
+            else:
+                groups = next(iter(triples))[2]
+                ins = _spread(sorted({t[0] for t in triples}), k)
+                outs = _spread(sorted({t[1] for t in triples}), k)
+                chosen = [(i, o, groups) for i in ins for o in outs if i % groups == 0 and o % groups == 0]
+            out.update((entry[0], entry) for entry in (self._entry(slot, *t) for t in chosen))
+        return out
+
+    def _estimate(self, slot: _Slot, cin: int, cout: int, groups: int) -> float:
+        """A missing entry from the measured entries of the same slot (same key but the widths).
+
+        Linear over the width for one-axis slots (norms, depthwise convs, element-wise ops); over the
+        output width within each measured input width, then over the input width (bilinear on a grid)
+        otherwise; else the nearest measured entry scaled by :func:`_work` (weights ``in * out / groups``
+        or channels), else the dense entry scaled the same way.
+        """
+        key = self._entry(slot, cin, cout, groups)[0]
+        if len(self.table) != self._indexed:
+            self._index, self._estimates, self._indexed = {}, {}, len(self.table)
+            for k, ms in self.table.items():
+                match = _KEY.match(k)
+                if match:
+                    head, i, o, g, tail = match.groups()
+                    self._index.setdefault((head, tail), {})[int(i), int(o), int(g)] = ms
+        if key in self._estimates:
+            return self._estimates[key]
+        points = self._index.get(self._key_parts(slot), {})
+        if _depthwise(slot):
+            own = {(i, o): ms for (i, o, g), ms in points.items() if i == o == g}
+        else:
+            own = {(i, o): ms for (i, o, g), ms in points.items() if g == groups}
+        one_axis = slot.kind not in ("conv", "linear") or _depthwise(slot)
+        if one_axis or (cin == cout and own and all(i == o for i, o in own)):  # e.g. in and out one group
+            value = _between({o: ms for (i, o), ms in own.items() if i == o}, cout)
+        else:
+            columns: dict[int, dict[float, float]] = {}
+            for (i, o), ms in own.items():
+                columns.setdefault(i, {})[o] = ms
+            across = {i: _between(col, cout) for i, col in columns.items()}
+            value = _between({i: v for i, v in across.items() if v is not None}, cin)
+        if value is None:
+            if not own:
+                dense = self._entry(slot, *_channels(slot, dict.fromkeys(self.groups, 0.0)))
+                if dense[0] not in self.table:
+                    raise RuntimeError(f"no measured entry to estimate {key!r} from: call prepare() first")
+                own = {dense[2:4]: self.table[dense[0]]}
+
+            def distance(point):
+                return abs(math.log(max(point[0], 1) / max(cin, 1))) + abs(
+                    math.log(max(point[1], 1) / max(cout, 1))
+                )
+
+            i, o = min(own, key=distance)
+            g = o if _depthwise(slot) else groups
+            value = own[i, o] * _work(slot, cin, cout, groups) / _work(slot, i, o, g)
+        self._estimates[key] = float(value)
+        return float(value)
 
     def validate(
         self, samples: Sequence[Mapping[str, int]], measure: Callable[[Mapping[str, int]], float]
@@ -458,11 +693,12 @@ class LatencyLUT:
     # Measurement and cache
     # ------------------------------------------------------------------------------------------------
 
-    def _fill(self, resolved: list, also: Callable[[], float] | None = None) -> list[float]:
+    def _fill(self, resolved: list, also: Callable[[], float] | None = None, bar=None) -> list[float]:
         """Measure the entries of ``resolved`` missing from the table and cache them.
 
         Each missing entry is timed :attr:`rounds` times, in rounds over all of them, and the fastest kept;
         ``also`` (the dense model, for the constant) is timed once per round too, and its times returned.
+        ``bar`` (a tqdm bar) advances once per timing of an entry.
         """
         self._load()  # other instances may have measured some meanwhile
         todo = {key: rest for key, *rest in resolved if key not in self.table}
@@ -471,6 +707,8 @@ class LatencyLUT:
         for _ in range(self.rounds):
             for key, (slot, cin, cout, groups) in todo.items():
                 times[key].append(self._measure_slot(slot, cin, cout, groups))
+                if bar is not None:
+                    bar.update(1)
             if also is not None:
                 also_times.append(float(also()))
         self.table.update({key: min(t) for key, t in times.items()})

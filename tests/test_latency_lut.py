@@ -1,3 +1,4 @@
+import itertools
 import json
 import math
 import random
@@ -256,3 +257,99 @@ class FixedView(torch.nn.Module):
 def test_ops_with_fixed_shapes_get_no_entry(tmp_path):
     lut = LatencyLUT(FixedView(), torch.randn(2, 1, 4, 4), cache_dir=tmp_path, measure_fn=FakeTimer())
     assert [c[0] for c in channels(lut.layer_keys({}))] == ["Conv2d"]  # the relu is fed by the reshape
+
+
+# ---------------------------------------------------------------------------------------------------
+# prepare() before a search, then predictions that never time
+# ---------------------------------------------------------------------------------------------------
+
+
+def _space(model, x, round_to=1):
+    return WidthSpace.build(channel_groups(model, x), round_to=round_to, min_fraction=0.1)
+
+
+def _random_widths(space, rng):
+    return space.decode({n: rng.randrange(len(c)) for n, c in space.choices.items()})
+
+
+@pytest.mark.parametrize(
+    "name", ["two_layer", "residual", "dense_concat", "depthwise", "grouped", "shuffle", "squeeze_excite"]
+)
+def test_prepare_measures_every_reachable_entry_then_predict_never_times(name, tmp_path):
+    factory, shape = COUPLING_MODELS[name]
+    torch.manual_seed(0)
+    model, x = factory().eval(), torch.randn(2, *shape)
+    space = _space(model, x, round_to=2)
+    timer = FakeTimer()
+    lut = LatencyLUT(model, x, cache_dir=tmp_path / "a", measure_fn=timer, rounds=2)
+    info = lut.prepare(space, progress=False)
+    assert info["subgrid"] is False and info["fallback_layers"] == 0
+    assert info["measured"] == info["entries"] == info["targets"] == info["timed"]
+    assert len(timer.calls) == 2 * info["timed"] + 2  # every entry in 2 rounds, then the dense model twice
+    if space.size <= 3000:  # the grid is exactly the keys of all architectures of the space
+        reachable = set()
+        for combo in itertools.product(*(range(len(c)) for c in space.choices.values())):
+            reachable.update(lut.layer_keys(space.decode(dict(zip(space.choices, combo, strict=True)))))
+        assert len(reachable) == info["entries"] and reachable <= set(lut.table)
+
+    calls = len(timer.calls)
+    reference = LatencyLUT(model, x, cache_dir=tmp_path / "b", measure_fn=FakeTimer(), rounds=1)
+    rng = random.Random(0)
+    for widths in [space.smallest(), space.dense()] + [_random_widths(space, rng) for _ in range(10)]:
+        assert lut.predict(widths, measure_missing=False) == pytest.approx(reference.predict(widths))
+    assert len(timer.calls) == calls
+    assert lut.prepare(space, progress=False)["timed"] == 0 and len(timer.calls) == calls  # all cached
+
+
+def macs_timer(calls):
+    """``measure_fn`` proportional to a layer's multiply-adds (weights times input positions) plus overhead."""
+
+    def timer(module, shape, device):
+        calls.append(shape)
+        if any(module.children()):
+            return DENSE_MS
+        weights = sum(p.numel() for p in module.parameters())
+        return 1e-5 * weights * math.prod(shape[2:]) + 1e-4 * math.prod(shape) + 0.01
+
+    return timer
+
+
+def test_a_subgrid_within_max_entries_interpolates_without_timing(tmp_path):
+    model, x = create_model("convnet", in_channels=1), torch.randn(2, 1, 28, 28)
+    space = _space(model, x, round_to=4)
+    calls = []
+    lut = LatencyLUT(model, x, cache_dir=tmp_path / "a", measure_fn=macs_timer(calls), rounds=1)
+    info = lut.prepare(space, max_entries=150, progress=False)
+    assert info["subgrid"] is True and info["per_axis"] >= 2
+    assert info["timed"] == info["targets"] <= 150 < info["entries"]
+    assert info["measured"] <= info["targets"] and len(calls) == info["timed"] + 1  # + the dense model
+
+    truth = LatencyLUT(model, x, cache_dir=tmp_path / "b", measure_fn=macs_timer([]), rounds=1)
+    rng = random.Random(1)
+    before = len(calls)
+    for widths in [space.smallest(), space.uniform(0.5)] + [_random_widths(space, rng) for _ in range(20)]:
+        predicted = lut.predict(widths, measure_missing=False)
+        assert predicted == pytest.approx(truth.predict(widths), rel=0.03)
+        assert len(lut.layer_ms(widths, measure_missing=False)) == len(lut.layer_keys(widths))
+    assert len(calls) == before
+
+
+def test_without_prepare_missing_entries_scale_the_dense_ones(two_layer):
+    lut, timer = two_layer
+    with pytest.raises(RuntimeError, match="prepare"):
+        lut.predict({"conv1": 4}, measure_missing=False)  # the constant is unknown: nothing to add it to
+    assert timer.calls == []
+    dense = lut.layer_ms({})
+    lut.constant_ms  # noqa: B018 - measures the dense model
+    calls = len(timer.calls)
+    entries = lut.layer_ms({"conv1": 4}, measure_missing=False)
+    assert len(timer.calls) == calls
+    assert entries[0] == pytest.approx(dense[0] * 4 / 8)  # conv 1->4 from the dense conv 1->8
+    assert entries[1:3] == dense[4:6]  # BatchNorm and relu at 4 channels: bn2's and its relu's entries
+    assert entries[3] == pytest.approx(dense[3] * 4 / 8)  # conv 4->4 from 8->4
+    assert entries[4:] == dense[4:]  # unchanged layers are in the table
+    assert lut.predict({"conv1": 4}, measure_missing=False) == pytest.approx(sum(entries) + lut.constant_ms)
+    assert lut.layer_keys({"conv1": 4})[0] not in lut.table  # estimates are never cached
+    one = LatencyLUT(TwoLayer(), torch.randn(2, 1, 8, 8), cache_dir=lut.path.parent, measure_fn=FakeTimer())
+    small = {"conv1": 1, "conv2": 1}  # BatchNorm at 1 channel: below every measured one, scaled from 4
+    assert one.layer_ms(small, measure_missing=False)[1] == pytest.approx(dense[4] / 4)
