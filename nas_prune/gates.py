@@ -212,7 +212,7 @@ class WidthGates:
         pairs = {}
         for name, alpha in self.alphas.items():
             p = F.softmax(alpha.detach(), 0).cpu()
-            pair = torch.multinomial(p, 2, generator=generator)
+            pair = torch.multinomial(p.clamp_min(1e-12), 2, generator=generator)  # 2 draws need 2 non-zeros
             if torch.multinomial(F.softmax(alpha.detach().cpu()[pair], 0), 1, generator=generator).item():
                 pair = pair.flip(0)
             gate = torch.zeros_like(alpha.detach())

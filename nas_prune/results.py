@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 __all__ = [
+    "LATER_COLUMNS",
     "MAXIMIZED",
     "SCHEMA_VERSION",
     "SEED_SOURCES",
@@ -77,6 +78,9 @@ TRIAL_COLUMNS = [
     "wall_s",
     "schema_version",
 ]
+
+LATER_COLUMNS = ("latency_predicted_ms",)
+"""Optional columns added after schema version 1 was first written; older files read with them empty."""
 
 _REQUIRED = ("trial_id", "state", "source", "widths")
 _INT_COLUMNS = ("macs", "flops", "params", "latency_batch")  # nullable: empty when unknown
@@ -279,6 +283,8 @@ def read_trials(path: str | os.PathLike) -> pd.DataFrame:
     if not path.exists():
         return _empty_trials()
     raw = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
+    if list(raw.columns) == [c for c in TRIAL_COLUMNS if c not in LATER_COLUMNS]:  # an older run
+        raw = raw.reindex(columns=TRIAL_COLUMNS, fill_value="")
     if list(raw.columns) != TRIAL_COLUMNS:
         raise ValueError(f"{path} has columns {list(raw.columns)}, expected {TRIAL_COLUMNS}")
     return _typed(raw)

@@ -23,10 +23,11 @@ Decisions:
 * Trials stopped by ASHA are told to Optuna as PRUNED, so the sampler does not learn from their
   low-fidelity accuracy as if it were final; trials.csv marks them ``pruned`` with the epochs they ran.
 * A latency budget (:class:`LatencyGuard`): every proposal gets the latency LUT's prediction, told to
-  Optuna as a constraint and as a third objective (the LUT is instant; a measurement per proposal is
-  not). The LUT rejects proposals (never trained) only when it passed validation on this device at the
-  start of the run (``latency.json``: median error <= 15% and Spearman >= 0.9 on random widths);
-  otherwise it only orders them. Feasibility in trials.csv is judged on the measured median of every
+  Optuna as a third objective (the LUT is instant; a measurement per proposal is not). The LUT's
+  entries for the whole width grid are measured before trials start, so nothing is timed while trials
+  train. Only when the LUT passed validation on this device at the start of the run (``latency.json``:
+  median error <= 15% and Spearman >= 0.9 on random widths) is its prediction also a constraint that
+  rejects proposals (never trained) and seeds; otherwise it only orders them. Feasibility in trials.csv is judged on the measured median of every
   trained candidate, against the limit fixed at the start (a fraction budget uses the dense latency
   measured then).
 * The module is callable: ``nas_prune.search(budget_flops=0.3, ...)`` runs a search from Python and
@@ -314,13 +315,12 @@ class WidthSearcher(Searcher):
             violations = self.budget.violations(macs, params, *self.cost.dense)
             predicted = None
             if self.guard is not None:
-                predicted, violations["latency"] = self.guard.violation(widths)
+                predicted, excess = self.guard.violation(widths)
+                if self.guard.trusted:  # an untrusted LUT only orders (the third objective)
+                    violations["latency"] = excess
             for name, value in violations.items():  # constraint-aware TPE reads these (<= 0: feasible)
                 trial.set_constraint(name, value)
-            rejected = [
-                n for n, v in violations.items() if v > 1e-12 and (n != "latency" or self.guard.trusted)
-            ]
-            if not rejected:
+            if all(v <= 1e-12 for v in violations.values()):
                 self.suggested += 1
                 self.live[trial_id] = {
                     "trial": trial,
@@ -400,6 +400,17 @@ def run_trial(config: dict, settings: TrialSettings, evaluate_fn: Callable = eva
 SAMPLERS = ("tpe", "random")
 
 
+def make_sampler(name: str, seed: int, startup_trials: int):
+    """Optuna's constrained multi-objective TPE (``tpe``) or uniform random widths (``random``)."""
+    import optuna
+
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(
+        seed=seed, n_startup_trials=startup_trials, multivariate=True, constant_liar=True
+    )
+
+
 def open_study(run_dir: Path, seed: int, startup_trials: int, sampler: str = "tpe", latency: bool = False):
     """The Optuna study in ``run_dir/study.db`` (created or reloaded): accuracy up, FLOPs down and, with
     ``latency``, the LUT's predicted latency down.
@@ -410,22 +421,23 @@ def open_study(run_dir: Path, seed: int, startup_trials: int, sampler: str = "tp
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if sampler == "random":
-        sampler = optuna.samplers.RandomSampler(seed=seed)
-    else:
-        sampler = optuna.samplers.TPESampler(
-            seed=seed,
-            n_startup_trials=startup_trials,
-            multivariate=True,
-            constant_liar=True,
-        )
-    return optuna.create_study(
+    sampler_name, sampler = sampler, make_sampler(sampler, seed, startup_trials)
+    directions = ["maximize", "minimize", "minimize"] if latency else ["maximize", "minimize"]
+    study = optuna.create_study(
         study_name=STUDY_NAME,
         storage=f"sqlite:///{(run_dir / 'study.db').resolve()}",
-        directions=["maximize", "minimize", "minimize"] if latency else ["maximize", "minimize"],
+        directions=directions,
         sampler=sampler,
         load_if_exists=True,
     )
+    if len(study.directions) != len(directions):
+        raise NasPruneError(
+            f"{run_dir / 'study.db'} has {len(study.directions)} objectives, this search {len(directions)} "
+            "(a latency budget adds one); start a new run directory"
+        )
+    if study.trials:  # resumed: a fresh random stream, not a replay of the first run's proposals
+        study.sampler = make_sampler(sampler_name, seed + len(study.trials), startup_trials)
+    return study
 
 
 def repair_interrupted(study, space: WidthSpace, trials: pd.DataFrame) -> int:
@@ -504,22 +516,25 @@ class LatencyGuard:
 
     ``limit_ms`` is fixed at the start of the run (a fraction budget times the dense latency measured
     then) and kept in ``latency.json`` so a resumed run judges by the same limit. ``trusted``: the LUT
-    passed validation on this device (DESIGN: median error <= 15%, Spearman >= 0.9), so it may reject.
+    passed validation on this device (DESIGN: median error <= 15%, Spearman >= 0.9), so it may reject;
+    an untrusted LUT only orders proposals (Optuna's third objective). ``measure(model) -> ms`` times a
+    model with the LUT's own estimator (the fastest of its rounds of medians).
     """
 
     lut: LatencyLUT
     dense_ms: float
     limit_ms: float
     trusted: bool
+    measure: Callable[[torch.nn.Module], float]
 
     def violation(self, widths: dict[str, int]) -> tuple[float, float]:
-        """``(predicted ms, predicted / limit - 1)``: Optuna's constraint form (<= 0 is within budget)."""
-        predicted = self.lut.predict(widths)
+        """``(predicted ms, predicted / limit - 1)``; never times anything (the grid was prepared)."""
+        predicted = self.lut.predict(widths, measure_missing=False)
         return predicted, predicted / self.limit_ms - 1.0
 
     def meets(self, widths: dict[str, int]) -> bool:
-        """The LUT predicts ``widths`` within the limit (used by the seeds, trusted or not: best guess)."""
-        return self.violation(widths)[1] <= 1e-12
+        """Within the limit by the LUT's prediction; always True for an untrusted LUT."""
+        return not self.trusted or self.violation(widths)[1] <= 1e-12
 
 
 def measure_fn(latency_fn: Callable | None) -> Callable:
@@ -530,11 +545,18 @@ def measure_fn(latency_fn: Callable | None) -> Callable:
 
 
 def latency_guard(
-    cfg, budget, model, example, space, run_dir: Path, device, latency_fn, quiet
+    cfg, budget, model, example, space, run_dir: Path, device, latency_fn, resume: bool, quiet: bool
 ) -> LatencyGuard | None:
-    """Build the LUT for a latency budget, measure the dense model and validate the LUT on
-    ``cfg.lut_samples`` random architectures (plus the smallest and the dense one); ``None`` without a
-    latency budget. A resumed run reads the limit and the verdict back from ``latency.json``."""
+    """The latency budget's guard, ``None`` without one.
+
+    Builds the LUT on ``device``, measures every layer shape on the search grid before any trial starts
+    (nothing is timed while trials train), measures the dense model, and validates the LUT on
+    ``cfg.lut_samples`` random architectures plus the smallest and the dense one. ``latency.json``
+    records the limit and the verdict; ``--resume`` reuses them when the device, batch and budget match.
+
+    Raises:
+        NasPruneError: a trusted LUT predicts even the smallest architecture over the limit.
+    """
     if not (budget.latency_ms or budget.latency_fraction):
         return None
     timed = measure_fn(latency_fn)
@@ -544,46 +566,48 @@ def latency_guard(
     lut = LatencyLUT(
         model, example, device=device, batch=cfg.latency_batch, cache_dir=cfg.lut_dir, measure_fn=layer_fn
     )
+
+    def measure(net):  # the LUT's own estimator: the fastest of its rounds of medians
+        return min(timed(net, example, device, cfg.latency_batch) for _ in range(lut.rounds))
+
+    key = {"device": device_label(device), "batch": cfg.latency_batch, "budget": budget.label()}
     saved = run_dir / "latency.json"
-    if saved.is_file():
-        info = json.loads(saved.read_text())
-        return LatencyGuard(lut, info["dense_ms"], info["limit_ms"], info["trusted"])
     if not quiet:
-        print(f"Latency budget: building and validating the latency LUT on {device_label(device)} ...")
-    dense_ms = timed(model, example, device, cfg.latency_batch)
+        print(f"Latency budget: preparing and validating the latency LUT on {key['device']} ...")
+    lut.prepare(space, progress=not quiet)
+    if resume and saved.is_file():
+        info = json.loads(saved.read_text())
+        if all(info.get(k) == v for k, v in key.items()):
+            return LatencyGuard(lut, info["dense_ms"], info["limit_ms"], info["trusted"], measure)
+        print(
+            f"warning: {saved} was made for {[info.get(k) for k in key]}; validating again", file=sys.stderr
+        )
+    dense_ms = measure(model)
     limit_ms = budget.latency_ms or budget.latency_fraction * dense_ms
     rng = random.Random(cfg.seed)
     samples = [space.smallest(), space.dense()] + [
         space.decode({n: rng.randrange(len(c)) for n, c in space.choices.items()})
         for _ in range(cfg.lut_samples)
     ]
-
-    def measured(widths):  # the LUT's own estimator: the fastest of its rounds of medians
-        slim = prune(model, example, widths, cfg.importance)
-        return min(timed(slim, example, device, cfg.latency_batch) for _ in range(lut.rounds))
-
-    report = lut.validate(samples, measured)
-    info = {
-        "device": device_label(device),
-        "batch": cfg.latency_batch,
-        "dense_ms": dense_ms,
-        "limit_ms": limit_ms,
-        "trusted": bool(report["trusted"]),
-        "median_error": report["median_error"],
-        "worst_error": report["worst_error"],
-        "spearman": report["spearman"],
-        "pairs": report["pairs"],
-    }
+    report = lut.validate(samples, lambda w: measure(prune(model, example, w, cfg.importance)))
+    guard = LatencyGuard(lut, dense_ms, limit_ms, bool(report["trusted"]), measure)
+    if not guard.meets(space.smallest()):
+        raise NasPruneError(
+            f"no architecture in the space meets {budget.label()}: the smallest is predicted at "
+            f"{lut.predict(space.smallest()):.3f} ms against a limit of {limit_ms:.3f} ms"
+        )
+    info = {**key, "dense_ms": dense_ms, "limit_ms": limit_ms, "trusted": guard.trusted}
+    info.update({k: report[k] for k in ("median_error", "worst_error", "spearman", "pairs")})
     atomic_write_text(saved, json.dumps(info, indent=2, default=float))
     if not quiet:
         verdict = (
-            "rejects proposals over the limit" if info["trusted"] else "only orders proposals (not trusted)"
+            "rejects proposals over the limit" if guard.trusted else "only orders proposals (not trusted)"
         )
         print(
             f"  dense {dense_ms:.3f} ms, limit {limit_ms:.3f} ms; LUT median error {info['median_error']:.1%}, "
             f"worst {info['worst_error']:.1%}, Spearman {info['spearman']:.2f}: it {verdict}"
         )
-    return LatencyGuard(lut, dense_ms, limit_ms, info["trusted"])
+    return guard
 
 
 def gate_seeds(cfg, model, example, space, cost, budget, data, device, run_dir: Path, guard, quiet) -> list:
@@ -598,10 +622,13 @@ def gate_seeds(cfg, model, example, space, cost, budget, data, device, run_dir: 
     from .gates import GateSettings, train_gates
 
     target = None
-    if budget.flops is None and budget.params is None and guard is not None:
+    if guard is not None and guard.trusted:  # aim at the tighter of the FLOPs and latency fractions
+        target = min(budget.flops or 1.0, guard.limit_ms / guard.dense_ms)
+    elif budget.flops is None and budget.params is None:
         target = min(1.0, guard.limit_ms / guard.dense_ms)
     settings = GateSettings(
         epochs=cfg.gate_epochs,
+        importance=cfg.importance,
         num_seeds=cfg.gate_seeds,
         device=str(device),
         seed=cfg.seed,
@@ -615,7 +642,7 @@ def gate_seeds(cfg, model, example, space, cost, budget, data, device, run_dir: 
         print(f"Training the gate supernet for {cfg.gate_epochs:g} epochs (--gate-epochs; 0 skips it) ...")
     result = train_gates(model, example, space, cost, budget, train, val, settings)
     result.history.to_csv(run_dir / "gates.csv", index=False)
-    return [w for w in result.seeds() if guard is None or guard.meets(w)]
+    return [w for w in result.seeds() if guard is None or guard.meets(w)]  # meets: True if untrusted
 
 
 def measure_latencies(
@@ -625,16 +652,18 @@ def measure_latencies(
     time in this process, and judge a latency budget on the measured median against the run's limit."""
     trained = trials["state"].isin(["complete", "pruned"])
     todo = trials.index[trained & trials["latency_ms"].isna()]
-    timed = measure_fn(latency_fn)
-    dense_ms = guard.dense_ms if guard is not None else None
     if len(todo) == 0 and guard is None:
         return trials
-    if dense_ms is None:
-        dense_ms = timed(spec_model, example, device, cfg.latency_batch)
+    if guard is not None:  # the limit's estimator, and its dense latency
+        measure, dense_ms = guard.measure, guard.dense_ms
+    else:
+        timed = measure_fn(latency_fn)
+        measure = lambda net: timed(net, example, device, cfg.latency_batch)  # noqa: E731
+        dense_ms = measure(spec_model)
     label = device_label(device)
     for i in todo:
         widths = json.loads(trials.at[i, "widths"])
-        ms = timed(prune(spec_model, example, widths, cfg.importance), example, device, cfg.latency_batch)
+        ms = measure(prune(spec_model, example, widths, cfg.importance))
         trials.loc[i, ["latency_ms", "latency_ratio"]] = [ms, ms / dense_ms]
         trials.at[i, "latency_device"] = label
         trials.at[i, "latency_batch"] = cfg.latency_batch
@@ -642,6 +671,7 @@ def measure_latencies(
         trials.loc[trained, "feasible"] = trials.loc[trained, "feasible"] & (
             trials.loc[trained, "latency_ms"] <= guard.limit_ms
         )
+        trials.loc[trials["state"] == "failed", "feasible"] = False  # never measured: not shown to meet it
     write_trials(run_dir / "trials.csv", trials)
     dense["latency_ms"] = dense_ms
     return trials
@@ -703,12 +733,9 @@ def search(
     groups, space, cost = build_space(cfg, skeleton, example)
     require_reachable(budget, space, cost)  # before any training
     latency_device = torch.device("cpu") if device.type == "cpu" else device
-    guard = latency_guard(cfg, budget, skeleton, example, space, run_dir, latency_device, latency_fn, quiet)
-    if guard is not None and guard.trusted and not guard.meets(space.smallest()):
-        raise NasPruneError(
-            f"no architecture in the space meets {budget.label()}: the smallest is predicted at "
-            f"{guard.lut.predict(space.smallest()):.3f} ms against a limit of {guard.limit_ms:.3f} ms"
-        )
+    guard = latency_guard(
+        cfg, budget, skeleton, example, space, run_dir, latency_device, latency_fn, resume is not None, quiet
+    )
     model, spec = dense_model(cfg, data, run_dir, device)
     model = model.cpu().eval()
     dense_val = evaluate(model.to(device), data.loader("val", 512, train=False), device=device)["accuracy"]
@@ -735,6 +762,8 @@ def search(
         for source, widths in seeds:
             study.enqueue_trial(space.encode(widths), user_attrs={"source": source})
     else:
+        if len(trials):  # rewritten in the current schema, so appending rows keeps one header
+            write_trials(run_dir / "trials.csv", trials)
         repair_interrupted(study, space, trials)
         trials = _load_trials(run_dir)
     trained = int(trials["state"].isin(["complete", "pruned", "failed"]).sum()) if len(trials) else 0

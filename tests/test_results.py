@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from nas_prune.results import (
+    LATER_COLUMNS,
     SCHEMA_VERSION,
     TRIAL_COLUMNS,
     append_trial,
@@ -323,3 +324,16 @@ def test_dominance_is_independent_of_block_size():
 
     costs = np.random.default_rng(2).integers(0, 5, size=(300, 3)).astype(float)
     assert np.array_equal(_non_dominated(costs, block=7), _non_dominated(costs, block=1000))
+
+
+def test_older_trials_files_read_with_later_columns_empty_and_others_refused(tmp_path):
+    path = tmp_path / "trials.csv"
+    append_trial(path, trial(0, acc=0.75))
+    current = pd.read_csv(path, dtype=str, keep_default_na=False)
+    current.drop(columns=list(LATER_COLUMNS)).to_csv(path, index=False)  # as written before they existed
+    df = read_trials(path)
+    assert list(df.columns) == TRIAL_COLUMNS and df["latency_predicted_ms"].isna().all()
+    assert df["val_accuracy"].iloc[0] == 0.75
+    current.drop(columns=["error"]).to_csv(path, index=False)
+    with pytest.raises(ValueError, match="expected"):
+        read_trials(path)

@@ -213,34 +213,38 @@ def fake_latency(model, example, device, batch):
     return nas_prune.count_macs(model, example)[0] * 1e-5 * batch + 0.01
 
 
-def test_latency_budget_rows_meet_it_and_the_lut_rejects_before_training(ray_session, tmp_path):
+def _latency_search(tmp_path, latency_fn, budget="0.5", **settings):
+    """A fake-evaluated search at ``budget`` of the dense latency, timed by ``latency_fn``."""
     from search_fakes import fake_evaluate
 
     run, markers = tmp_path / "run", tmp_path / "markers"
     markers.mkdir()
     trials = nas_prune.search(
-        budget_latency="0.5",
+        budget_latency=budget,
         dataset="synthetic",
         model="convnet",
-        trials=8,
         workers=1,
         pretrain_epochs=1,
         epochs_per_trial=0.5,
-        startup_trials=3,
-        gate_epochs=1,
-        gate_seeds=1,
         lut_dir=str(tmp_path / "lut"),
         output=str(run),
         quiet=True,
         evaluate_fn=fake_evaluate,
-        latency_fn=fake_latency,
+        latency_fn=latency_fn,
         extra={"marker_dir": str(markers), "dense_total": 320},
+        **settings,
     )
-    info = json.loads((run / "latency.json").read_text())
+    return run, markers, trials, json.loads((run / "latency.json").read_text())
+
+
+def test_latency_budget_rows_meet_it_and_the_lut_rejects_before_training(ray_session, tmp_path):
+    run, markers, trials, info = _latency_search(
+        tmp_path, fake_latency, "0.3", trials=8, startup_trials=3, gate_epochs=1, gate_seeds=1
+    )
     assert (
         info["trusted"]
         and info["median_error"] < 1e-6
-        and info["limit_ms"] == pytest.approx(0.5 * info["dense_ms"])
+        and info["limit_ms"] == pytest.approx(0.3 * info["dense_ms"])
     )
     assert list((tmp_path / "lut").glob("*.json"))  # the LUT's cache
     trained = trials[trials["state"].isin(TRAINED)]
@@ -251,10 +255,37 @@ def test_latency_budget_rows_meet_it_and_the_lut_rejects_before_training(ray_ses
     assert (measured["latency_ms"] <= info["limit_ms"] + 1e-9).all()  # every trained one: LUT is exact
     assert measured["feasible"].all()
     rejected = trials[trials["state"] == "infeasible"]
-    assert (rejected["latency_predicted_ms"] > info["limit_ms"]).all()
+    assert len(rejected) and (rejected["latency_predicted_ms"] > info["limit_ms"]).all()
     front = pd.read_csv(run / "pareto.csv")
     assert len(front) and (front["latency_ms"] <= info["limit_ms"] + 1e-9).all()
     assert len(search_module.open_study(run, 0, 3, latency=True).directions) == 3
+
+
+def test_an_untrusted_lut_only_orders_and_measurement_judges(ray_session, tmp_path):
+    """A LUT that fails validation rejects nothing; the measured latency decides feasibility."""
+    import random
+
+    noise = random.Random(0)
+
+    def erratic(model, example, device, batch):  # unrelated to the architecture: the LUT cannot work
+        return noise.uniform(0.1, 10.0)
+
+    _, _, trials, info = _latency_search(tmp_path, erratic, trials=5, gate_epochs=0)
+    assert not info["trusted"]
+    assert (trials["state"] != "infeasible").all()  # nothing rejected on the LUT's word
+    measured = trials[trials["state"].isin(["complete", "pruned"])]
+    assert len(measured) >= 1
+    assert (measured["feasible"] == (measured["latency_ms"] <= info["limit_ms"])).all()
+
+
+def test_resumed_study_keeps_its_objectives_and_draws_afresh(tmp_path):
+    study = search_module.open_study(tmp_path, 0, 8, "random")
+    first = [study.ask().suggest_int("w", 0, 10**6) for _ in range(3)]
+    resumed = search_module.open_study(tmp_path, 0, 8, "random")
+    again = [resumed.ask().suggest_int("w", 0, 10**6) for _ in range(3)]
+    assert again != first  # a resumed random control does not replay the first run's proposals
+    with pytest.raises(nas_prune.NasPruneError, match="objectives"):
+        search_module.open_study(tmp_path, 0, 8, "random", latency=True)
 
 
 def test_latency_budget_parsing():
