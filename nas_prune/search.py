@@ -536,6 +536,19 @@ class LatencyGuard:
         """Within the limit by the LUT's prediction; always True for an untrusted LUT."""
         return not self.trusted or self.violation(widths)[1] <= 1e-12
 
+    def seed_check(self, model: torch.nn.Module, example, importance: str) -> Callable[[dict], bool]:
+        """The seeds' latency test, run before any trial starts: a candidate is *measured* (pruned and
+        timed) unless the LUT already puts it clearly over the limit (over it when trusted, 50% over when
+        not). Seeds sit right at the budget, where the LUT's error decides; measuring them keeps the
+        heuristics' baselines feasible, which the evidence rules need."""
+
+        def check(widths: dict[str, int]) -> bool:
+            if self.violation(widths)[1] > (1e-12 if self.trusted else 0.5):
+                return False
+            return self.measure(prune(model, example, widths, importance)) <= self.limit_ms
+
+        return check
+
 
 def measure_fn(latency_fn: Callable | None) -> Callable:
     """``latency_fn(model, example_inputs, device, batch) -> ms`` (tests inject one) or real timing."""
@@ -610,22 +623,24 @@ def latency_guard(
     return guard
 
 
-def gate_seeds(cfg, model, example, space, cost, budget, data, device, run_dir: Path, guard, quiet) -> list:
+def gate_seeds(
+    cfg, model, example, space, cost, budget, data, device, run_dir: Path, guard, uniform, quiet
+) -> list:
     """Train the gate supernet for ``--gate-epochs`` and return its seeds (``source = gates``).
 
     Its width distributions go to ``gates.csv`` (``gates.png`` is drawn from it). Weights step on the
     training split, architecture logits on the validation split (the search's split; never the test set).
-    The supernet's cost term is expected FLOPs/parameters; with only a latency budget it aims at the
-    FLOPs fraction equal to the latency limit's fraction of the dense latency (latency grows with FLOPs
-    at these sizes), and its seeds must also meet the LUT's prediction.
+    The supernet's cost term is expected FLOPs/parameters. With a latency budget it aims at the FLOPs of
+    ``uniform``, the uniform seed that met the *measured* latency (a latency fraction is not a FLOPs
+    fraction: at batch 1 a fixed overhead does not shrink), or the FLOPs budget if tighter; its seeds
+    must also meet the measured latency.
     """
     from .gates import GateSettings, train_gates
 
     target = None
-    if guard is not None and guard.trusted:  # aim at the tighter of the FLOPs and latency fractions
-        target = min(budget.flops or 1.0, guard.limit_ms / guard.dense_ms)
-    elif budget.flops is None and budget.params is None:
-        target = min(1.0, guard.limit_ms / guard.dense_ms)
+    if guard is not None:  # the FLOPs that fit the latency: those of the measured uniform seed
+        fits = uniform if uniform is not None else space.smallest()
+        target = min(budget.flops or 1.0, cost.cost(fits)[0] / cost.dense[0])
     settings = GateSettings(
         epochs=cfg.gate_epochs,
         importance=cfg.importance,
@@ -642,7 +657,10 @@ def gate_seeds(cfg, model, example, space, cost, budget, data, device, run_dir: 
         print(f"Training the gate supernet for {cfg.gate_epochs:g} epochs (--gate-epochs; 0 skips it) ...")
     result = train_gates(model, example, space, cost, budget, train, val, settings)
     result.history.to_csv(run_dir / "gates.csv", index=False)
-    return [w for w in result.seeds() if guard is None or guard.meets(w)]  # meets: True if untrusted
+    if guard is None:
+        return result.seeds()
+    check = guard.seed_check(model, example, cfg.importance)
+    return [w for w in result.seeds() if check(w)]
 
 
 def measure_latencies(
@@ -752,12 +770,15 @@ def search(
     study = open_study(run_dir, cfg.seed, cfg.startup_trials, cfg.sampler, latency=guard is not None)
     if len(study.trials) == 0:
         evaluator = _sensitivity_evaluator(data, cfg, device)
-        constraint = guard.meets if guard is not None else None
+        constraint = guard.seed_check(model, example, cfg.importance) if guard is not None else None
         ctx = SeedContext(model, example, space, cost, budget, cfg.importance, evaluator, constraint)
         seeds = list(make_seeds(ctx, cfg.seeds).items())
         if cfg.gate_epochs > 0:
             known = [w for _, w in seeds]
-            gated = gate_seeds(cfg, model, example, space, cost, budget, data, device, run_dir, guard, quiet)
+            uniform = dict(seeds).get("uniform")
+            gated = gate_seeds(
+                cfg, model, example, space, cost, budget, data, device, run_dir, guard, uniform, quiet
+            )
             seeds += [("gates", w) for w in gated if w not in known]
         for source, widths in seeds:
             study.enqueue_trial(space.encode(widths), user_attrs={"source": source})
