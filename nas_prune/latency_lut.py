@@ -288,7 +288,7 @@ class LatencyLUT:
         measure_fn: Callable[[nn.Module, tuple[int, ...], torch.device], float] | None = None,
         rounds: int = 3,
     ):
-        inputs = _batch_of(example_inputs)
+        inputs = tuple(t.cpu() for t in _batch_of(example_inputs))  # traced on a CPU copy; timed on device
         if len(inputs) != 1:
             raise ValueError(f"LatencyLUT needs a model with one input tensor, got {len(inputs)}")
         if batch < 1 or rounds < 1:
