@@ -31,7 +31,7 @@ def run_cli(main: Callable[[Sequence[str] | None], None], argv: Sequence[str] | 
     except NasPruneError as err:
         module = sys.modules.get(getattr(main, "__module__", ""))
         spec = getattr(module, "__spec__", None)  # "nas_prune.train" also under ``python -m``
-        prog = spec.name if spec is not None else "nas_prune"
+        prog = spec.name.removesuffix(".cli") if spec is not None else "nas_prune"  # a package's CLI module
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
     except SystemExit as exit_:  # argparse: --help (0) or a usage error (2, already printed)

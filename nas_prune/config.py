@@ -10,7 +10,7 @@ import dataclasses
 import os
 import platform
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -34,8 +34,12 @@ class SearchConfig:
     dataset: str = "fashion-mnist"
     data_dir: str | None = None
     subset: int | None = None
-    trials: int = 48
+    trials: int = 240
     epochs_per_trial: float = 0.5
+    rungs: int = 2
+    reduction_factor: int = 8
+    cost_levels: tuple[float, ...] = (1.0, 0.8, 0.6)
+    budget_band: float = 0.02
     workers: int = 2
     gpus_per_trial: float = 0.0
     device: str = "auto"
@@ -47,7 +51,8 @@ class SearchConfig:
     round_to: int | None = None
     min_fraction: float | None = None
     seeds: tuple[str, ...] = ("uniform", "l2", "sensitivity")
-    startup_trials: int = 8
+    freeze: tuple[str, ...] = ()
+    startup_trials: int = 10
     sampler: str = "tpe"
     gate_epochs: float = 1.0
     gate_seeds: int = 3
@@ -55,9 +60,8 @@ class SearchConfig:
     lut_samples: int = 8
     lr: float = 0.01
     batch_size: int = 128
-    reports_per_trial: int = 4
     sensitivity_samples: int = 1000
-    extra: dict[str, Any] = field(default_factory=dict)
+    jobs_per_call: int = 4
 
     def replace(self, **changes: Any) -> SearchConfig:
         """A copy with ``changes`` applied."""
@@ -111,15 +115,29 @@ def write_config(path: str | os.PathLike, config: SearchConfig, **extra: Any) ->
     from .results import atomic_write_text
 
     settings = dataclasses.asdict(config)
-    settings["seeds"] = list(settings["seeds"])
+    settings.update({k: list(v) for k, v in settings.items() if isinstance(v, tuple)})
     doc = {"settings": settings, "versions": library_versions(), "hardware": hardware_info(), **extra}
     atomic_write_text(path, yaml.safe_dump(doc, sort_keys=False))
 
 
 def load_config(path: str | os.PathLike) -> SearchConfig:
-    """The :class:`SearchConfig` stored in a run's ``config.yaml``."""
-    doc = yaml.safe_load(Path(path).read_text())
+    """The :class:`SearchConfig` stored in a run's ``config.yaml``.
+
+    Settings an older version wrote and this one no longer has (``reports_per_trial``, ``extra``) are
+    ignored, so older run directories still read.
+
+    Raises:
+        ValueError: the file is not valid YAML or has no ``settings`` mapping.
+    """
+    try:
+        doc = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path} is not valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("settings"), dict):
+        raise ValueError(f"{path} has no 'settings' mapping; it was not written by nas_prune.search")
     settings = dict(doc["settings"])
-    settings["seeds"] = tuple(settings.get("seeds", ()))
-    known = {f.name for f in dataclasses.fields(SearchConfig)}
-    return SearchConfig(**{k: v for k, v in settings.items() if k in known})
+    fields = {f.name: f for f in dataclasses.fields(SearchConfig)}
+    for name in ("seeds", "cost_levels", "freeze"):
+        if name in settings:
+            settings[name] = tuple(settings[name])
+    return SearchConfig(**{k: v for k, v in settings.items() if k in fields})

@@ -53,7 +53,7 @@ def plot_pareto(
 ) -> Path:
     """Validation accuracy against FLOPs (as a fraction of the dense model) for every proposal.
 
-    Draws complete trials (feasible filled, over budget hollow), ASHA-pruned trials faded (their
+    Draws complete trials (feasible filled, over budget hollow), lower-rung candidates faded (their
     accuracy is low-fidelity), infeasible proposals as 'x' marks on the bottom edge (never trained),
     the Pareto ``front`` as a step line, seed trials with their own markers and labels, the dense model
     as a star at x = 1 and the FLOPs budget as a dashed vertical line.
@@ -82,12 +82,12 @@ def plot_pareto(
             ax.scatter(x[mask], y[mask], **style)
 
     scatter(
-        (state == "pruned").to_numpy(),
+        (state == "stopped").to_numpy(),
         s=18,
         color="C0",
         alpha=0.25,
         linewidths=0,
-        label="pruned by ASHA (low-fidelity accuracy)",
+        label="stopped below the top rung (lower-fidelity score)",
     )
     scatter(
         (state == "complete") & ~feasible,
@@ -118,7 +118,9 @@ def plot_pareto(
 
     for source, marker in _SEED_MARKERS.items():
         mask = (
-            (trials["source"] == source).to_numpy() & state.isin(["complete", "pruned"]).to_numpy() & drawable
+            (trials["source"] == source).to_numpy()
+            & state.isin(["complete", "stopped"]).to_numpy()
+            & drawable
         )
         for xi, yi in zip(x[mask], y[mask], strict=True):
             ax.annotate(source, (xi, yi), xytext=(6, 4), textcoords="offset points", fontsize=9)
@@ -156,7 +158,7 @@ def plot_pareto(
     if not (state == "complete").any():
         _note(ax, "no complete trials yet")
     counts = state.value_counts()
-    summary = ", ".join(f"{counts.get(s, 0)} {s}" for s in ("complete", "pruned", "infeasible", "failed"))
+    summary = ", ".join(f"{counts.get(s, 0)} {s}" for s in ("complete", "stopped", "infeasible", "failed"))
     ax.text(
         0.01,
         0.99,
@@ -225,59 +227,61 @@ def plot_widths(
 
 
 def plot_progress(trials: pd.DataFrame, path: str | os.PathLike, *, budget_note: str = "") -> Path:
-    """Best feasible validation accuracy so far against the number of proposals (trial_id order).
-
-    Each complete trial's accuracy is scattered too, coloured by its source, so one sees where the
-    improvements came from (seeds, sampler or random search).
+    """The fidelity ladder at work: every candidate's rung-0 score and, for those promoted, their score at
+    the highest rung reached, against the candidate number; the best top-rung score so far as a line.
 
     Args:
-        trials: the trials table (``read_trials``).
+        trials: the trials table (``read_trials``; version-1 tables show their one rung).
         path: PNG file to write.
         budget_note: text shown in the title, e.g. ``"FLOPs <= 0.5 of dense"``.
 
     Returns:
         ``path`` as a ``Path``.
     """
-    ordered = trials.sort_values("trial_id", kind="mergesort")
-    step = np.arange(1, len(ordered) + 1)
-    accuracy = _numbers(ordered["val_accuracy"])
-    complete = (ordered["state"] == "complete").to_numpy()
-    good = complete & ordered["feasible"].astype(bool).to_numpy()
+    ordered = trials[trials["state"] != "infeasible"].sort_values("trial_id", kind="mergesort")
+    ids = ordered["trial_id"].to_numpy()
+    rung = ordered["rung"].fillna(0).astype(int).to_numpy()
+    score = _numbers(ordered["val_accuracy"])
+    rung0 = np.where(
+        np.isnan(_numbers(ordered["rung0_accuracy"])),
+        np.where(rung == 0, score, np.nan),
+        _numbers(ordered["rung0_accuracy"]),
+    )
+    seeds = ordered["source"].isin(SEED_SOURCES).to_numpy()
 
     fig = Figure(figsize=(9.5, 4.8), layout="tight")
     ax = fig.add_subplot()
+    ax.scatter(ids[~seeds], rung0[~seeds], s=10, color="0.6", alpha=0.6, label="rung 0 (no fine-tuning)")
+    ax.scatter(ids[seeds], rung0[seeds], s=30, marker="s", color="0.4", label="rung 0, seeds")
+    top = int(rung.max()) if len(rung) else 0
+    for r in range(1, top + 1):
+        mask = rung == r
+        epochs = ordered["epochs"].to_numpy()[mask]
+        label = f"rung {r} ({np.nanmax(epochs):.3g} epochs)" if mask.any() else f"rung {r}"
+        ax.scatter(ids[mask & ~seeds], score[mask & ~seeds], s=28, color=f"C{r}", label=label)
+        ax.scatter(ids[mask & seeds], score[mask & seeds], s=60, marker="s", color=f"C{r}", edgecolor="black")
+    good = (
+        (ordered["state"] == "complete").to_numpy()
+        & ordered["feasible"].astype(bool).to_numpy()
+        & (rung == top)
+    )
     if good.any():
-        best = pd.Series(np.where(good, accuracy, np.nan)).cummax().ffill().to_numpy()
-        ax.step(step, best, where="post", color="black", linewidth=2, label="best feasible so far")
-    for source in SOURCES:
-        mask = complete & (ordered["source"] == source).to_numpy()
-        if mask.any():
-            marker = _SEED_MARKERS.get(source, "o")
-            size = 60 if source in SEED_SOURCES else 22
-            ax.scatter(
-                step[mask],
-                accuracy[mask],
-                s=size,
-                marker=marker,
-                color=_SOURCE_COLORS[source],
-                alpha=0.8,
-                label=source,
-            )
-    if not complete.any():
-        _note(ax, "no complete trials yet")
+        best = pd.Series(np.where(good, score, np.nan)).cummax().ffill().to_numpy()
+        ax.step(ids, best, where="post", color="black", linewidth=2, label=f"best at rung {top} so far")
+    if not len(ids):
+        _note(ax, "no evaluated candidates yet")
     else:
         ax.legend(
             loc="upper left",
             bbox_to_anchor=(1.01, 1.0),
             fontsize=9,
             frameon=False,
-            title="complete trials by source",
+            title="squares: seeds",
             title_fontsize=9,
         )
-    ax.set_xlim(0, max(len(ordered), 1) + 1)
-    ax.set_xlabel("proposals (in trial_id order)", fontsize=11)
+    ax.set_xlabel("candidate (trial_id)", fontsize=11)
     ax.set_ylabel("validation accuracy", fontsize=11)
-    ax.set_title("Search progress" + (f" ({budget_note})" if budget_note else ""), fontsize=12)
+    ax.set_title("Fidelity ladder" + (f" ({budget_note})" if budget_note else ""), fontsize=12)
     ax.grid(True, alpha=0.3)
     return _save(fig, path)
 

@@ -1,7 +1,8 @@
 """One schema for ``trials.csv``; ``pareto.csv`` and ``best_arch.json`` are derived from it.
 
-A search records every proposal (complete, pruned by ASHA, failed or infeasible) as one row of
-``trials.csv`` through :func:`append_trial`. The Pareto front and the best architecture are always
+A search records every candidate (complete at the top rung of the fidelity ladder, stopped at a lower
+rung, failed or infeasible) as one row of ``trials.csv`` through :func:`append_trial`, updated in place
+(:func:`write_trials`) as the candidate climbs the ladder. The Pareto front and the best architecture are always
 recomputed from that table, never written by hand, so they cannot disagree with it. Every write
 replaces the whole file atomically (temp file in the same directory, then ``os.replace``): a search
 killed mid-write leaves the previous, complete table behind. The table has a single writer (the
@@ -42,10 +43,13 @@ __all__ = [
     "write_trials",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""Version 2 (the fidelity ladder) adds ``rung``, ``rung0_accuracy`` and ``level``; version-1 files read
+with those empty (``rung`` 0) and their ``pruned`` state read as ``stopped``."""
 
-STATES = ("complete", "pruned", "failed", "infeasible")
-"""Trial states; ``pruned`` = stopped early by ASHA, ``infeasible`` = over budget, never trained."""
+STATES = ("complete", "stopped", "failed", "infeasible")
+"""Candidate states: ``complete`` = reached the rung it was scheduled for, ``stopped`` = not promoted
+past a rung, ``infeasible`` = the projection could not meet the budget, never evaluated."""
 
 SOURCES = ("uniform", "l2", "sensitivity", "gates", "optuna", "random")
 """Who proposed the widths: a seed heuristic, the Optuna sampler or random search."""
@@ -77,13 +81,18 @@ TRIAL_COLUMNS = [
     "error",
     "wall_s",
     "schema_version",
+    "rung",
+    "rung0_accuracy",
+    "level",
 ]
 
-LATER_COLUMNS = ("latency_predicted_ms",)
-"""Optional columns added after schema version 1 was first written; older files read with them empty."""
+LATER_COLUMNS = ("latency_predicted_ms", "rung", "rung0_accuracy", "level")
+"""Columns added after schema version 1 was first written; older files read with them empty."""
+
+_V1_COLUMNS = [c for c in TRIAL_COLUMNS if c not in ("rung", "rung0_accuracy", "level")]
 
 _REQUIRED = ("trial_id", "state", "source", "widths")
-_INT_COLUMNS = ("macs", "flops", "params", "latency_batch")  # nullable: empty when unknown
+_INT_COLUMNS = ("macs", "flops", "params", "latency_batch", "rung")  # nullable: empty when unknown
 _FLOAT_COLUMNS = (
     "val_accuracy",
     "flops_ratio",
@@ -93,6 +102,8 @@ _FLOAT_COLUMNS = (
     "latency_predicted_ms",
     "epochs",
     "wall_s",
+    "rung0_accuracy",
+    "level",
 )
 _STR_COLUMNS = ("state", "source", "latency_device", "widths", "error")
 _DTYPES = {
@@ -200,9 +211,9 @@ def _serialise_row(row: Mapping) -> dict[str, str]:
         raise ValueError(f"state must be one of {STATES}, got {values['state']!r}")
     if values["source"] not in SOURCES:
         raise ValueError(f"source must be one of {SOURCES}, got {values['source']!r}")
-    if int(values.get("schema_version", SCHEMA_VERSION)) != SCHEMA_VERSION:
-        raise ValueError(f"schema_version {values['schema_version']} != {SCHEMA_VERSION}")
-    values["schema_version"] = SCHEMA_VERSION
+    if int(values.get("schema_version", SCHEMA_VERSION)) not in (1, SCHEMA_VERSION):
+        raise ValueError(f"schema_version {values['schema_version']} is not 1 or {SCHEMA_VERSION}")
+    values["schema_version"] = SCHEMA_VERSION  # an older row is rewritten in the current schema
     values["widths"] = json.dumps(parse_widths(values["widths"]), separators=(",", ":"))
 
     text = {column: "" for column in TRIAL_COLUMNS}
@@ -223,9 +234,10 @@ def _serialise_row(row: Mapping) -> dict[str, str]:
     text["feasible"] = text["feasible"] or "False"
 
     state = text["state"]
+    for column in ("val_accuracy", "rung0_accuracy"):
+        if text[column] and not 0.0 <= float(text[column]) <= 1.0:
+            raise ValueError(f"{column} must be in [0, 1], got {text[column]}")
     if text["val_accuracy"]:
-        if not 0.0 <= float(text["val_accuracy"]) <= 1.0:
-            raise ValueError(f"val_accuracy must be in [0, 1], got {text['val_accuracy']}")
         if state in ("infeasible", "failed"):
             raise ValueError(f"a {state} trial has no val_accuracy (got {text['val_accuracy']})")
     elif state == "complete":
@@ -283,8 +295,11 @@ def read_trials(path: str | os.PathLike) -> pd.DataFrame:
     if not path.exists():
         return _empty_trials()
     raw = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
-    if list(raw.columns) == [c for c in TRIAL_COLUMNS if c not in LATER_COLUMNS]:  # an older run
+    older = (_V1_COLUMNS, [c for c in TRIAL_COLUMNS if c not in LATER_COLUMNS])
+    if any(list(raw.columns) == columns for columns in older):  # a version-1 run
         raw = raw.reindex(columns=TRIAL_COLUMNS, fill_value="")
+        raw["state"] = raw["state"].replace("pruned", "stopped")
+        raw["rung"] = raw["rung"].mask(raw["rung"] == "", "0")
     if list(raw.columns) != TRIAL_COLUMNS:
         raise ValueError(f"{path} has columns {list(raw.columns)}, expected {TRIAL_COLUMNS}")
     return _typed(raw)
@@ -353,11 +368,14 @@ def _non_dominated(costs: np.ndarray, block: int = 256) -> np.ndarray:
 
 
 def _complete_feasible(trials: pd.DataFrame) -> pd.DataFrame:
-    return trials[(trials["state"] == "complete") & trials["feasible"].astype(bool)]
+    """Complete, feasible candidates at the top rung reached: only their scores are comparable."""
+    done = trials[(trials["state"] == "complete") & trials["feasible"].astype(bool)]
+    rung = done["rung"].fillna(0)
+    return done[rung == rung.max()] if len(done) else done
 
 
 def pareto_front(trials: pd.DataFrame, objectives: Sequence[str] = ("val_accuracy", "flops")) -> pd.DataFrame:
-    """Complete, feasible trials that no other complete, feasible trial dominates.
+    """Complete, feasible trials at the top rung that no other such trial dominates.
 
     ``val_accuracy`` is maximised, every other objective (``flops``, ``latency_ms``...) minimised. A
     dominates B when it is no worse in every objective and better in one, so trials with equal
@@ -397,7 +415,8 @@ def write_pareto(
 
 
 def best_arch(trials: pd.DataFrame) -> pd.Series | None:
-    """The most accurate complete, feasible trial (ties: fewer flops, then lower trial_id), or None."""
+    """The most accurate complete, feasible trial at the top rung (ties: fewer flops, then lower
+    trial_id), or None."""
     candidates = _complete_feasible(trials)
     if candidates.empty:
         return None

@@ -177,7 +177,7 @@ def choose_architecture(
 
     Rank 0 (the default) is ``best_arch.json``, the most accurate feasible architecture. Rank K > 0 is
     the K-th row of ``pareto.csv`` sorted by validation accuracy (descending), then FLOPs, then
-    trial_id. A trial must have been trained (``complete``, or ``pruned`` by ASHA); an infeasible one
+    trial_id. A trial must have been evaluated (``complete`` at the top rung, or ``stopped`` below it); an infeasible one
     is allowed with a warning.
 
     Raises:
@@ -197,9 +197,9 @@ def choose_architecture(
             known = ", ".join(str(t) for t in sorted(trials["trial_id"].tolist())) or "none"
             raise NasPruneError(f"trial {trial} is not in {path} (trial ids: {known})")
         row = rows.iloc[0]
-        if row["state"] not in ("complete", "pruned"):
+        if row["state"] not in ("complete", "stopped"):
             raise NasPruneError(
-                f"trial {trial} is {row['state']} (never trained); pick a complete or pruned trial"
+                f"trial {trial} is {row['state']} (never trained); pick a complete or stopped trial"
             )
         if not bool(row["feasible"]):
             warnings.warn(f"trial {trial} does not meet the run's budget (feasible=False)", stacklevel=2)

@@ -611,6 +611,16 @@ def _validate(args: Any) -> None:
     args.dataset = check_dataset_name(args.dataset)
 
 
+def _check_output(path: Path) -> None:
+    """Before any training: ``--output`` must be a file path whose folder exists or can be created."""
+    if path.is_dir():
+        raise NasPruneError(f"--output {path} is a directory; give a file such as {path / 'dense.pt'}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise NasPruneError(f"--output {path}: cannot create {path.parent} ({err.strerror or err})") from None
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m nas_prune.train``: train a dense model, test it once, save a checkpoint."""
     from nas_prune.models import build_from_spec, model_spec
@@ -621,6 +631,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.output is None:
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{args.model}-{args.dataset}")
         args.output = f"results/dense-{slug}.pt"
+    _check_output(Path(args.output))
 
     data = load_dataset(args.dataset, args.data_dir, val_fraction=args.val_fraction, subset=args.subset)
     spec = model_spec(args.model, data.in_channels, data.num_classes, data.input_shape)

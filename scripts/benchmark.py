@@ -25,18 +25,18 @@ the cut network: ``nas_prune.baselines.FINETUNE_SHARE``), E split over the pruni
 FLOPs per step, E / steps epochs after each step), from scratch at lr 0.1 (uniform-scratch and the four
 search retrains), and lottery-ticket, which trains its own dense model from theta0 (so it gets no
 ``--checkpoint``), gets (D + E) / 2 epochs for the dense model and again for the ticket, so D + E in all
-like the others. The searches' own fine-tuning (trials x epochs-per-trial each) is extra cost of the
+like the others. The searches' own fine-tuning (its fidelity ladder: rung-0 scores and short fine-tunes) is extra cost of the
 search rows, shown in the report with the searches' wall time. The searches use the validation split
 only; test accuracy is measured once per trained model at the end.
 
 Defaults (CPU, 2 cores): Fashion-MNIST with a fixed training subset of 20,000 images (18,000 train,
 2,000 validation; the full 10,000 test images), ``convnet``, 30% of the FLOPs, 3 dense epochs, 3 epochs
-per method, each search 24 trials x 0.3 epochs on 2 workers, 3 seeds: 1 dense + 2 searches + 30 runs.
+per method, each search 240 rung-0 candidates, top rung 0.5 epochs, on 2 workers, 3 seeds: 1 dense + 2 searches + 30 runs.
 The CPU default is ``convnet`` and not ``resnet20`` because the report must stay well under 2 hours on a
 shared 2-core CPU: the 27-run report took 13 min with convnet, and a resnet20 epoch took 2.2x a convnet
 one here, which would put the default near an hour or beyond on a loaded machine (``--model resnet20``
 still works). ``--full`` (GPU): resnet20, full data, ``--device cuda``, 30 dense epochs, 30 epochs per
-method, 96 trials x 1 epoch per search, 4 workers sharing the GPU; explicit flags still win over the
+method, 1000 rung-0 candidates, top rung 2 epochs, per search, 4 workers sharing the GPU; explicit flags still win over the
 presets. A rerun into the same ``--output`` must use the same settings (``--seeds`` may grow).
 """
 
@@ -71,11 +71,11 @@ from nas_prune.retrain import retrain  # noqa: E402
 from nas_prune.train import fit, resolve_device, save_checkpoint, seed_everything  # noqa: E402
 
 CPU_DEFAULTS = dict(
-    model="convnet", subset=20000, dense_epochs=3.0, epochs=3.0, trials=24, epochs_per_trial=0.3,
+    model="convnet", subset=20000, dense_epochs=3.0, epochs=3.0, trials=240, epochs_per_trial=0.5,
     workers=2, gpus_per_trial=0.0, device="cpu",
 )  # fmt: skip
 FULL_DEFAULTS = dict(
-    model="resnet20", subset=None, dense_epochs=30.0, epochs=30.0, trials=96, epochs_per_trial=1.0,
+    model="resnet20", subset=None, dense_epochs=30.0, epochs=30.0, trials=1000, epochs_per_trial=2.0,
     workers=4, gpus_per_trial=0.25, device="cuda",
 )  # fmt: skip
 SEARCH_ROWS = ("search-best", "search-random-best", "search-uniform-seed", "search-l2-seed")
@@ -166,7 +166,7 @@ def run_search(
     if (run_dir / "best_arch.json").is_file():
         return pd.read_csv(run_dir / "trials.csv")
     print(
-        f"Searching, {sampler} sampler ({args.trials} trials x {args.epochs_per_trial:g} epochs) ...",
+        f"Searching, {sampler} sampler ({args.trials} rung-0 candidates, top rung {args.epochs_per_trial:g} epochs) ...",
         flush=True,
     )
     common = dict(trials=args.trials, workers=args.workers, device=args.device, quiet=True)
@@ -202,7 +202,7 @@ def search_architectures(
             print(f"warning: no feasible trained architecture for {name}; skipping it", flush=True)
         else:
             chosen[name] = (random_dir if "random" in name else run_dir, *found)
-    trained = trials[trials["state"].isin(["complete", "pruned"])]
+    trained = trials[trials["state"] == "complete"]  # seeds climb to the top rung
     for source in ("uniform", "l2"):
         rows = trained[trained["source"] == source]
         if rows.empty:
@@ -342,7 +342,7 @@ def write_report(
         f"The `search-*` rows are retrained from scratch; the search took "
         f"{timings.get('search_s', nan):.0f} s and its control, a random search without seed "
         f"architectures (`search-random-best`; its trial id is one of `bench/search-random/trials.csv`), "
-        f"{timings.get('search_random_s', nan):.0f} s, each {args.trials} trials x "
+        f"{timings.get('search_random_s', nan):.0f} s, each {args.trials} rung-0 candidates, top rung "
         f"{args.epochs_per_trial:g} epochs. MACs of l1-unstructured are its non-zero MACs (its dense "
         "kernels run at the dense latency). Latency: median over seeds of each run's measured median, "
         "batch 1. Time per run: pruning and training, without the final measurements.",

@@ -44,7 +44,7 @@ def describe(label: str, trials: pd.DataFrame, run_dir: Path, wall: float) -> li
     return [
         f"| {label} | {best['val_accuracy']:.4f} | {int(best['trial_id'])} ({best['source']}) | "
         f"{best['flops_ratio']:.3f} | {sources} | {len(front)} | "
-        f"{trials['state'].isin(['complete', 'pruned', 'failed']).sum()} | {wall / 60:.1f} |"
+        f"{trials['state'].isin(['complete', 'stopped', 'failed']).sum()} | {wall / 60:.1f} |"
     ]
 
 
@@ -82,7 +82,7 @@ def main() -> None:
     lines = [
         f"Gate seeds vs none: {args.model} on {args.dataset}"
         + (f" (subset {args.subset})" if args.subset else "")
-        + f", FLOPs budget {args.budget_flops}, {args.trials} trained candidates x {args.epochs_per_trial} "
+        + f", FLOPs budget {args.budget_flops}, {args.trials} rung-0 candidates, top rung {args.epochs_per_trial} "
         f"fine-tuning epochs each, the same dense model and sampler seed; gate supernet {args.gate_epochs:g} "
         "epochs. Validation accuracy (the search never reads the test set).",
         "",

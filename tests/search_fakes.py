@@ -1,7 +1,8 @@
-"""Stand-ins for evaluate_candidate, importable by Ray workers (the tests put this folder on their path).
+"""Stand-ins for CandidateEvaluator, importable by Ray workers (the tests put this folder on their path).
 
-They make search outcomes deterministic and cheap: accuracy grows with the kept width, some widths
-fail or are planted as hopeless, and each training leaves a marker file so tests can count them.
+They make search outcomes deterministic and cheap: accuracy grows with the kept width and with the
+fine-tuning epochs, some widths fail or are planted as hopeless, and each evaluation leaves a marker
+file ``<trial_id>-<epochs>`` so tests can count what was evaluated.
 """
 
 from __future__ import annotations
@@ -11,20 +12,25 @@ from pathlib import Path
 FIRST = "features.conv1.conv"  # convnet's first channel group
 
 
-def fake_evaluate(widths, settings, report, trial_seed=0):
-    extra = settings.extra
-    Path(extra["marker_dir"], str(trial_seed)).touch()
-    if widths[FIRST] in extra.get("fail_widths", ()):
-        raise RuntimeError("planted failure")
-    share = sum(widths.values()) / extra["dense_total"]
-    hopeless = widths[FIRST] in extra.get("hopeless_widths", ())
-    metrics = {}
-    for step in range(1, settings.reports + 1):
-        accuracy = 0.05 if hopeless else (0.2 + 0.6 * share) * (0.7 + 0.3 * step / settings.reports)
-        metrics = {
-            "val_accuracy": accuracy,
-            "epochs": settings.epochs * step / settings.reports,
-            "step": step,
+class FakeEvaluator:
+    """``FakeEvaluator(settings, marker_dir=..., dense_total=...)(widths, epochs, seed)``."""
+
+    def __init__(self, settings, marker_dir, dense_total, fail_widths=(), hopeless_widths=(), delay=0.0):
+        self.settings, self.marker_dir, self.dense_total = settings, Path(marker_dir), dense_total
+        self.fail_widths, self.hopeless_widths, self.delay = set(fail_widths), set(hopeless_widths), delay
+
+    def __call__(self, widths, epochs=0.0, seed=0):
+        import time
+
+        (self.marker_dir / f"{seed}-{epochs:g}").touch()
+        time.sleep(self.delay)
+        if widths[FIRST] in self.fail_widths:
+            raise RuntimeError("planted failure")
+        if widths[FIRST] in self.hopeless_widths:
+            return {"val_accuracy": 0.05, "epochs": epochs}
+        share = sum(widths.values()) / self.dense_total
+        jitter = ((seed * 7919) % 97) / 9700  # fixed per candidate: ties broken, ranks kept across rungs
+        return {
+            "val_accuracy": min(1.0, (0.2 + 0.6 * share) * (0.7 + 0.2 * min(epochs, 1.0)) + jitter),
+            "epochs": epochs,
         }
-        report(metrics)
-    return metrics

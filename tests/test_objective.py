@@ -1,8 +1,9 @@
 import torch
 
-from nas_prune import count_macs, create_model, prune
+from nas_prune import create_model, prune
 from nas_prune.models import model_spec
-from nas_prune.objective import TrialSettings, adapt_batchnorm, evaluate_candidate
+from nas_prune.objective import CandidateEvaluator, TrialSettings, adapt_batchnorm, evaluate_candidate
+from nas_prune.train import evaluate
 
 
 def _settings(**kw):
@@ -12,24 +13,30 @@ def _settings(**kw):
     return TrialSettings(spec=spec, dense_state=model.state_dict(), dataset="synthetic", batch_size=32, **kw)
 
 
-def test_reports_at_least_four_times_and_prunes_to_the_widths():
-    settings = _settings(epochs=0.5, reports=4)
-    reports = []
+def test_rung_zero_is_adaptive_bn_and_the_unfolded_accuracy():
+    """Rung 0 = slim, adapt BN on the evaluator's fixed batches, validate; folding BN changes nothing."""
+    settings = _settings()
+    evaluator = CandidateEvaluator(settings)
     widths = {"features.conv1.conv": 8, "features.conv5.conv": 64}
-    final = evaluate_candidate(widths, settings, reports.append)
-    assert [r["step"] for r in reports] == [1, 2, 3, 4]
-    assert all(0.0 <= r["val_accuracy"] <= 1.0 for r in reports)
-    assert reports[-1] == final and 0.4 < final["epochs"] <= 0.6
-    expected = count_macs(
-        prune(settings.dense_model(), torch.zeros(2, 1, 28, 28), widths), torch.zeros(2, 1, 28, 28)
+    result = evaluator(widths, 0.0, seed=3)
+    assert result["epochs"] == 0.0 and result["wall_s"] > 0
+    slim = prune(settings.dense_model(), torch.zeros(2, 1, 28, 28), widths)
+    adapt_batchnorm(slim, evaluator.bn_batches, len(evaluator.bn_batches), "cpu")
+    plain = evaluate(slim, settings.data().loader("val", 100, train=False))["accuracy"]
+    assert result["val_accuracy"] == plain
+
+
+def test_fine_tune_rung_trains_the_asked_epochs_and_changes_the_score():
+    settings = _settings()
+    evaluator = CandidateEvaluator(settings)
+    widths = {"features.conv1.conv": 8}
+    tuned = evaluator(widths, 0.5, seed=1)
+    assert 0.4 < tuned["epochs"] <= 0.6
+    assert evaluator(widths, 0.5, seed=1)["val_accuracy"] == tuned["val_accuracy"]  # same seed, same score
+    assert (
+        evaluate_candidate(widths, settings, 0.0, 1)["val_accuracy"]
+        == evaluator(widths, 0.0, 1)["val_accuracy"]
     )
-    assert (final["macs"], final["params"]) == expected
-
-
-def test_zero_epochs_reports_once_after_adaptive_bn():
-    reports = []
-    evaluate_candidate({"features.conv1.conv": 8}, _settings(epochs=0.0), reports.append)
-    assert len(reports) == 1 and reports[0]["epochs"] == 0.0
 
 
 def test_adaptive_bn_recomputes_statistics_without_touching_weights():
@@ -43,13 +50,6 @@ def test_adaptive_bn_recomputes_statistics_without_touching_weights():
     adapt_batchnorm(model, batches, batches=2, device="cpu")
     assert bn.running_mean.abs().max() < 5.0 and bn.momentum == 0.1 and not model.training
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in weights.items())
-
-
-def test_same_seed_same_result():
-    settings = _settings(epochs=0.3, reports=1)
-    a = evaluate_candidate({"features.conv2.conv": 16}, settings, trial_seed=3)
-    b = evaluate_candidate({"features.conv2.conv": 16}, settings, trial_seed=3)
-    assert a["val_accuracy"] == b["val_accuracy"]
 
 
 def test_validation_split_does_not_depend_on_the_training_seed():

@@ -6,6 +6,7 @@ as DESIGN.md allows); each subprocess gets its own RAY_TMPDIR so its processes c
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -22,7 +23,7 @@ import torch
 from nas_prune.cli import run_cli
 from nas_prune.search import main
 
-TRAINED = ["complete", "pruned", "failed"]
+EVALUATED = ["complete", "stopped", "failed"]
 QUICK = ["--dataset", "synthetic", "--pretrain-epochs", "1", "--epochs-per-trial", "0.5"]
 
 
@@ -51,6 +52,17 @@ def _fails(capsys, argv, message):
         (["--budget-flops", "0.3", "--gate-epochs", "-1"], "--gate-epochs must be >= 0"),
         (["--budget-latency", "0.5", "--lut-samples", "1"], "--lut-samples >= 2"),
         (["--resume", "/nonexistent-run"], "not a search run directory"),
+        (["--budget-flops", "0.3", "--round-to", "0"], "--round-to must be a positive number"),
+        (["--budget-flops", "0.3", "--min-fraction", "0"], "--min-fraction must be in (0, 1]"),
+        (["--budget-flops", "0.3", "--rungs", "-1"], "--rungs must be >= 0"),
+        (["--budget-flops", "0.3", "--reduction-factor", "1"], "--reduction-factor >= 2"),
+        (["--budget-flops", "0.3", "--cost-levels", "0.5"], "must be fractions in (0, 1] and include 1.0"),
+        (
+            ["--budget-flops", "0.3", "--cost-levels", "1", "1.5"],
+            "must be fractions in (0, 1] and include 1.0",
+        ),
+        (["--budget-flops", "0.3", "--budget-band", "0"], "--budget-band must be in (0, 1)"),
+        (["--budget-flops", "0.3", "--time-budget", "-5"], "--time-budget must be positive"),
         pytest.param(
             ["--budget-flops", "0.3", "--gpus-per-trial", "0.5"],
             "needs a GPU",
@@ -60,6 +72,32 @@ def _fails(capsys, argv, message):
 )
 def test_bad_input_is_one_line_and_exit_2(capsys, argv, message):
     _fails(capsys, argv, message)
+
+
+def test_resume_with_a_broken_config_yaml(capsys, tmp_path):
+    (tmp_path / "config.yaml").write_text("settings: [unclosed\n")
+    _fails(capsys, ["--resume", str(tmp_path)], "not valid YAML")
+    (tmp_path / "config.yaml").write_text("just a string\n")
+    _fails(capsys, ["--resume", str(tmp_path)], "no 'settings' mapping")
+
+
+def test_output_that_is_a_file_or_cannot_be_created(capsys, tmp_path):
+    existing = tmp_path / "taken"
+    existing.write_text("x")
+    _fails(capsys, ["--budget-flops", "0.5", *QUICK, "--output", str(existing)], "is a file")
+    _fails(capsys, ["--budget-flops", "0.5", *QUICK, "--output", str(existing / "run")], "cannot create")
+
+
+def test_freeze_keeps_a_group_at_full_width(capsys):
+    argv = ["--budget-flops", "0.5", "--dataset", "synthetic", "--dry-run", "--freeze", "features.conv2.conv"]
+    assert run_cli(main, argv) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if "features.conv2.conv" in x)
+    assert "fixed" in line
+    _fails(
+        capsys,
+        ["--budget-flops", "0.5", "--dataset", "synthetic", "--dry-run", "--freeze", "nope"],
+        "not channel groups",
+    )
 
 
 def test_budget_below_the_smallest_architecture(capsys, tmp_path):
@@ -115,6 +153,11 @@ def test_help_explains_every_flag():
         "--sampler",
         "--lut-dir",
         "--lut-samples",
+        "--rungs",
+        "--reduction-factor",
+        "--cost-levels",
+        "--budget-band",
+        "--freeze",
     ):
         assert flag in out.stdout
 
@@ -140,50 +183,42 @@ def _end_processes_under(tmp: str) -> None:
                 pass
 
 
-def _trained(run: Path) -> pd.DataFrame:
-    try:
-        trials = pd.read_csv(run / "trials.csv")
-    except (FileNotFoundError, pd.errors.EmptyDataError):
-        return pd.DataFrame(columns=["state"])
-    return trials[trials["state"].isin(TRAINED)]
+def _results(run: Path) -> list[tuple[int, int]]:
+    """(trial_id, rung) of every finished evaluation in the journal, torn last line ignored."""
+    path = run / "evaluations.jsonl"
+    out = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if event["kind"] == "result":
+            out.append((event["trial_id"], event["rung"]))
+    return out
 
 
-def test_killed_search_resumes_without_duplicates(tmp_path):
+def test_killed_search_resumes_without_losing_or_repeating_an_evaluation(tmp_path):
     tmp = tempfile.mkdtemp(prefix="rk", dir="/tmp")
     run = tmp_path / "run"
-    args = [
-        sys.executable,
-        "-m",
-        "nas_prune.search",
-        "--budget-flops",
-        "0.5",
-        *QUICK,
-        "--trials",
-        "8",
-        "--workers",
-        "1",
-        "--epochs-per-trial",
-        "1",
-        "--output",
-        str(run),
-    ]
+    args = [sys.executable, "-m", "nas_prune.search", "--budget-flops", "0.5", *QUICK, "--trials", "16",
+            "--workers", "1", "--gate-epochs", "0", "--reduction-factor", "4", "--output", str(run)]  # fmt: skip
     proc = subprocess.Popen(
         args, env=_env(tmp), start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
     try:
         deadline = time.time() + 240
-        while len(_trained(run)) < 2 and time.time() < deadline and proc.poll() is None:
+        while len(_results(run)) < 6 and time.time() < deadline and proc.poll() is None:
             time.sleep(0.2)
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     finally:
         _end_processes_under(tmp)
-    done_before = set(_trained(run)["trial_id"])
-    assert 2 <= len(done_before) < 8
+    before = _results(run)
+    assert 6 <= len(before) and not (run / "pareto.csv").exists()
     try:
         resumed = subprocess.run(
-            [sys.executable, "-m", "nas_prune.search", "--resume", str(run), "--trials", "8"],
+            [sys.executable, "-m", "nas_prune.search", "--resume", str(run)],
             env=_env(tmp),
             capture_output=True,
             text=True,
@@ -192,9 +227,11 @@ def test_killed_search_resumes_without_duplicates(tmp_path):
     finally:
         _end_processes_under(tmp)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+    after = _results(run)
+    assert after[: len(before)] == before and len(after) == len(set(after))  # none lost, none repeated
     trials = pd.read_csv(run / "trials.csv")
-    assert trials["trial_id"].is_unique
-    assert len(_trained(run)) == 8 and done_before <= set(_trained(run)["trial_id"])
+    assert trials["trial_id"].is_unique and trials["state"].isin(EVALUATED).sum() == 16
+    assert (trials.loc[trials["source"].isin(["uniform", "l2", "sensitivity"]), "state"] == "complete").all()
     assert (run / "pareto.csv").is_file() and (run / "best_arch.json").is_file()
 
 
@@ -239,7 +276,11 @@ def test_search_joins_a_ray_head_node(tmp_path):
                 "0.5",
                 *QUICK,
                 "--trials",
-                "2",
+                "6",
+                "--gate-epochs",
+                "0",
+                "--rungs",
+                "0",
                 "--ray-address",
                 f"127.0.0.1:{port}",
                 "--output",
@@ -251,8 +292,8 @@ def test_search_joins_a_ray_head_node(tmp_path):
             timeout=300,
         )
         assert out.returncode == 0, out.stderr[-2000:]
-        assert len(_trained(run)) == 2
+        assert len(set(t for t, rung in _results(run) if rung == 0)) == 6
         logs = list(Path(tmp).glob("session_*/logs/*worker*"))
-        assert logs, "the trials ran on the head node's workers"
+        assert logs, "the evaluations ran on the head node's workers"
     finally:
         _end_processes_under(tmp)

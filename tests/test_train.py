@@ -274,6 +274,17 @@ def test_cli_bad_input_is_one_line_exit_2(argv, expected, tmp_path, capsys):
     assert not (tmp_path / "x.pt").exists()
 
 
+def test_cli_output_that_cannot_be_written_is_one_line_exit_2(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    base = ["--dataset", "synthetic", "--model", "convnet", "--epochs", "1"]
+    assert run_cli(main, [*base, "--output", str(blocker / "sub" / "dense.pt")]) == 2
+    assert "cannot create" in capsys.readouterr().err
+    assert run_cli(main, [*base, "--output", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "is a directory" in err and err.count("\n") == 1
+
+
 def test_cli_subprocess(tmp_path):
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     out = tmp_path / "dense.pt"

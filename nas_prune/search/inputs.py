@@ -1,0 +1,209 @@
+"""A search's inputs: settings checked before heavy work, the width space, the run directory, the dense model.
+
+Every problem a user can cause ends as one :class:`~nas_prune.cli.NasPruneError` line (exit code 2 on
+the command line) before anything trains: unknown names, out-of-range numbers, a budget no architecture
+in the space meets, an ``--output`` that is a file or cannot be created, a ``--resume`` directory whose
+``config.yaml`` is missing or not valid YAML.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from pathlib import Path
+
+import torch
+
+from ..cli import NasPruneError
+from ..config import SearchConfig, load_config
+from ..cost import CostModel
+from ..data import DataSplits, check_dataset_name
+from ..graph import channel_groups
+from ..models import create_model, default_model, load_search_space, model_names, model_spec
+from ..seeds import SEEDS
+from ..space import Budget, WidthSpace
+from ..train import fit, load_checkpoint, load_weights, resolve_device, save_checkpoint, seed_everything
+
+__all__ = [
+    "SAMPLERS",
+    "build_space",
+    "default_output",
+    "dense_model",
+    "load_dense_weights",
+    "make_budget",
+    "parse_latency_budget",
+    "prepare_run_dir",
+    "require_reachable",
+    "resume_config",
+    "validate",
+]
+
+SAMPLERS = ("tpe", "random")
+RESUMABLE = frozenset({"trials", "workers", "time_budget", "device", "ray_address"})
+"""Settings a resumed run may change; every other one is the run's own (config.yaml)."""
+
+
+def parse_latency_budget(value: str | None) -> tuple[float | None, float | None]:
+    """``"0.8"`` -> fraction of the dense latency; ``"12ms"`` -> absolute milliseconds."""
+    if value is None:
+        return None, None
+    text = str(value).strip().lower()
+    match = re.fullmatch(r"([0-9]*\.?[0-9]+(?:e-?[0-9]+)?)\s*(ms)?", text)
+    if not match:
+        raise NasPruneError(f"--budget-latency {value!r} is neither a fraction like 0.8 nor a time like 12ms")
+    number = float(match.group(1))
+    if match.group(2):
+        return number, None
+    if not 0.0 < number <= 1.0:
+        raise NasPruneError(
+            f"--budget-latency {value!r}: a bare number is a fraction in (0, 1]; add 'ms' for time"
+        )
+    return None, number
+
+
+def make_budget(cfg: SearchConfig) -> Budget:
+    latency_ms, latency_fraction = parse_latency_budget(cfg.budget_latency)
+    return Budget(cfg.budget_flops, cfg.budget_params, latency_ms, latency_fraction)
+
+
+def _check_ladder(cfg: SearchConfig) -> None:
+    if cfg.trials < 1:
+        raise NasPruneError(f"--trials must be at least 1, got {cfg.trials}")
+    if cfg.epochs_per_trial < 0 or cfg.pretrain_epochs <= 0 or cfg.gate_epochs < 0 or cfg.gate_seeds < 1:
+        raise NasPruneError(
+            "--epochs-per-trial and --gate-epochs must be >= 0, --pretrain-epochs > 0, --gate-seeds >= 1"
+        )
+    if cfg.rungs < 0 or cfg.reduction_factor < 2:
+        raise NasPruneError(
+            f"--rungs must be >= 0 and --reduction-factor >= 2, got {cfg.rungs} and {cfg.reduction_factor}"
+        )
+    if cfg.rungs and cfg.epochs_per_trial <= 0:
+        raise NasPruneError("--rungs > 0 fine-tunes: give --epochs-per-trial > 0 (or --rungs 0)")
+    levels = cfg.cost_levels
+    if not levels or 1.0 not in levels or any(not 0.0 < v <= 1.0 for v in levels):
+        raise NasPruneError(f"--cost-levels must be fractions in (0, 1] and include 1.0, got {list(levels)}")
+    if not 0.0 < cfg.budget_band < 1.0:
+        raise NasPruneError(f"--budget-band must be in (0, 1), got {cfg.budget_band}")
+    if cfg.time_budget is not None and cfg.time_budget <= 0:
+        raise NasPruneError(f"--time-budget must be positive seconds, got {cfg.time_budget}")
+
+
+def validate(cfg: SearchConfig) -> SearchConfig:
+    """Check every setting before heavy work; fill the default model. Raises NasPruneError."""
+    make_budget(cfg)
+    dataset = check_dataset_name(cfg.dataset)
+    model = cfg.model or default_model(dataset)
+    if ":" not in model and model not in model_names():
+        raise NasPruneError(
+            f"unknown model {model!r}; choose {', '.join(model_names())} or pkg.module:factory"
+        )
+    _check_ladder(cfg)
+    if cfg.workers < 1 or cfg.gpus_per_trial < 0 or cfg.latency_batch < 1 or cfg.lut_samples < 2:
+        raise NasPruneError(
+            "--workers and --latency-batch must be >= 1, --lut-samples >= 2 and --gpus-per-trial >= 0"
+        )
+    if cfg.round_to is not None and cfg.round_to < 1:
+        raise NasPruneError(f"--round-to must be a positive number of channels, got {cfg.round_to}")
+    if cfg.min_fraction is not None and not 0.0 < cfg.min_fraction <= 1.0:
+        raise NasPruneError(f"--min-fraction must be in (0, 1], got {cfg.min_fraction}")
+    if cfg.sampler not in SAMPLERS:
+        raise NasPruneError(f"unknown --sampler {cfg.sampler!r}; choose {' or '.join(SAMPLERS)}")
+    unknown = [s for s in cfg.seeds if s not in SEEDS]
+    if unknown:
+        raise NasPruneError(f"unknown seed(s) {unknown}; choose from {', '.join(SEEDS)}")
+    if cfg.checkpoint and not Path(cfg.checkpoint).is_file():
+        raise NasPruneError(f"checkpoint {cfg.checkpoint} does not exist")
+    resolve_device(cfg.device)
+    if cfg.gpus_per_trial > 0 and not cfg.ray_address and not torch.cuda.is_available():
+        raise NasPruneError("--gpus-per-trial needs a GPU, and none is visible here (or give --ray-address)")
+    return cfg.replace(model=model, dataset=dataset)
+
+
+def resume_config(run_dir: Path, changes: dict) -> SearchConfig:
+    """The settings of the run in ``run_dir`` with the allowed ``changes`` applied."""
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise NasPruneError(f"--resume {run_dir}: no config.yaml there, so it is not a search run directory")
+    try:
+        cfg = load_config(path)
+    except (ValueError, TypeError) as err:
+        raise NasPruneError(f"--resume {run_dir}: {err}") from None
+    unknown = set(changes) - RESUMABLE
+    if unknown:
+        raise NasPruneError(
+            f"--resume keeps the run's settings; only {sorted(RESUMABLE)} may change, not {sorted(unknown)}"
+        )
+    return cfg.replace(**changes)
+
+
+def build_space(cfg: SearchConfig, model, example) -> tuple[list, WidthSpace, CostModel]:
+    """Channel groups, width space (flags over the model's search_spaces YAML) and exact cost model.
+
+    Only the architecture matters here, not the weights, so this runs before any training.
+    """
+    yaml_space = load_search_space(cfg.model) or {}
+    groups = channel_groups(model, example)
+    space = WidthSpace.build(
+        groups,
+        round_to=cfg.round_to or yaml_space.get("round_to", 1),
+        min_fraction=cfg.min_fraction or yaml_space.get("min_fraction", 0.1),
+        grid=yaml_space.get("grid"),
+        frozen=(*yaml_space.get("frozen", ()), *cfg.freeze),
+    )
+    return groups, space, CostModel(model, example)
+
+
+def require_reachable(budget: Budget, space: WidthSpace, cost: CostModel) -> None:
+    """Fail when even the smallest architecture in the space breaks a FLOP/parameter budget."""
+    smallest = cost.cost(space.smallest())
+    if not budget.met(*smallest, *cost.dense):
+        ratio = smallest[0] / cost.dense[0], smallest[1] / cost.dense[1]
+        raise NasPruneError(
+            f"no architecture in the space meets {budget.label()}: the smallest keeps "
+            f"{ratio[0]:.3f} of the FLOPs and {ratio[1]:.3f} of the parameters (lower --min-fraction?)"
+        )
+
+
+def default_output(cfg: SearchConfig, budget: Budget) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    model = cfg.model.replace(":", "-").replace(".", "-")
+    return Path("results") / f"{model}-{cfg.dataset}-{budget.label()}-{stamp}"
+
+
+def prepare_run_dir(run_dir: Path, resume: bool) -> None:
+    """Create ``run_dir``; a new run refuses a file, or a directory that already holds a search."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise NasPruneError(f"--output {run_dir} is a file, not a directory")
+    if not resume and ((run_dir / "trials.csv").exists() or (run_dir / "evaluations.jsonl").exists()):
+        raise NasPruneError(f"{run_dir} already holds a search; continue it with --resume {run_dir}")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise NasPruneError(f"cannot create the run directory {run_dir}: {err.strerror or err}") from None
+
+
+def load_dense_weights(model, path, name: str) -> None:
+    """Load a nas_prune checkpoint's weights into ``model``; a mismatch is one clear error."""
+    load_weights(model, load_checkpoint(path)["state_dict"], f"checkpoint {path} (model {name!r})")
+
+
+def dense_model(cfg: SearchConfig, data: DataSplits, run_dir: Path, device: torch.device):
+    """The dense model and its spec: ``run_dir/dense.pt`` if present, else ``--checkpoint``, else trained
+    for ``--pretrain-epochs`` (and cached as ``dense.pt``)."""
+    spec = model_spec(cfg.model, data.in_channels, data.num_classes, data.input_shape)
+    model = create_model(cfg.model, in_channels=data.in_channels, num_classes=data.num_classes)
+    cached = run_dir / "dense.pt"
+    source = cached if cached.is_file() else (Path(cfg.checkpoint) if cfg.checkpoint else None)
+    if source is not None:
+        load_dense_weights(model, source, cfg.model)
+        if source != cached:
+            save_checkpoint(cached, model, spec, copied_from=str(source))
+        return model, spec
+    print(f"Training the dense {cfg.model} for {cfg.pretrain_epochs:g} epochs (cached as {cached}) ...")
+    seed_everything(cfg.seed)
+    model = create_model(cfg.model, in_channels=data.in_channels, num_classes=data.num_classes)
+    history = fit(model, data, epochs=cfg.pretrain_epochs, device=device, seed=cfg.seed)
+    save_checkpoint(
+        cached, model.cpu(), spec, epochs=cfg.pretrain_epochs, val_accuracy=history[-1]["val_accuracy"]
+    )
+    return model, spec

@@ -1,0 +1,111 @@
+"""The fidelity ladder: which candidate is evaluated at which rung, and how well the rungs agree.
+
+Rung 0 scores every candidate without fine-tuning (slim + adaptive BN + validation, EagleEye). Rung
+``r`` = 1..K fine-tunes for ``E / eta^(K - r)`` epochs (``E = --epochs-per-trial``, ``eta =
+--reduction-factor``) and is reached by the best ``1/eta`` of the rung below (successive halving,
+Hyperband's geometry), decided *within each cost level* so every level has candidates at the top rung
+and the front stays a curve. Seeds always climb every rung: "the search beats its seeds" is then judged
+at equal fidelity.
+
+Promotion is synchronous: rung ``r + 1`` is decided once every rung-``r`` evaluation of the non-seed
+candidates is in, from those scores only, so the decision is the same after a kill and ``--resume``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from scipy import stats
+
+from .journal import Journal
+
+__all__ = ["Ladder", "correlations"]
+
+WEAK_KENDALL = 0.3
+"""Below this Kendall tau a cheap rung does not predict the next one (the report says so)."""
+
+
+@dataclass(frozen=True)
+class Ladder:
+    """Fine-tuning epochs per rung (``epochs[0] == 0``) and the reduction factor between rungs."""
+
+    epochs: tuple[float, ...]
+    reduction: int
+
+    @classmethod
+    def build(cls, top_epochs: float, rungs: int, reduction: int) -> Ladder:
+        fine = tuple(top_epochs / reduction ** (rungs - r) for r in range(1, rungs + 1))
+        return cls((0.0, *fine), reduction)
+
+    @property
+    def top(self) -> int:
+        return len(self.epochs) - 1
+
+    def keep(self, n: int) -> int:
+        """How many of ``n`` candidates of one level go up a rung: ``n // eta``, at least one."""
+        return max(1, n // self.reduction) if n else 0
+
+    def planned(self, per_level: Iterable[int]) -> list[int]:
+        """Non-seed candidates expected at each fine-tune rung 1..K for rung-0 counts per level."""
+        counts = [0] * self.top
+        for n in per_level:
+            for r in range(self.top):
+                n = self.keep(n)
+                counts[r] += n
+        return counts
+
+    def promoted(self, journal: Journal, rung: int, seeds: set[int]) -> list[int]:
+        """Non-seed candidates that go from ``rung`` to ``rung + 1``: each level's best ``1/eta`` among
+        those scored at ``rung`` (ties: lower trial id), seeds excluded (they climb anyway)."""
+        by_level: dict[float, list[tuple[float, int]]] = {}
+        for trial_id, cand in journal.candidates.items():
+            score = journal.score(trial_id, rung)
+            if trial_id in seeds or score is None:
+                continue
+            by_level.setdefault(float(cand["level"]), []).append((-score, trial_id))
+        chosen = []
+        for ranked in by_level.values():
+            ranked.sort()
+            chosen += [trial_id for _, trial_id in ranked[: self.keep(len(ranked))]]
+        return sorted(chosen)
+
+
+def correlations(journal: Journal, ladder: Ladder) -> list[dict]:
+    """Kendall tau and Spearman rho between consecutive rungs, on the candidates scored at both."""
+    out = []
+    for lower in range(ladder.top):
+        pairs = [
+            (journal.score(t, lower), journal.score(t, lower + 1))
+            for t in journal.candidates
+            if journal.score(t, lower) is not None and journal.score(t, lower + 1) is not None
+        ]
+        kendall = spearman = None
+        if len(pairs) >= 3:
+            a, b = zip(*pairs, strict=True)
+            kendall = _finite(stats.kendalltau(a, b).statistic)
+            spearman = _finite(stats.spearmanr(a, b).statistic)
+        out.append(
+            {"lower": lower, "upper": lower + 1, "n": len(pairs), "kendall": kendall, "spearman": spearman}
+        )
+    return out
+
+
+def _finite(value) -> float | None:
+    value = float(value)
+    return None if math.isnan(value) else value
+
+
+def fidelity_warning(pairs: list[dict]) -> str | None:
+    """A sentence naming every rung pair whose Kendall tau is below :data:`WEAK_KENDALL`, else None."""
+    weak = [p for p in pairs if p["kendall"] is not None and p["kendall"] < WEAK_KENDALL]
+    if not weak:
+        return None
+    text = "; ".join(
+        f"rung {p['lower']} -> {p['upper']}: Kendall {p['kendall']:.2f} on {p['n']}" for p in weak
+    )
+    return (
+        f"the cheap rung does not predict the next one ({text}): its ranking is little better than chance "
+        "here; give the fine-tune rungs more candidates (--reduction-factor) or more epochs"
+    )

@@ -1,0 +1,179 @@
+"""A latency budget during the search: the latency LUT's guard, and measured latency after the ladder.
+
+``limit_ms`` is fixed at the start of the run (a fraction budget times the dense latency measured then)
+and kept in ``latency.json`` so a resumed run judges by the same limit. The LUT's entries for the whole
+width grid are measured before any evaluation starts, so nothing is timed while workers train. The
+projection aims every proposal at the limit by the LUT's prediction. Only a LUT that passed validation
+on this device (DESIGN: median error <= 15% and Spearman >= 0.9 on random widths) may reject anything
+(proposals the projection cannot fit, seeds); an untrusted LUT only aims and orders. Feasibility in
+trials.csv is judged on the latency measured after the ladder, one model at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from ..cli import NasPruneError
+from ..config import device_label
+from ..cost import measure_latency
+from ..latency_lut import LatencyLUT
+from ..prune import prune
+from ..results import atomic_write_text, write_trials
+
+__all__ = ["LatencyGuard", "latency_guard", "measure_latencies"]
+
+
+@dataclass
+class LatencyGuard:
+    """A latency budget during the search, judged by the latency LUT (see the module docstring).
+
+    ``limit_ms`` is fixed at the start of the run (a fraction budget times the dense latency measured
+    then) and kept in ``latency.json`` so a resumed run judges by the same limit. ``trusted``: the LUT
+    passed validation on this device (DESIGN: median error <= 15%, Spearman >= 0.9), so it may reject;
+    an untrusted LUT only orders proposals (Optuna's third objective). ``measure(model) -> ms`` times a
+    model with the LUT's own estimator (the fastest of its rounds of medians).
+    """
+
+    lut: LatencyLUT
+    dense_ms: float
+    limit_ms: float
+    trusted: bool
+    measure: Callable[[torch.nn.Module], float]
+
+    def violation(self, widths: dict[str, int]) -> tuple[float, float]:
+        """``(predicted ms, predicted / limit - 1)``; never times anything (the grid was prepared)."""
+        predicted = self.lut.predict(widths, measure_missing=False)
+        return predicted, predicted / self.limit_ms - 1.0
+
+    def meets(self, widths: dict[str, int]) -> bool:
+        """Within the limit by the LUT's prediction; always True for an untrusted LUT."""
+        return not self.trusted or self.violation(widths)[1] <= 1e-12
+
+    def seed_check(self, model: torch.nn.Module, example, importance: str) -> Callable[[dict], bool]:
+        """The seeds' latency test, run before any trial starts: a candidate is *measured* (pruned and
+        timed) unless the LUT already puts it clearly over the limit (over it when trusted, 50% over when
+        not). Seeds sit right at the budget, where the LUT's error decides; measuring them keeps the
+        heuristics' baselines feasible, which the evidence rules need."""
+
+        def check(widths: dict[str, int]) -> bool:
+            if self.violation(widths)[1] > (1e-12 if self.trusted else 0.5):
+                return False
+            return self.measure(prune(model, example, widths, importance)) <= self.limit_ms
+
+        return check
+
+
+def measure_fn(latency_fn: Callable | None) -> Callable:
+    """``latency_fn(model, example_inputs, device, batch) -> ms`` (tests inject one) or real timing."""
+    if latency_fn is not None:
+        return latency_fn
+    return lambda model, example, device, batch: measure_latency(model, example, device=device, batch=batch)
+
+
+def latency_guard(
+    cfg, budget, model, example, space, run_dir: Path, device, latency_fn, resume: bool, quiet: bool
+) -> LatencyGuard | None:
+    """The latency budget's guard, ``None`` without one.
+
+    Builds the LUT on ``device``, measures every layer shape on the search grid before any trial starts
+    (nothing is timed while trials train), measures the dense model, and validates the LUT on
+    ``cfg.lut_samples`` random architectures plus the smallest and the dense one. ``latency.json``
+    records the limit and the verdict; ``--resume`` reuses them when the device, batch and budget match.
+
+    Raises:
+        NasPruneError: a trusted LUT predicts even the smallest architecture over the limit.
+    """
+    if not (budget.latency_ms or budget.latency_fraction):
+        return None
+    timed = measure_fn(latency_fn)
+    layer_fn = None
+    if latency_fn is not None:
+        layer_fn = lambda module, shape, dev: timed(module, torch.zeros(shape), dev, shape[0])  # noqa: E731
+    lut = LatencyLUT(
+        model, example, device=device, batch=cfg.latency_batch, cache_dir=cfg.lut_dir, measure_fn=layer_fn
+    )
+
+    def measure(net):  # the LUT's own estimator: the fastest of its rounds of medians
+        return min(timed(net, example, device, cfg.latency_batch) for _ in range(lut.rounds))
+
+    key = {"device": device_label(device), "batch": cfg.latency_batch, "budget": budget.label()}
+    saved = run_dir / "latency.json"
+    if not quiet:
+        print(f"Latency budget: preparing and validating the latency LUT on {key['device']} ...")
+    lut.prepare(space, progress=not quiet)
+    if resume and saved.is_file():
+        info = json.loads(saved.read_text())
+        if all(info.get(k) == v for k, v in key.items()):
+            return LatencyGuard(lut, info["dense_ms"], info["limit_ms"], info["trusted"], measure)
+        print(
+            f"warning: {saved} was made for {[info.get(k) for k in key]}; validating again", file=sys.stderr
+        )
+    dense_ms = measure(model)
+    limit_ms = budget.latency_ms or budget.latency_fraction * dense_ms
+    rng = random.Random(cfg.seed)
+    samples = [space.smallest(), space.dense()] + [
+        space.decode({n: rng.randrange(len(c)) for n, c in space.choices.items()})
+        for _ in range(cfg.lut_samples)
+    ]
+    report = lut.validate(samples, lambda w: measure(prune(model, example, w, cfg.importance)))
+    guard = LatencyGuard(lut, dense_ms, limit_ms, bool(report["trusted"]), measure)
+    if not guard.meets(space.smallest()):
+        raise NasPruneError(
+            f"no architecture in the space meets {budget.label()}: the smallest is predicted at "
+            f"{lut.predict(space.smallest()):.3f} ms against a limit of {limit_ms:.3f} ms"
+        )
+    info = {**key, "dense_ms": dense_ms, "limit_ms": limit_ms, "trusted": guard.trusted}
+    info.update({k: report[k] for k in ("median_error", "worst_error", "spearman", "pairs")})
+    atomic_write_text(saved, json.dumps(info, indent=2, default=float))
+    if not quiet:
+        verdict = (
+            "rejects proposals over the limit" if guard.trusted else "only orders proposals (not trusted)"
+        )
+        print(
+            f"  dense {dense_ms:.3f} ms, limit {limit_ms:.3f} ms; LUT median error {info['median_error']:.1%}, "
+            f"worst {info['worst_error']:.1%}, Spearman {info['spearman']:.2f}: it {verdict}"
+        )
+    return guard
+
+
+def measure_latencies(
+    run_dir: Path, trials: pd.DataFrame, dense: dict, example, model, cfg, guard, device, latency_fn
+):
+    """Measure every top-rung candidate (``complete``) that has no latency yet, one model at a time in
+    this process, and judge a latency budget on the measured median against the run's limit.
+
+    Lower-rung candidates are not measured: the front and the best architecture are taken over the top
+    rung only, and timing hundreds of rung-0 candidates would cost more than scoring them.
+    """
+    complete = trials["state"] == "complete"
+    todo = trials.index[complete & trials["latency_ms"].isna()]
+    if guard is not None:  # the limit's estimator, and its dense latency
+        measure, dense_ms = guard.measure, guard.dense_ms
+    else:
+        timed = measure_fn(latency_fn)
+        measure = lambda net: timed(net, example, device, cfg.latency_batch)  # noqa: E731
+        dense_ms = measure(model) if len(todo) or "latency_ms" not in dense else dense["latency_ms"]
+    label = device_label(device)
+    for i in todo:
+        widths = json.loads(trials.at[i, "widths"])
+        ms = measure(prune(model, example, widths, cfg.importance))
+        trials.loc[i, ["latency_ms", "latency_ratio"]] = [ms, ms / dense_ms]
+        trials.at[i, "latency_device"] = label
+        trials.at[i, "latency_batch"] = cfg.latency_batch
+    if guard is not None:
+        measured = trials["latency_ms"].notna()
+        trials.loc[measured, "feasible"] = trials.loc[measured, "feasible"] & (
+            trials.loc[measured, "latency_ms"] <= guard.limit_ms
+        )
+        trials.loc[trials["state"] == "failed", "feasible"] = False  # never measured: not shown to meet it
+    write_trials(run_dir / "trials.csv", trials)
+    dense["latency_ms"] = dense_ms
+    return trials

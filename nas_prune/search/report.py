@@ -1,0 +1,127 @@
+"""What a finished (or interrupted) search writes and prints: fidelity.json, front, plots, summary."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from ..results import SEED_SOURCES, atomic_write_text, best_arch, write_best_arch, write_pareto
+from .driver import LadderStats
+from .journal import Journal
+from .ladder import Ladder, correlations, fidelity_warning
+
+__all__ = ["fidelity_report", "print_summary", "write_outputs"]
+
+
+def fidelity_report(journal: Journal, ladder: Ladder, stats: LadderStats | None, workers: int) -> dict:
+    """fidelity.json: per rung the evaluations and their worker-time throughput, the rank correlations
+    between consecutive rungs, and this session's Ray + Optuna overhead share."""
+    rungs = []
+    for rung, epochs in enumerate(ladder.epochs):
+        seconds = [
+            r.get("wall_s") or 0.0
+            for (_, k), r in journal.results.items()
+            if k == rung and not r.get("error")
+        ]
+        wall = sum(seconds) / workers
+        rungs.append({
+            "rung": rung,
+            "epochs": epochs,
+            "evaluated": len(seconds),
+            "seconds": wall,
+            "per_hour": len(seconds) * 3600.0 / wall if wall > 0 else None,
+        })  # fmt: skip
+    pairs = correlations(journal, ladder)
+    return {
+        "schema_version": 1,
+        "rungs": rungs,
+        "correlations": pairs,
+        "overhead_share": None if stats is None else stats.overhead_share,
+        "warning": fidelity_warning(pairs),
+        "workers": workers,
+        "reduction_factor": ladder.reduction,
+    }
+
+
+def write_outputs(
+    run_dir: Path, trials: pd.DataFrame, fidelity: dict, cfg, budget, dense: dict, space, guard
+) -> pd.DataFrame:
+    """fidelity.json, pareto.csv, best_arch.json and the plots; returns the front."""
+    from ..plots import plot_gates, plot_pareto, plot_progress, plot_widths
+
+    atomic_write_text(run_dir / "fidelity.json", json.dumps(fidelity, indent=2) + "\n")
+    objectives = ("val_accuracy", "flops", "latency_ms") if guard else ("val_accuracy", "flops")
+    front = write_pareto(run_dir, objectives)
+    write_best_arch(run_dir, model=cfg.model, dataset=cfg.dataset, dense=dense)
+    title = f"{cfg.model} on {cfg.dataset}, {budget.label()}"
+    plot_pareto(
+        trials, front, run_dir / "pareto.png", dense=dense, budget_flops_ratio=budget.flops, title=title
+    )
+    plot_progress(trials, run_dir / "progress.png", budget_note=budget.label())
+    if (run_dir / "gates.csv").is_file():
+        plot_gates(pd.read_csv(run_dir / "gates.csv"), run_dir / "gates.png", title=f"gate supernet: {title}")
+    best = best_arch(trials)
+    if best is not None:
+        plot_widths(
+            space.dense(),
+            json.loads(best["widths"]),
+            run_dir / "widths.png",
+            title=f"best architecture (trial {int(best['trial_id'])}): kept channels per group",
+        )
+    return front
+
+
+def print_summary(
+    run_dir: Path, trials: pd.DataFrame, front: pd.DataFrame, fidelity: dict, cfg, band_share
+) -> None:
+    """The end-of-run summary: counts, the ladder's fidelity and throughput, the front, what next."""
+    counts = trials["state"].value_counts().to_dict() if len(trials) else {}
+    proposed = trials[~trials["source"].isin(SEED_SOURCES)]
+    infeasible = (proposed["state"] == "infeasible").mean() if len(proposed) else 0.0
+    model_share = (proposed["source"] == "optuna").mean() if len(proposed) else 0.0
+    print(
+        f"\nCandidates: {len(trials)} ({', '.join(f'{v} {k}' for k, v in counts.items())}); "
+        f"{infeasible:.1%} of proposals infeasible; {model_share:.0%} chosen by the sampler's model "
+        "(not its random start-up)."
+    )
+    if band_share is not None:
+        print(
+            f"At the budget: {band_share:.0%} of budget-level candidates within {cfg.budget_band:.0%} under it."
+        )
+    print("Fidelity ladder (fidelity.json):")
+    for r in fidelity["rungs"]:
+        rate = f"{r['per_hour']:.0f}/hour" if r["per_hour"] else "-"
+        print(
+            f"  rung {r['rung']} ({r['epochs']:.3g} epochs): {r['evaluated']} evaluated, {rate} of worker time"
+        )
+    for p in fidelity["correlations"]:
+        if p["kendall"] is not None:
+            print(
+                f"  rung {p['lower']} -> {p['upper']} on {p['n']}: Kendall {p['kendall']:.2f}, Spearman {p['spearman']:.2f}"
+            )
+    if fidelity["overhead_share"] is not None:
+        print(f"  Ray + Optuna + driver overhead: {fidelity['overhead_share']:.1%} of evaluation time")
+    if fidelity["warning"]:
+        print(f"  warning: {fidelity['warning']}")
+    if len(front):
+        cols = [
+            "trial_id",
+            "source",
+            "val_accuracy",
+            "rung0_accuracy",
+            "flops_ratio",
+            "params_ratio",
+            "latency_ms",
+            "epochs",
+        ]
+        print("\nPareto front at the top rung (pareto.csv):")
+        print(front[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+        print(f"\nNext: python -m nas_prune.retrain {run_dir}   (trains best_arch.json from scratch)")
+    else:
+        print("\nNo complete feasible candidate at the top rung yet: more --trials or a looser budget.")
+    print(
+        "Scale up: --trials (rung-0 candidates), --epochs-per-trial, --workers, --device cuda "
+        "--gpus-per-trial 0.5, --ray-address HOST:PORT (a Ray cluster)."
+    )

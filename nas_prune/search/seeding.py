@@ -1,0 +1,98 @@
+"""The seeds of a search: the pruning heuristics' architectures and the gate supernet's, made once.
+
+Seeds are computed before the ladder starts and kept in ``seeds.json`` (``[[source, widths], ...]``), so a
+resumed run climbs the same seeds without recomputing them (the sensitivity analysis and the gate
+supernet take minutes). Heuristic seeds are kept even when two agree (each is a labelled baseline); a
+gate seed equal to an earlier seed is dropped.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from ..data import DataSplits, TensorSplit, make_loader
+from ..objective import adapt_batchnorm
+from ..results import atomic_write_text
+from ..seeds import SeedContext, make_seeds
+from ..train import evaluate
+
+__all__ = ["load_or_make_seeds"]
+
+
+def _sensitivity_evaluator(data: DataSplits, cfg, device) -> Callable:
+    """Accuracy of a (pruned) model on a fixed validation subset after adaptive BN."""
+    n = min(cfg.sensitivity_samples, len(data.val))
+    subset = make_loader(
+        TensorSplit(data.val.x[:n], data.val.y[:n]), 500, train=False, mean=data.mean, std=data.std
+    )
+    train = data.loader("train", cfg.batch_size, train=True, seed=cfg.seed)
+
+    def score(model):
+        model = model.to(device)
+        adapt_batchnorm(model, train, 10, device)
+        return evaluate(model, subset, device=device)["accuracy"]
+
+    return score
+
+
+def gate_seeds(
+    cfg, model, example, space, cost, budget, data, device, run_dir: Path, guard, uniform, quiet
+) -> list:
+    """Train the gate supernet for ``--gate-epochs`` and return its seeds (``source = gates``).
+
+    Its width distributions go to ``gates.csv`` (``gates.png`` is drawn from it). Weights step on the
+    training split, architecture logits on the validation split (the search's split; never the test set).
+    The supernet's cost term is expected FLOPs/parameters. With a latency budget it aims at the FLOPs of
+    ``uniform``, the uniform seed that met the *measured* latency (a latency fraction is not a FLOPs
+    fraction: at batch 1 a fixed overhead does not shrink), or the FLOPs budget if tighter; its seeds
+    must also meet the measured latency.
+    """
+    from ..gates import GateSettings, train_gates
+
+    target = None
+    if guard is not None:  # the FLOPs that fit the latency: those of the measured uniform seed
+        fits = uniform if uniform is not None else space.smallest()
+        target = min(budget.flops or 1.0, cost.cost(fits)[0] / cost.dense[0])
+    settings = GateSettings(
+        epochs=cfg.gate_epochs,
+        importance=cfg.importance,
+        num_seeds=cfg.gate_seeds,
+        device=str(device),
+        seed=cfg.seed,
+        progress=not quiet,
+        target_flops=target,
+    )
+    batch = min(cfg.batch_size, len(data.train), len(data.val))  # tiny splits still give full batches
+    train = data.loader("train", batch, train=True, seed=cfg.seed, drop_last=True)
+    val = data.loader("val", batch, train=True, augment=False, seed=cfg.seed + 1, drop_last=True)
+    if not quiet:
+        print(f"Training the gate supernet for {cfg.gate_epochs:g} epochs (--gate-epochs; 0 skips it) ...")
+    result = train_gates(model, example, space, cost, budget, train, val, settings)
+    result.history.to_csv(run_dir / "gates.csv", index=False)
+    if guard is None:
+        return result.seeds()
+    check = guard.seed_check(model, example, cfg.importance)
+    return [w for w in result.seeds() if check(w)]
+
+
+def load_or_make_seeds(cfg, model, example, space, cost, budget, data, device, run_dir: Path, guard, quiet):
+    """``[(source, widths)]``: from ``run_dir/seeds.json``, or made now (heuristics, then gate seeds)."""
+    path = run_dir / "seeds.json"
+    if path.is_file():
+        return [(source, widths) for source, widths in json.loads(path.read_text())]
+    if not quiet:
+        print(f"Making the seeds ({', '.join(cfg.seeds) or 'none'}) ...")
+    evaluator = _sensitivity_evaluator(data, cfg, device)
+    constraint = guard.seed_check(model, example, cfg.importance) if guard is not None else None
+    ctx = SeedContext(model, example, space, cost, budget, cfg.importance, evaluator, constraint)
+    seeds = list(make_seeds(ctx, cfg.seeds).items())
+    if cfg.gate_epochs > 0:
+        uniform = dict(seeds).get("uniform")
+        gated = gate_seeds(
+            cfg, model, example, space, cost, budget, data, device, run_dir, guard, uniform, quiet
+        )
+        seeds += [("gates", w) for w in gated if all(w != known for _, known in seeds)]
+    atomic_write_text(path, json.dumps(seeds))
+    return seeds
