@@ -20,7 +20,11 @@ def _assert_unchanged(model, state):
 
 def _random_widths(groups, seed):
     gen = torch.Generator().manual_seed(seed)
-    return {g.name: int(torch.randint(1, g.channels + 1, (1,), generator=gen)) for g in groups if g.prunable}
+    return {  # grouped layers' groups keep whole positions: multiples of g.multiple
+        g.name: g.multiple * int(torch.randint(1, g.channels // g.multiple + 1, (1,), generator=gen))
+        for g in groups
+        if g.prunable
+    }
 
 
 def test_coupling_models_prune_equals_mask(coupling_model):
