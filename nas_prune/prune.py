@@ -236,9 +236,10 @@ def _slice_extras(item, stand_in: nn.Module, extras: dict[str, torch.Tensor]) ->
 
 
 def _check_forward(model: nn.Module, example_inputs) -> None:
-    """Run the slim model once (eval mode, no grad); a failure becomes a ``NasPruneError`` naming the
-    innermost module that was running."""
+    """Run the slim model once on the first example (eval mode, no grad); a failure becomes a
+    ``NasPruneError`` naming the innermost module that was running."""
     inputs = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+    inputs = tuple(t[:1] for t in inputs)  # one sample is enough to see a shape error, and cheaper
     names = {module: name for name, module in model.named_modules()}
     running: list[str] = []
 
