@@ -121,7 +121,8 @@ class LayerCut(NamedTuple):
 
     Attributes:
         name: qualified module name.
-        module: the dense module (of CostModel's private traced copy).
+        module: the dense module (of CostModel's private traced copy); for a per-channel parameter used
+            outside its module's layers (``x * self.scale``), the parameter itself.
         params: its own parameters at full width.
         area: conv/linear MACs per (output channel x input channel per group), per sample; else 0.
         outs: ``(group, channels of the group among the layer's outputs)`` pairs.
@@ -160,7 +161,7 @@ class CostModel:
         cut_out: dict[str, list[tuple[str, int]]] = {}
         cut_in: dict[str, list[tuple[str, int]]] = {}
         for group in graph.groups:
-            for item in graph.tp_group(group.name) if group.name in graph._roots else ():
+            for item in graph.tp_group(group.name) if graph.traced(group.name) else ():
                 layer = names.get(item.dep.target.module)
                 if layer is None:
                     continue

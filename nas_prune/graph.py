@@ -79,7 +79,7 @@ class ChannelGraph:
 
     Tracing runs in eval mode so BatchNorm statistics are untouched; the model's mode is restored.
     The model is traced *in place*: pass a copy if it must stay unchanged (``channel_groups`` does).
-    A model Torch-Pruning cannot trace at all gets one frozen group per conv/linear layer.
+    A model Torch-Pruning cannot trace at all gets one frozen group per conv/linear layer but the last.
 
     Args:
         model: the model to trace.
@@ -105,13 +105,17 @@ class ChannelGraph:
                 )
         except Exception as err:  # noqa: BLE001 - any tracing failure freezes the model, never crashes
             self.dg = None
-            self._freeze_all(f"Torch-Pruning cannot trace the model ({type(err).__name__}: {err})")
+            self._freeze_all(f"Torch-Pruning cannot trace the model ({type(err).__name__}: {str(err)[:200]})")
         else:
             self._collect()
         finally:
             model.train(was_training)
         self._freeze(set(frozen))
         self.groups.sort(key=lambda g: self._order[g.name])
+
+    def traced(self, name: str) -> bool:
+        """True when Torch-Pruning could build group ``name`` (false for a group frozen by its failure)."""
+        return name in self._roots
 
     def tp_group(self, name: str, idxs=None):
         """The Torch-Pruning group of ``name`` over root channel indices ``idxs`` (default: all).
@@ -131,36 +135,34 @@ class ChannelGraph:
             if not isinstance(module, _ROOTS) or module in visited or module not in self._names:
                 continue
             pruner = self.dg.get_pruner_of_module(module)
+            channels = int(pruner.get_out_channels(module))
             try:
-                tp_group = self.tp_group_of(module, pruner.prune_out_channels)
+                tp_group = self.dg.get_pruning_group(module, pruner.prune_out_channels, list(range(channels)))
+                group = self._describe(tp_group)
             except Exception as err:  # noqa: BLE001 - Torch-Pruning's index mapping can fail on odd ops
                 visited.add(module)
-                reason = f"Torch-Pruning cannot map its channels ({type(err).__name__}: {err})"
-                self._add_frozen(self._names[module], int(pruner.get_out_channels(module)), reason)
+                reason = f"Torch-Pruning cannot map its channels ({type(err).__name__}: {str(err)[:200]})"
+                self._add_frozen(self._names[module], channels, reason)
                 continue
             visited.update(
                 item.dep.target.module
                 for item in tp_group
                 if self.dg.is_out_channel_pruning_fn(item.dep.handler)
             )
-            group = self._describe(tp_group)
             if group is not None and all(g.name != group.name for g in self.groups):
                 self.groups.append(group)
                 self._roots[group.name] = (module, pruner.prune_out_channels)
-
-    def tp_group_of(self, module: nn.Module, handler):
-        """The full Torch-Pruning group rooted at ``module``'s outputs."""
-        return self.dg.get_pruning_group(module, handler, list(range(self.dg.get_out_channels(module))))
 
     def _add_frozen(self, name: str, channels: int, reason: str) -> None:
         if all(g.name != name for g in self.groups):
             self.groups.append(ChannelGroup(name, channels, False, (name,), reason))
 
     def _freeze_all(self, reason: str) -> None:
-        for module, name in self._names.items():
-            if isinstance(module, _ROOTS):
-                channels = module.out_features if isinstance(module, nn.Linear) else module.out_channels
-                self._add_frozen(name, channels, reason)
+        """One frozen group per conv/linear layer but the last (taken as the classifier, never a group)."""
+        layers = [(name, module) for module, name in self._names.items() if isinstance(module, _ROOTS)]
+        for name, module in layers[:-1]:
+            channels = module.out_features if isinstance(module, nn.Linear) else module.out_channels
+            self._add_frozen(name, channels, reason)
 
     def _freeze(self, names: set[str]) -> None:
         unknown = names - {g.name for g in self.groups}
