@@ -205,3 +205,21 @@ def test_unknown_importance_raises():
 def test_works_under_no_grad():
     with torch.no_grad():
         assert prune(TwoLayer(), torch.randn(1, 1, 8, 8), 0.5).conv1.out_channels == 4
+
+
+def test_group_norm_keeps_its_groups_and_widths_step_by_them():
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 3, padding=1),
+        torch.nn.GroupNorm(4, 16),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(16, 8, 3, padding=1),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(8, 5),
+    )
+    x = torch.randn(2, 3, 8, 8)
+    group = channel_groups(model, x)[0]
+    assert (group.name, group.multiple) == ("0", 4)
+    slim = prune(model, x, {"0": 6})  # rounded half up to 8
+    assert slim[0].out_channels == slim[1].num_channels == 8 and slim[1].num_groups == 4
+    assert slim(x).shape == (2, 5)
