@@ -196,7 +196,7 @@ class ChannelGraph:
                 reasons.append(reason)
             elif node.type == _OPS.ELEMENTWISE and _reorders_channels(node):
                 reasons.append(f"channel reordering op {_op_name(node)}")
-            elif node.type == _OPS.RESHAPE and not _is_flatten_to_linear(node):
+            elif node.type == _OPS.RESHAPE and not (_is_flatten_to_linear(node) or _views_a_vector(node)):
                 reasons.append(f"reshape {_op_name(node)} not followed by a linear layer")
         if not members:
             return None
@@ -245,6 +245,14 @@ def _reorders_channels(node) -> bool:
 def _is_flatten_to_linear(node) -> bool:
     """True for the ``flatten`` between a (pooled) feature map and a linear classifier."""
     return bool(node.outputs) and all(out.type == _OPS.LINEAR for out in node.outputs)
+
+
+def _views_a_vector(node) -> bool:
+    """True for a view of a per-channel parameter (one non-singleton dim), e.g. ``scale.view(1, -1, 1, 1)``:
+    it cannot reorder channels."""
+    return bool(node.inputs) and all(
+        n.type == _OPS.PARAMETER and sum(size > 1 for size in n.module.shape) == 1 for n in node.inputs
+    )
 
 
 def channel_groups(model: nn.Module, example_inputs, frozen: Iterable[str] = ()) -> list[ChannelGroup]:

@@ -228,6 +228,18 @@ class ChannelScale(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
+class ChannelScaleView(ChannelScale):
+    """The same scale stored as a vector and viewed as ``(1, C, 1, 1)`` in forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.linspace(0.5, 1.5, 8))
+
+    def forward(self, x):
+        x = self.conv2(self.conv1(x) * self.scale.view(1, -1, 1, 1))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
 class Inplace(nn.Module):
     """In-place activations and an in-place residual add."""
 
@@ -257,6 +269,7 @@ COUPLING_MODELS = {
     "grouped_residual": (GroupedResidual, (3, 16, 16)),
     "masked_conv": (MaskedConvNet, (3, 16, 16)),
     "channel_scale": (ChannelScale, (3, 16, 16)),
+    "channel_scale_view": (ChannelScaleView, (3, 16, 16)),
     "inplace": (Inplace, (3, 16, 16)),
 }
 

@@ -136,3 +136,12 @@ def test_a_model_the_graph_library_cannot_trace_is_frozen_not_a_crash(monkeypatc
     assert [g.name for g in groups] == ["conv1", "conv2"]  # the classifier is never a group
     assert all(not g.prunable and "cannot trace" in g.reason for g in groups)
     assert torch.equal(prune(model, x, 0.5)(x), model(x))
+
+
+@pytest.mark.parametrize("kind", ["channel_scale", "channel_scale_view"])
+def test_a_per_channel_scale_parameter_joins_the_group_it_scales(kind):
+    from conftest import COUPLING_MODELS
+
+    factory, shape = COUPLING_MODELS[kind]
+    groups = {g.name: g for g in channel_groups(factory(), torch.randn(2, *shape))}
+    assert groups["conv1.0"].prunable and groups["conv2.0"].prunable
