@@ -16,6 +16,7 @@ from typing import NamedTuple
 import torch
 import torch.nn as nn
 from thop import profile
+from thop.profile import register_hooks
 
 __all__ = ["CostModel", "LayerCut", "count_macs", "count_params", "measure_latency"]
 
@@ -48,11 +49,13 @@ def count_macs(model: nn.Module, example_inputs) -> tuple[int, int]:
     inputs = _batch_of(example_inputs)
     probe = copy.deepcopy(model).cpu().eval()
     # Hook only leaves: thop does not descend into a module that has a hook of its own.
-    skip = {
-        type(m): _no_ops for m in probe.modules() if not isinstance(m, _COUNTED) and not any(m.children())
-    }
+    ops = {type(m): _no_ops for m in probe.modules() if not isinstance(m, _COUNTED) and not any(m.children())}
+    # thop matches exact types: a Conv2d/Linear subclass (a masked conv...) is counted as its base class.
+    for m in probe.modules():
+        if isinstance(m, _COUNTED) and type(m) not in register_hooks:
+            ops[type(m)] = next(register_hooks[c] for c in type(m).__mro__ if c in register_hooks)
     with torch.no_grad():
-        total, _ = profile(probe, inputs=tuple(t.cpu() for t in inputs), custom_ops=skip, verbose=False)
+        total, _ = profile(probe, inputs=tuple(t.cpu() for t in inputs), custom_ops=ops, verbose=False)
     batch = inputs[0].shape[0]
     return int(round(float(total) / batch)), count_params(model)
 
@@ -118,7 +121,8 @@ class LayerCut(NamedTuple):
 
     Attributes:
         name: qualified module name.
-        module: the dense module (of CostModel's private traced copy).
+        module: the dense module (of CostModel's private traced copy); for a per-channel parameter used
+            outside its module's layers (``x * self.scale``), the parameter itself.
         params: its own parameters at full width.
         area: conv/linear MACs per (output channel x input channel per group), per sample; else 0.
         outs: ``(group, channels of the group among the layer's outputs)`` pairs.
@@ -152,23 +156,28 @@ class CostModel:
         self.groups = {g.name: g.channels for g in graph.groups}
         area = _output_area(probe, example_inputs)
         names = {m: n for n, m in probe.named_modules()}
+        names.update({p: n for n, p in probe.named_parameters()})  # per-channel parameters used in forward
         # name -> [(group, channels of the group in this layer's outputs / inputs)]
         cut_out: dict[str, list[tuple[str, int]]] = {}
         cut_in: dict[str, list[tuple[str, int]]] = {}
         for group in graph.groups:
-            for item in graph.tp_group(group.name):
+            for item in graph.tp_group(group.name) if graph.traced(group.name) else ():
                 layer = names.get(item.dep.target.module)
                 if layer is None:
                     continue
                 side = cut_out if graph.dg.is_out_channel_pruning_fn(item.dep.handler) else cut_in
                 side.setdefault(layer, []).append((group.name, len(item.idxs)))
         self.layers: list[LayerCut] = []
-        """Every module with parameters of the traced dense model, in ``named_modules()`` order."""
+        """Every module with parameters of the traced dense model, in ``named_modules()`` order, then every
+        parameter cut on its own (one Torch-Pruning traces as used outside its module's layers)."""
+        loose = {p for p in probe.parameters() if names[p] in cut_out}
         for name, module in probe.named_modules():
-            own = sum(p.numel() for p in module.parameters(recurse=False))
+            own = sum(p.numel() for p in module.parameters(recurse=False) if p not in loose)
             if own:
                 outs, ins = cut_out.get(name, []), cut_in.get(name, [])
                 self.layers.append(LayerCut(name, module, own, area.get(name, 0), outs, ins))
+        for param in loose:
+            self.layers.append(LayerCut(names[param], param, param.numel(), 0, cut_out[names[param]], []))
         self.dense = self.cost(dict(self.groups))
 
     def cost(self, widths: dict[str, int]) -> tuple[int, int]:
@@ -189,23 +198,47 @@ class CostModel:
         for _, module, own, area, outs, ins in self.layers:
             out_cut = sum(n * drop[g] for g, n in outs)
             in_cut = sum(n * drop[g] for g, n in ins)
-            if isinstance(module, nn.modules.conv._ConvNd):
-                out = module.out_channels - out_cut
-                depthwise = module.groups == module.in_channels == module.out_channels and module.groups > 1
-                per_group_in = 1 if depthwise else (module.in_channels - in_cut) / module.groups
-                k = module.weight[0, 0].numel()
-                macs += out * per_group_in * area
-                params += out * per_group_in * k + (out if module.bias is not None else 0)
-            elif isinstance(module, nn.Linear):
-                out, inp = module.out_features - out_cut, module.in_features - in_cut
-                macs += out * inp * area
-                params += out * inp + (out if module.bias is not None else 0)
-            elif outs:  # per-channel parameters: BatchNorm, GroupNorm, LayerNorm, PReLU...
-                channels = next(p.shape[0] for p in module.parameters(recurse=False))
+            if isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)):
+                out_ratio, in_ratio, inner = _weight_ratios(module, out_cut, in_cut)
+                macs += module.weight.numel() * out_ratio * in_ratio * area / inner
+                params += _layer_params(module, out_ratio, in_ratio)
+            elif outs:  # per-channel parameters: BatchNorm, GroupNorm, LayerNorm, PReLU, a loose scale...
+                channels = sum(n for _, n in outs) if isinstance(module, nn.Parameter) else _channels(module)
                 params += own * (channels - out_cut) / channels
             else:
                 params += own
         return macs, params
+
+
+def _weight_ratios(module: nn.Module, out_cut, in_cut) -> tuple:
+    """Kept fractions of a conv/linear weight's output rows and per-group input columns, and the weight's
+    size per (output x input-per-group) channel pair (kernel area), which MACs are counted in."""
+    if isinstance(module, nn.Linear):
+        return 1 - out_cut / module.out_features, 1 - in_cut / module.in_features, 1
+    depthwise = module.groups == module.in_channels == module.out_channels and module.groups > 1
+    in_ratio = 1 if depthwise else 1 - in_cut / module.in_channels  # groups are kept: blocks shrink alike
+    return 1 - out_cut / module.out_channels, in_ratio, module.weight[0, 0].numel()
+
+
+def _layer_params(module: nn.Module, out_ratio, in_ratio):
+    """Parameters of a conv/linear layer: the weight and the extra tensors that :func:`nas_prune.prune`
+    slices with it (same dims as the weight: like the weight; 1-D of the output size: like the bias)."""
+    weight = module.weight
+    total = 0.0
+    for tensor in module.parameters(recurse=False):
+        if tensor.dim() == weight.dim() and tensor.shape[0] == weight.shape[0]:
+            total = total + tensor.numel() * out_ratio * (
+                in_ratio if tensor.shape[1] == weight.shape[1] else 1
+            )
+        elif tensor.dim() == 1 and tensor.shape[0] == weight.shape[0]:
+            total = total + tensor.numel() * out_ratio
+        else:
+            total = total + tensor.numel()
+    return total
+
+
+def _channels(module: nn.Module) -> int:
+    return next(p.shape[0] for p in module.parameters(recurse=False))
 
 
 def _output_area(model: nn.Module, example_inputs) -> dict[str, float]:

@@ -55,7 +55,7 @@ from tqdm.auto import tqdm
 from .cli import NasPruneError
 from .cost import CostModel
 from .graph import ChannelGraph
-from .prune import channel_importance
+from .prune import channel_importance, channel_order
 from .space import Budget, WidthSpace
 from .train import make_optimizer, make_scheduler, resolve_device
 
@@ -140,7 +140,7 @@ class WidthGates:
         for group in graph.groups:
             if group.name not in space.choices:
                 continue
-            order = torch.argsort(scores[group.name], descending=True, stable=True)
+            order = channel_order(scores[group.name], group.multiple)  # grouped convs: whole positions
             rank = torch.empty_like(order)
             rank[order] = torch.arange(len(order))
             widths = torch.tensor(space.choices[group.name])

@@ -4,24 +4,33 @@ A *channel group* is a set of output channels that must be kept or removed toget
 the outputs of every conv feeding it, a depthwise conv ties its input to its output channels, a concat
 shifts channel indices into the next layer. Torch-Pruning traces these couplings through autograd; this
 module names the groups stably, finds the network's outputs automatically (whatever the classifier's
-type), and freezes groups that Torch-Pruning cannot prune safely:
+type), and decides how each group may be cut:
+
+* a group read or produced by a grouped layer (grouped convolution, GroupNorm) keeps the number of groups
+  and loses the same positions from every block: its width is a multiple of ``ChannelGroup.multiple``
+  (the least common multiple of those layers' group counts). Depthwise convolutions are handled exactly.
+
+Groups that cannot be cut safely are frozen at full width, reported with ``prunable=False`` and a reason:
 
 * channels that flow through a permutation of the channel dimension (transpose/permute, e.g. a channel
   shuffle) or through a reshape other than the flatten before a linear classifier;
-* channels read or produced by a grouped convolution with ``1 < groups < channels`` (Torch-Pruning would
-  remove input channels unevenly across the conv's groups). Depthwise convolutions are handled exactly.
-
-Frozen groups stay at full width and are reported with ``prunable=False`` and the reason.
+* a grouped layer reached through a concat or split (its blocks would not line up with the group's);
+* any part of the model on which Torch-Pruning itself fails (the error is the reason);
+* groups the user freezes by name (``frozen=``).
 """
 
 from __future__ import annotations
 
 import copy
+import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch_pruning as tp
+
+from .cli import NasPruneError
 
 __all__ = ["ChannelGroup", "ChannelGraph", "channel_groups"]
 
@@ -39,6 +48,7 @@ _CHANNEL_MODULES = {
 }
 # Autograd ops that reorder channels: Torch-Pruning would treat them as element-wise and get indices wrong.
 _REORDERING_OPS = ("transpose", "permute", "shuffle", "roll", "flip", "gather", "index", "unknown")
+_ROOTS = (nn.modules.conv._ConvNd, nn.Linear)
 
 
 @dataclass(frozen=True)
@@ -52,6 +62,8 @@ class ChannelGroup:
         prunable: False when the group is frozen at full width.
         modules: qualified names of every module whose output channels belong to the group.
         reason: why the group is frozen ("" when prunable).
+        multiple: kept widths are multiples of this: the group count of the grouped convolutions
+            (or GroupNorms) it feeds or comes from, 1 when there are none.
     """
 
     name: str
@@ -59,6 +71,7 @@ class ChannelGroup:
     prunable: bool
     modules: tuple[str, ...]
     reason: str = ""
+    multiple: int = 1
 
 
 class ChannelGraph:
@@ -66,9 +79,23 @@ class ChannelGraph:
 
     Tracing runs in eval mode so BatchNorm statistics are untouched; the model's mode is restored.
     The model is traced *in place*: pass a copy if it must stay unchanged (``channel_groups`` does).
+    A model Torch-Pruning cannot trace at all gets one frozen group per conv/linear layer but the last.
+
+    Args:
+        model: the model to trace.
+        example_inputs: a batch the model accepts.
+        frozen: names of groups to freeze at full width (as :func:`channel_groups` names them).
+
+    Raises:
+        NasPruneError: a name in ``frozen`` is not a group of the model.
     """
 
-    def __init__(self, model: nn.Module, example_inputs):
+    def __init__(self, model: nn.Module, example_inputs, frozen: Iterable[str] = ()):
+        self.model = model
+        self._names = {module: name for name, module in model.named_modules()}
+        self._order = {name: i for i, name in enumerate(self._names.values())}
+        self.groups: list[ChannelGroup] = []
+        self._roots: dict[str, tuple[nn.Module, object]] = {}
         was_training = model.training
         model.eval()
         try:
@@ -76,20 +103,19 @@ class ChannelGraph:
                 self.dg = tp.DependencyGraph().build_dependency(
                     model, example_inputs=example_inputs, verbose=False
                 )
+        except Exception as err:  # noqa: BLE001 - any tracing failure freezes the model, never crashes
+            self.dg = None
+            self._freeze_all(f"Torch-Pruning cannot trace the model ({type(err).__name__}: {str(err)[:200]})")
+        else:
+            self._collect()
         finally:
             model.train(was_training)
-        self.model = model
-        self._names = {module: name for name, module in model.named_modules()}
-        self._order = {name: i for i, name in enumerate(self._names.values())}
-        self.groups: list[ChannelGroup] = []
-        self._roots: dict[str, tuple[nn.Module, object]] = {}
-        for tp_group in self.dg.get_all_groups():
-            group = self._describe(tp_group)
-            if group is not None:
-                self.groups.append(group)
-                root = tp_group[0].dep
-                self._roots[group.name] = (root.target.module, root.handler)
+        self._freeze(set(frozen))
         self.groups.sort(key=lambda g: self._order[g.name])
+
+    def traced(self, name: str) -> bool:
+        """True when Torch-Pruning could build group ``name`` (false for a group frozen by its failure)."""
+        return name in self._roots
 
     def tp_group(self, name: str, idxs=None):
         """The Torch-Pruning group of ``name`` over root channel indices ``idxs`` (default: all).
@@ -101,33 +127,109 @@ class ChannelGraph:
             idxs = list(range(self.dg.get_out_channels(module)))
         return self.dg.get_pruning_group(module, handler, idxs)
 
+    def _collect(self) -> None:
+        """One group per conv/linear root not already covered (Torch-Pruning's ``get_all_groups``), with a
+        failure on one root freezing that root's channels instead of aborting."""
+        visited: set[nn.Module] = set()
+        for module in list(self.dg.module2node):
+            if not isinstance(module, _ROOTS) or module in visited or module not in self._names:
+                continue
+            pruner = self.dg.get_pruner_of_module(module)
+            channels = int(pruner.get_out_channels(module))
+            try:
+                tp_group = self.dg.get_pruning_group(module, pruner.prune_out_channels, list(range(channels)))
+                group = self._describe(tp_group)
+            except Exception as err:  # noqa: BLE001 - Torch-Pruning's index mapping can fail on odd ops
+                visited.add(module)
+                reason = f"Torch-Pruning cannot map its channels ({type(err).__name__}: {str(err)[:200]})"
+                self._add_frozen(self._names[module], channels, reason)
+                continue
+            visited.update(
+                item.dep.target.module
+                for item in tp_group
+                if self.dg.is_out_channel_pruning_fn(item.dep.handler)
+            )
+            if group is not None and all(g.name != group.name for g in self.groups):
+                self.groups.append(group)
+                self._roots[group.name] = (module, pruner.prune_out_channels)
+
+    def _add_frozen(self, name: str, channels: int, reason: str) -> None:
+        if all(g.name != name for g in self.groups):
+            self.groups.append(ChannelGroup(name, channels, False, (name,), reason))
+
+    def _freeze_all(self, reason: str) -> None:
+        """One frozen group per conv/linear layer but the last (taken as the classifier, never a group)."""
+        layers = [(name, module) for module, name in self._names.items() if isinstance(module, _ROOTS)]
+        for name, module in layers[:-1]:
+            channels = module.out_features if isinstance(module, nn.Linear) else module.out_channels
+            self._add_frozen(name, channels, reason)
+
+    def _freeze(self, names: set[str]) -> None:
+        unknown = names - {g.name for g in self.groups}
+        if unknown:
+            raise NasPruneError(
+                f"frozen group(s) {sorted(unknown)} are not channel groups of this model; "
+                f"groups are {sorted(g.name for g in self.groups)}"
+            )
+        self.groups = [
+            ChannelGroup(g.name, g.channels, False, g.modules, "frozen by the user", g.multiple)
+            if g.name in names and g.prunable
+            else g
+            for g in self.groups
+        ]
+
     def _describe(self, tp_group) -> ChannelGroup | None:
-        members, reasons = [], []
+        members, reasons, multiple = [], [], 1
+        root = tp_group[0].dep.target.module
+        channels = int(self.dg.get_out_channels(root))
         for item in tp_group:
             node, handler = item.dep.target, item.dep.handler
-            if node.type == _OPS.OUTPUT or (not node.outputs and self.dg.is_out_channel_pruning_fn(handler)):
+            out_side = self.dg.is_out_channel_pruning_fn(handler)
+            if node.type == _OPS.OUTPUT or (not node.outputs and out_side):
                 return None  # the network's final outputs are never a group
             module = node.module
-            if node.type in _CHANNEL_MODULES and self.dg.is_out_channel_pruning_fn(handler):
-                if module in self._names:
-                    members.append(self._names[module])
-            if node.type == _OPS.CONV and 1 < module.groups < module.out_channels:
-                reasons.append(f"grouped convolution {self._names.get(module, '?')} (groups={module.groups})")
+            if node.type in _CHANNEL_MODULES and out_side and module in self._names:
+                members.append(self._names[module])
+            blocks, reason = self._blocks(item, channels)
+            multiple = math.lcm(multiple, blocks)
+            if reason:
+                reasons.append(reason)
             elif node.type == _OPS.ELEMENTWISE and _reorders_channels(node):
                 reasons.append(f"channel reordering op {_op_name(node)}")
-            elif node.type == _OPS.RESHAPE and not _is_flatten_to_linear(node):
+            elif node.type == _OPS.RESHAPE and not (_is_flatten_to_linear(node) or _views_a_vector(node)):
                 reasons.append(f"reshape {_op_name(node)} not followed by a linear layer")
         if not members:
             return None
         members = sorted(set(members), key=self._order.__getitem__)
-        root = tp_group[0].dep.target.module
         return ChannelGroup(
             name=members[0],
-            channels=int(self.dg.get_out_channels(root)),
+            channels=channels,
             prunable=not reasons,
             modules=tuple(members),
             reason="; ".join(dict.fromkeys(reasons)),
+            multiple=multiple,
         )
+
+    def _blocks(self, item, channels: int) -> tuple[int, str]:
+        """Group count of a grouped layer (grouped conv, GroupNorm) on ``item``'s side (1 otherwise), and a
+        reason to freeze when its blocks do not line up with the group's root channels."""
+        node, module = item.dep.target, item.dep.target.module
+        if node.type == _OPS.DEPTHWISE_CONV:
+            if module.in_channels != module.out_channels:
+                return 1, f"depthwise convolution {self._names.get(module, '?')} with a channel multiplier"
+            return 1, ""
+        pruner = self.dg.get_pruner_of_module(module) if isinstance(module, nn.Module) else None
+        if pruner is None:
+            return 1, ""
+        out_side = self.dg.is_out_channel_pruning_fn(item.dep.handler)
+        count = pruner.get_out_channel_groups(module) if out_side else pruner.get_in_channel_groups(module)
+        width = pruner.get_out_channels(module) if out_side else pruner.get_in_channels(module)
+        if count is None or count <= 1:
+            return 1, ""
+        aligned = width == channels and list(item.idxs) == list(item.root_idxs)
+        if not aligned:
+            return 1, f"grouped layer {self._names.get(module, '?')} behind a concat or split"
+        return int(count), ""
 
 
 def _op_name(node) -> str:
@@ -145,11 +247,19 @@ def _is_flatten_to_linear(node) -> bool:
     return bool(node.outputs) and all(out.type == _OPS.LINEAR for out in node.outputs)
 
 
-def channel_groups(model: nn.Module, example_inputs) -> list[ChannelGroup]:
+def _views_a_vector(node) -> bool:
+    """True for a view of a per-channel parameter (one non-singleton dim), e.g. ``scale.view(1, -1, 1, 1)``:
+    it cannot reorder channels."""
+    return bool(node.inputs) and all(
+        n.type == _OPS.PARAMETER and sum(size > 1 for size in n.module.shape) == 1 for n in node.inputs
+    )
+
+
+def channel_groups(model: nn.Module, example_inputs, frozen: Iterable[str] = ()) -> list[ChannelGroup]:
     """The coupled channel groups of ``model``, in ``named_modules()`` order.
 
     Works on a deep copy: the user's model keeps no hooks and its BatchNorm statistics are untouched.
-    The network's input channels and final outputs are never groups; frozen groups have
-    ``prunable=False`` and a ``reason``.
+    The network's input channels and final outputs are never groups; frozen groups (those that cannot be
+    cut safely, and those named in ``frozen``) have ``prunable=False`` and a ``reason``.
     """
-    return ChannelGraph(copy.deepcopy(model), example_inputs).groups
+    return ChannelGraph(copy.deepcopy(model), example_inputs, frozen).groups

@@ -1,10 +1,15 @@
-"""Turn a choice of widths into a physically smaller copy of a model that keeps the best filters."""
+"""Turn a choice of widths into a physically smaller copy of a model that keeps the best filters.
+
+Torch-Pruning cuts each group's layers; on top of it this module keeps grouped layers' blocks equal (the
+same positions leave every block), slices a pruned layer's extra parameters and buffers (a ``mask`` of the
+weight's shape, a per-channel scale) with the same indices, and checks that the slim model still runs.
+"""
 
 from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import torch
 import torch.nn as nn
@@ -14,7 +19,7 @@ from .cli import NasPruneError
 from .graph import ChannelGraph, ChannelGroup
 from .importance import Importance, get_importance
 
-__all__ = ["channel_importance", "mask", "prune", "resolve_widths", "round_width"]
+__all__ = ["channel_importance", "channel_order", "mask", "prune", "resolve_widths", "round_width"]
 
 _OPS = tp.ops.OPTYPE
 # Layers with one weight (and bias) entry per output channel, zeroed by ``mask``.
@@ -36,8 +41,9 @@ def resolve_widths(
 ) -> dict[str, int]:
     """Channels to keep for every group, from a ``{group: channels}`` dict or a uniform fraction.
 
-    Dict values are rounded to ``round_to`` too (capped at the group's width); groups missing from the
-    dict and frozen groups keep their full width.
+    Dict values are rounded to ``round_to`` too (capped at the group's width), and to a multiple of the
+    group's ``multiple`` (its grouped convolutions' group count); groups missing from the dict and frozen
+    groups keep their full width.
 
     Raises:
         NasPruneError: unknown group name, a width outside ``1..channels``, a fraction outside (0, 1],
@@ -58,13 +64,33 @@ def resolve_widths(
             keep[group.name] = (
                 group.channels
                 if want == group.channels
-                else round_width(group.channels, want / group.channels, round_to)
+                else round_width(group.channels, want / group.channels, _step(group, round_to))
             )
         return keep
     fraction = float(widths)
     if not 0.0 < fraction <= 1.0:
         raise NasPruneError(f"a uniform width must be a fraction in (0, 1], got {fraction}")
-    return {g.name: round_width(g.channels, fraction, round_to) if g.prunable else g.channels for g in groups}
+    return {
+        g.name: round_width(g.channels, fraction, _step(g, round_to)) if g.prunable else g.channels
+        for g in groups
+    }
+
+
+def _step(group: ChannelGroup, round_to: int) -> int:
+    """Kept widths of ``group`` are multiples of this: ``round_to`` and the group's block count."""
+    return math.lcm(max(1, int(round_to)), group.multiple)
+
+
+def channel_order(scores: torch.Tensor, multiple: int = 1) -> torch.Tensor:
+    """Channel indices from most to least important, whole positions at a time for grouped layers.
+
+    With ``multiple`` blocks (a grouped conv's groups), a position's score is the mean over the blocks
+    and its channels in every block come together, so keeping any multiple of ``multiple`` channels keeps
+    the same positions in every block.
+    """
+    per_block = scores.numel() // multiple
+    positions = torch.argsort(scores.view(multiple, per_block).mean(0), descending=True, stable=True)
+    return (positions[:, None] + per_block * torch.arange(multiple)[None, :]).flatten()
 
 
 def _copy(model: nn.Module) -> nn.Module:
@@ -103,7 +129,7 @@ def _select(graph: ChannelGraph, widths, importance, round_to) -> dict[str, list
     drops = {}
     for group in graph.groups:
         if keep[group.name] < group.channels:
-            order = torch.argsort(_group_scores(graph, scorer, group), descending=True, stable=True)
+            order = channel_order(_group_scores(graph, scorer, group), group.multiple)
             drops[group.name] = sorted(order[keep[group.name] :].tolist())
     return drops
 
@@ -114,6 +140,7 @@ def prune(
     widths: Mapping[str, int] | float,
     importance: str | Importance = "l2",
     round_to: int = 1,
+    frozen: Iterable[str] = (),
 ) -> nn.Module:
     """A new, physically smaller copy of ``model`` keeping the most important channels of each group.
 
@@ -123,15 +150,119 @@ def prune(
         widths: ``{group name: channels to keep}`` or a fraction in (0, 1] of every prunable group.
         importance: a registered criterion name (``l1``, ``l2``, ``bn_scale``, ``taylor``) or a callable.
         round_to: kept channels are rounded half up to a multiple of this.
+        frozen: group names kept at full width (a uniform fraction skips them; a dict may not shrink them).
 
     Returns:
         The slim copy; kept filters carry the original weights, output shape is unchanged.
+
+    Raises:
+        NasPruneError: bad widths, or a cut the slim model could not run with (naming the layer).
     """
     slim = _copy(model)
-    graph = ChannelGraph(slim, example_inputs)
+    graph = ChannelGraph(slim, example_inputs, frozen)
     for name, drop in _select(graph, widths, importance, round_to).items():
-        graph.tp_group(name, drop).prune(record_history=False)
+        try:
+            _prune_group(graph.tp_group(name, drop))
+        except Exception as err:  # noqa: BLE001 - Torch-Pruning's errors become one clear message
+            raise NasPruneError(f"cannot prune group {name!r}: {type(err).__name__}: {err}") from err
+    _check_forward(slim, example_inputs)
     return slim
+
+
+_STANDARD = {"weight", "bias", "running_mean", "running_var", "num_batches_tracked"}
+
+
+def _prune_group(tp_group) -> None:
+    """Prune a Torch-Pruning group, then slice each pruned layer's extra tensors the same way.
+
+    An extra tensor is a parameter or buffer of the layer other than those its Torch-Pruning pruner cuts
+    (weight, bias, BatchNorm statistics): one with the weight's number of dims and its size along the cut
+    dim (a ``mask``), or a 1-D one of the output size (a per-channel scale) when outputs are cut.
+    """
+    plans, seen = [], set()
+    for item in tp_group:
+        module = item.dep.target.module
+        key = (id(module), item.dep.handler)
+        if isinstance(module, nn.Module) and isinstance(getattr(module, "weight", None), torch.Tensor):
+            extras = {n: t for n, t in _own_tensors(module) if n not in _STANDARD}
+            if extras and key not in seen:
+                seen.add(key)
+                plans.append((item, _stand_in(module), extras))
+    tp_group.prune(record_history=False)
+    for item, stand_in, extras in plans:
+        _slice_extras(item, stand_in, extras)
+
+
+def _own_tensors(module: nn.Module):
+    yield from module.named_parameters(recurse=False)
+    yield from module.named_buffers(recurse=False)
+
+
+def _stand_in(module: nn.Module) -> nn.Module:
+    """A shallow copy of ``module`` with its own attribute dicts: pruning it leaves ``module`` alone."""
+    clone = copy.copy(module)
+    clone.__dict__ = dict(module.__dict__)
+    clone._parameters = dict(module._parameters)
+    clone._buffers = dict(module._buffers)
+    return clone
+
+
+def _slice_extras(item, stand_in: nn.Module, extras: dict[str, torch.Tensor]) -> None:
+    """Cut ``extras`` by running the item's own pruning function on ``stand_in`` with each of them put in
+    the weight's (or bias's) place, so they get exactly the indices the weight got."""
+    module, handler, idxs = item.dep.target.module, item.dep.handler, item.idxs
+    before, after = stand_in.weight.shape, module.weight.shape
+    dims = [d for d in range(len(before)) if before[d] != after[d]]
+    if not dims:
+        return
+    cut = dims[0]
+    out_side = cut == (1 if getattr(module, "transposed", False) else 0)  # ConvTranspose: (in, out, ...)
+    for name, tensor in extras.items():
+        if tensor.dim() == len(before) and tensor.shape[cut] == before[cut]:
+            slot = "weight"
+        elif out_side and tensor.dim() == 1 and len(before) > 1 and tensor.shape[0] == before[cut]:
+            slot = "bias"
+        else:
+            continue
+        probe = _stand_in(stand_in)
+        as_float = tensor.detach() if tensor.is_floating_point() else tensor.detach().double()
+        setattr(probe, slot, nn.Parameter(as_float.clone(), requires_grad=False))
+        handler(probe, idxs)
+        sliced = getattr(probe, slot).detach().to(tensor.dtype)
+        if isinstance(tensor, nn.Parameter):
+            setattr(module, name, nn.Parameter(sliced, requires_grad=tensor.requires_grad))
+        else:
+            setattr(module, name, sliced)
+
+
+def _check_forward(model: nn.Module, example_inputs) -> None:
+    """Run the slim model once on the first example (eval mode, no grad); a failure becomes a
+    ``NasPruneError`` naming the innermost module that was running."""
+    inputs = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+    inputs = tuple(t[:1] for t in inputs)  # one sample is enough to see a shape error, and cheaper
+    names = {module: name for name, module in model.named_modules()}
+    running: list[str] = []
+
+    def enter(module, args):
+        running.append(names[module])
+
+    def leave(module, args, output):
+        running.pop()
+
+    handles = [m.register_forward_pre_hook(enter) for m in names]
+    handles += [m.register_forward_hook(leave) for m in names]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(*inputs)
+    except Exception as err:  # noqa: BLE001 - whatever broke, say where
+        where = running[-1] if running and running[-1] else "the model's forward"
+        raise NasPruneError(f"the pruned model fails in {where}: {type(err).__name__}: {err}") from err
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
 
 
 @torch.no_grad()
@@ -141,6 +272,7 @@ def mask(
     widths: Mapping[str, int] | float,
     importance: str | Importance = "l2",
     round_to: int = 1,
+    frozen: Iterable[str] = (),
 ) -> nn.Module:
     """A dense copy of ``model`` with exactly the channels :func:`prune` would drop set to zero.
 
@@ -149,7 +281,7 @@ def mask(
     pruning must equal, and for methods that zero filters without removing them (soft filter pruning).
     """
     masked = _copy(model)
-    graph = ChannelGraph(masked, example_inputs)
+    graph = ChannelGraph(masked, example_inputs, frozen)
     for name, drop in _select(graph, widths, importance, round_to).items():
         for item in graph.tp_group(name, drop):
             layer, idxs = item.dep.target.module, item.idxs

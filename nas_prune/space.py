@@ -2,7 +2,8 @@
 
 A candidate is a ``{group: channels}`` dict (DESIGN.md's ``widths``). Each searched group takes one of
 a few widths: ``round_to``-multiples from ``min_fraction`` of the dense width up to the full width
-(or the fractions of an explicit ``grid``). Frozen groups (not prunable, or listed in the model's
+(or the fractions of an explicit ``grid``); a group cut by grouped convolutions steps by the least
+common multiple of ``round_to`` and its ``multiple``. Frozen groups (not prunable, or listed in the model's
 ``search_spaces/<model>.yaml``) always keep their full width. Search algorithms see a candidate as
 one integer index per group (:meth:`WidthSpace.encode` / :meth:`WidthSpace.decode`).
 """
@@ -57,12 +58,12 @@ class WidthSpace:
             if not g.prunable or g.name in frozen or g.channels == 1:
                 fixed[g.name] = g.channels
                 continue
-            lowest = round_width(g.channels, min_fraction, round_to)
+            step = math.lcm(max(1, round_to), g.multiple)  # grouped convs: whole positions per block
+            lowest = round_width(g.channels, min_fraction, step)
             if grid is None:
-                step = max(1, round_to)
                 widths = set(range(lowest, g.channels, step))
             else:
-                widths = {round_width(g.channels, f, round_to) for f in grid if f >= min_fraction}
+                widths = {round_width(g.channels, f, step) for f in grid if f >= min_fraction}
             widths = sorted({w for w in widths if lowest <= w < g.channels} | {g.channels})
             if len(widths) == 1:
                 fixed[g.name] = g.channels

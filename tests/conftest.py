@@ -171,6 +171,92 @@ class ConvClassifier(nn.Module):
         return torch.flatten(F.adaptive_avg_pool2d(self.classifier(self.features(x)), 1), 1)
 
 
+class GroupedResidual(nn.Module):
+    """Grouped convs on a residual stream: the stream feeds a groups=4 conv and is fed by a groups=2 one."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = conv_bn(3, 16)
+        self.g1 = conv_bn(16, 8, groups=4)
+        self.g2 = nn.Sequential(nn.Conv2d(8, 16, 3, 1, 1, groups=2, bias=False), nn.BatchNorm2d(16))
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = F.relu(x + self.g2(self.g1(x)))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+class MaskedConv2d(nn.Conv2d):
+    """Expander-style conv: a fixed 0/1 ``mask`` parameter of the weight's shape multiplies the weight."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        mask = (torch.arange(self.weight.numel()) % 3 != 0).float().view_as(self.weight)
+        self.mask = nn.Parameter(mask, requires_grad=False)
+
+    def forward(self, x):
+        return F.conv2d(x, self.weight * self.mask, self.bias, self.stride, self.padding)
+
+
+class MaskedConvNet(nn.Module):
+    """Two masked convs (with BN) and a linear head."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = MaskedConv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.conv2, self.bn2 = MaskedConv2d(8, 12, 3, padding=1), nn.BatchNorm2d(12)
+        self.fc = nn.Linear(12, 10)
+
+    def forward(self, x):
+        x = F.relu(self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x))))))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+class ChannelScale(nn.Module):
+    """A per-channel scale parameter of the model itself, used as ``x * self.scale`` in forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = conv_bn(3, 8)
+        self.scale = nn.Parameter(torch.linspace(0.5, 1.5, 8).view(1, 8, 1, 1))
+        self.conv2 = conv_bn(8, 12)
+        self.fc = nn.Linear(12, 10)
+
+    def forward(self, x):
+        x = self.conv2(self.conv1(x) * self.scale)
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+class ChannelScaleView(ChannelScale):
+    """The same scale stored as a vector and viewed as ``(1, C, 1, 1)`` in forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.linspace(0.5, 1.5, 8))
+
+    def forward(self, x):
+        x = self.conv2(self.conv1(x) * self.scale.view(1, -1, 1, 1))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+class Inplace(nn.Module):
+    """In-place activations and an in-place residual add."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(True))
+        self.conv = nn.Sequential(nn.Conv2d(8, 6, 3, padding=1), nn.ReLU6(inplace=True), nn.Conv2d(6, 8, 1))
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        y = self.conv(x)
+        y += x
+        x = F.relu_(y)
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
 COUPLING_MODELS = {
     "two_layer": (TwoLayer, (1, 8, 8)),
     "residual": (Residual, (3, 16, 16)),
@@ -180,6 +266,11 @@ COUPLING_MODELS = {
     "grouped": (Grouped, (3, 16, 16)),
     "shuffle": (ShuffleUnit, (3, 16, 16)),
     "conv_classifier": (ConvClassifier, (3, 16, 16)),
+    "grouped_residual": (GroupedResidual, (3, 16, 16)),
+    "masked_conv": (MaskedConvNet, (3, 16, 16)),
+    "channel_scale": (ChannelScale, (3, 16, 16)),
+    "channel_scale_view": (ChannelScaleView, (3, 16, 16)),
+    "inplace": (Inplace, (3, 16, 16)),
 }
 
 

@@ -67,7 +67,11 @@ def test_cost_model_layer_table_names_the_groups_that_cut_each_layer():
 
 def _random_widths(groups, seed):
     gen = torch.Generator().manual_seed(seed)
-    return {g.name: int(torch.randint(1, g.channels + 1, (1,), generator=gen)) for g in groups if g.prunable}
+    return {  # grouped layers' groups keep whole positions: multiples of g.multiple
+        g.name: g.multiple * int(torch.randint(1, g.channels // g.multiple + 1, (1,), generator=gen))
+        for g in groups
+        if g.prunable
+    }
 
 
 def _cost_model_cases():

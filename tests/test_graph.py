@@ -3,9 +3,10 @@ import copy
 import pytest
 import torch
 import torch.nn as nn
+import torch_pruning as tp
 from conftest import ConvClassifier, Grouped, ShuffleUnit, TwoLayer
 
-from nas_prune import channel_groups, create_model, model_names
+from nas_prune import channel_groups, create_model, model_names, prune
 
 
 def test_two_layer_groups_are_named_after_their_first_module():
@@ -34,11 +35,19 @@ def test_network_outputs_are_never_a_group(factory, classifier):
     assert all(classifier not in g.modules for g in groups)
 
 
-def test_grouped_conv_channels_are_frozen_with_a_reason():
+def test_grouped_conv_groups_are_searchable_in_whole_positions():
     groups = {g.name: g for g in channel_groups(Grouped(), torch.randn(2, 3, 16, 16))}
-    assert not groups["reduce.0"].prunable and "grouped convolution" in groups["reduce.0"].reason
-    assert not groups["grouped.0"].prunable
-    assert groups["stem.0"].prunable and groups["expand.0"].prunable
+    assert groups["reduce.0"].prunable and groups["reduce.0"].multiple == 4  # feeds the groups=4 conv
+    assert groups["grouped.0"].prunable and groups["grouped.0"].multiple == 4  # comes out of it
+    assert groups["stem.0"].multiple == groups["expand.0"].multiple == 1
+
+
+def test_grouped_convs_of_different_group_counts_take_the_least_common_multiple():
+    from conftest import GroupedResidual
+
+    groups = {g.name: g for g in channel_groups(GroupedResidual(), torch.randn(2, 3, 16, 16))}
+    assert groups["stem.0"].multiple == 4  # read by groups=4, written by groups=2
+    assert groups["stem.0"].prunable and {"stem.0", "g2.0"} <= set(groups["stem.0"].modules)
 
 
 def test_channel_shuffle_is_frozen_but_branch_stays_prunable():
@@ -64,13 +73,75 @@ def test_user_model_is_untouched():
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
 
 
+# ShuffleNetV2's stage outputs go through a channel shuffle, which the dependency graph cannot map.
+_SHUFFLED = {("shufflenetv2", f"units.{i}.branch1.1.conv") for i in (0, 2, 4)}
+
+
 @pytest.mark.parametrize("name", model_names())
 def test_zoo_groups_are_stable_and_prunable(name):
     x = torch.randn(2, 1, 28, 28)
     first = channel_groups(create_model(name, in_channels=1), x)
     second = channel_groups(create_model(name, in_channels=1), x)
     assert [(g.name, g.channels) for g in first] == [(g.name, g.channels) for g in second]
-    assert first and all(g.prunable for g in first)
+    assert first and all(g.prunable for g in first if (name, g.name) not in _SHUFFLED)
+    assert {(name, g.name) for g in first if not g.prunable} <= _SHUFFLED
     assert all(
         isinstance(dict(create_model(name, in_channels=1).named_modules())[g.name], nn.Module) for g in first
     )
+
+
+def test_shufflenet_keeps_its_branches_searchable_and_says_why_shuffled_channels_are_frozen():
+    groups = channel_groups(create_model("shufflenetv2", in_channels=1), torch.randn(2, 1, 28, 28))
+    frozen = [g for g in groups if not g.prunable]
+    assert len(frozen) == 3 and all("channel reordering op" in g.reason for g in frozen)
+    assert sum(g.prunable for g in groups) == 8  # stem, six branch widths, the last 1x1 conv
+
+
+def test_user_can_freeze_groups_by_name():
+    from nas_prune import NasPruneError
+
+    groups = {g.name: g for g in channel_groups(TwoLayer(), torch.randn(2, 1, 8, 8), frozen=["conv1"])}
+    assert not groups["conv1"].prunable and groups["conv1"].reason == "frozen by the user"
+    assert groups["conv2"].prunable
+    with pytest.raises(NasPruneError, match="not channel groups"):
+        channel_groups(TwoLayer(), torch.randn(2, 1, 8, 8), frozen=["nope"])
+
+
+def test_a_graph_library_failure_on_one_layer_freezes_only_that_layer(monkeypatch):
+    from conftest import Residual
+
+    model = Residual()
+    real = tp.DependencyGraph.get_pruning_group
+
+    def flaky(self, module, fn, idxs):
+        if module is self.model.a1[0]:
+            raise ZeroDivisionError("integer division or modulo by zero")
+        return real(self, module, fn, idxs)
+
+    monkeypatch.setattr(tp.DependencyGraph, "get_pruning_group", flaky)
+    groups = {g.name: g for g in channel_groups(model, torch.randn(2, 3, 16, 16))}
+    assert not groups["a1.0"].prunable and "ZeroDivisionError" in groups["a1.0"].reason
+    assert all(g.prunable for name, g in groups.items() if name != "a1.0")
+    slim = prune(model, torch.randn(2, 3, 16, 16), 0.5)
+    assert slim.a1[0].out_channels == 6 and slim.b1[0].out_channels == 3
+
+
+def test_a_model_the_graph_library_cannot_trace_is_frozen_not_a_crash(monkeypatch):
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("cannot trace")
+
+    monkeypatch.setattr(tp.DependencyGraph, "build_dependency", broken)
+    model, x = TwoLayer().eval(), torch.randn(2, 1, 8, 8)
+    groups = channel_groups(model, x)
+    assert [g.name for g in groups] == ["conv1", "conv2"]  # the classifier is never a group
+    assert all(not g.prunable and "cannot trace" in g.reason for g in groups)
+    assert torch.equal(prune(model, x, 0.5)(x), model(x))
+
+
+@pytest.mark.parametrize("kind", ["channel_scale", "channel_scale_view"])
+def test_a_per_channel_scale_parameter_joins_the_group_it_scales(kind):
+    from conftest import COUPLING_MODELS
+
+    factory, shape = COUPLING_MODELS[kind]
+    groups = {g.name: g for g in channel_groups(factory(), torch.randn(2, *shape))}
+    assert groups["conv1.0"].prunable and groups["conv2.0"].prunable

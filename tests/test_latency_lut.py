@@ -175,6 +175,24 @@ def test_resnet20_on_random_widths_of_its_space(tmp_path):
     assert lut.predict(widths) < lut.predict({}) == pytest.approx(DENSE_MS)
 
 
+@pytest.mark.parametrize(
+    "name", ["grouped", "grouped_residual", "masked_conv", "channel_scale", "inplace", "shuffle", "resnext20"]
+)
+def test_new_group_kinds_have_the_keys_of_the_pruned_model(name, tmp_path):
+    if name in COUPLING_MODELS:
+        factory, shape = COUPLING_MODELS[name]
+        model, x = factory().eval(), torch.randn(2, *shape)
+    else:
+        model, x = create_model(name, in_channels=1).eval(), torch.randn(2, 1, 28, 28)
+    space = WidthSpace.build(channel_groups(model, x), min_fraction=0.1)
+    widths = space.decode({n: len(c) // 2 for n, c in space.choices.items()})  # grouped: multiples of groups
+    lut = LatencyLUT(model, x, cache_dir=tmp_path, measure_fn=FakeTimer(), rounds=1)
+    slim = LatencyLUT(prune(model, x, widths), x, cache_dir=tmp_path, measure_fn=FakeTimer(), rounds=1)
+    assert lut.unmodelled == []
+    assert lut.layer_keys(widths) == slim.layer_keys({})
+    assert lut.predict(widths) < lut.predict({})
+
+
 def test_the_model_is_left_untouched(tmp_path):
     model = TwoLayer().train()
     before = {k: v.clone() for k, v in model.state_dict().items()}

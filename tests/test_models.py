@@ -14,7 +14,9 @@ from nas_prune.cli import NasPruneError
 from nas_prune.models import (
     MODELS,
     SEARCH_SPACE_DIR,
+    ShuffleUnit,
     build_from_spec,
+    channel_shuffle,
     create_model,
     load_search_space,
     model_names,
@@ -47,6 +49,17 @@ def returns_string(in_channels: int = 3, num_classes: int = 10) -> str:
 def test_registry_is_sorted_and_complete():
     assert model_names() == sorted(MODELS)
     assert {"convnet", "resnet20", "resnet56", "vgg11_bn", "vgg16_bn", "mobilenetv2"} <= set(MODELS)
+    assert {"resnext20", "shufflenetv2"} <= set(MODELS)
+
+
+def test_resnext_and_shufflenet_have_the_layers_they_are_named_for():
+    resnext = create_model("resnext20")
+    grouped = [m for m in resnext.modules() if isinstance(m, nn.Conv2d) and 1 < m.groups < m.out_channels]
+    assert len(grouped) == 6 and {m.groups for m in grouped} == {8}
+    shuffle = create_model("shufflenetv2")
+    x = torch.arange(8.0).view(1, 8, 1, 1)
+    assert channel_shuffle(x).flatten().tolist() == [0, 4, 1, 5, 2, 6, 3, 7]
+    assert sum(isinstance(m, ShuffleUnit) for m in shuffle.modules()) == 6
 
 
 @pytest.mark.parametrize("name", model_names())

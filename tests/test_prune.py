@@ -20,7 +20,11 @@ def _assert_unchanged(model, state):
 
 def _random_widths(groups, seed):
     gen = torch.Generator().manual_seed(seed)
-    return {g.name: int(torch.randint(1, g.channels + 1, (1,), generator=gen)) for g in groups if g.prunable}
+    return {  # grouped layers' groups keep whole positions: multiples of g.multiple
+        g.name: g.multiple * int(torch.randint(1, g.channels // g.multiple + 1, (1,), generator=gen))
+        for g in groups
+        if g.prunable
+    }
 
 
 def test_coupling_models_prune_equals_mask(coupling_model):
@@ -50,7 +54,11 @@ def test_zoo_prune_equals_mask(name):
     assert slim(x).shape == dense.shape
     assert torch.allclose(slim(x), mask(model, x, widths)(x), atol=1e-5)
     kept = {g.name: g.channels for g in channel_groups(slim, x)}
-    assert kept == {g.name: widths.get(g.name, g.channels) for g in channel_groups(model, x)}
+    expected = {g.name: widths.get(g.name, g.channels) for g in channel_groups(model, x)}
+    assert {n: kept.get(n) for n in expected} == expected
+    # A depthwise conv cut to one channel is an ordinary conv to Torch-Pruning: its output splits off.
+    layers = dict(slim.named_modules())
+    assert all(kept[n] == layers[n].in_channels == 1 for n in set(kept) - set(expected))
     _assert_unchanged(model, state)
 
 
@@ -118,13 +126,75 @@ def test_bad_widths_raise(widths, message):
 
 
 def test_frozen_group_cannot_be_shrunk_but_uniform_width_skips_it():
-    from conftest import Grouped
+    from conftest import ShuffleUnit
 
     x = torch.randn(2, 3, 16, 16)
-    with pytest.raises(NasPruneError, match="cannot be pruned"):
-        prune(Grouped(), x, {"reduce.0": 8})
-    slim = prune(Grouped(), x, 0.5)
-    assert slim.grouped[0].in_channels == 16 and slim.stem[0].out_channels == 8
+    with pytest.raises(NasPruneError, match="cannot be pruned: .*channel reordering"):
+        prune(ShuffleUnit(), x, {"stem.0": 4})
+    slim = prune(ShuffleUnit(), x, 0.5)
+    assert slim.head[0].in_channels == 16 and slim.branch[0][0].out_channels == 4
+
+
+def test_user_frozen_groups_keep_their_width():
+    x = torch.randn(2, 1, 8, 8)
+    slim = prune(TwoLayer(), x, 0.5, frozen=["conv1"])
+    assert slim.conv1.out_channels == 8 and slim.conv2.out_channels == 2
+    with pytest.raises(NasPruneError, match="frozen by the user"):
+        prune(TwoLayer(), x, {"conv1": 4}, frozen=["conv1"])
+
+
+def _kept_rows(dense: torch.Tensor, slim: torch.Tensor, cols=slice(None)) -> list[int]:
+    """Indices of the rows of ``dense`` (restricted to ``cols``) that ``slim``'s rows are."""
+    return [next(i for i, row in enumerate(dense[:, cols]) if torch.equal(row, s)) for s in slim]
+
+
+def test_grouped_conv_keeps_its_groups_and_cuts_the_same_positions_from_every_block():
+    from conftest import Grouped
+
+    model, x = Grouped(), torch.randn(2, 3, 16, 16)
+    slim = prune(model, x, {"reduce.0": 8, "grouped.0": 6})  # 6 is rounded half up to a multiple of 4: 8
+    conv = slim.grouped[0]
+    assert (conv.groups, conv.in_channels, conv.out_channels) == (4, 8, 8)
+    reduce_kept = _kept_rows(model.reduce[0].weight, slim.reduce[0].weight)
+    positions = sorted({i % 4 for i in reduce_kept})
+    assert reduce_kept == [b * 4 + p for b in range(4) for p in positions]  # same 2 positions per block
+    grouped_kept = _kept_rows(model.grouped[0].weight, conv.weight, positions)
+    assert len({i % 4 for i in grouped_kept}) == 2 and len(grouped_kept) == 8
+
+
+def test_scores_of_a_grouped_group_are_averaged_per_position():
+    from nas_prune.prune import channel_order
+
+    scores = torch.tensor([1.0, 9.0, 2.0, 3.0, 8.0, 4.0])  # 2 blocks of 3: positions average to 2, 6.5, 3
+    assert channel_order(scores, 2).tolist() == [1, 4, 2, 5, 0, 3]
+    assert channel_order(scores, 1).tolist() == [1, 4, 5, 3, 2, 0]
+
+
+def test_extra_tensors_of_a_pruned_layer_are_sliced_with_its_weight():
+    from conftest import MaskedConvNet
+
+    model, x = MaskedConvNet(), torch.randn(2, 3, 16, 16)
+    slim = prune(model, x, {"conv1": 4, "conv2": 6})
+    kept1 = _kept_rows(model.conv1.weight, slim.conv1.weight)
+    kept2 = _kept_rows(model.conv2.weight, slim.conv2.weight, kept1)
+    assert torch.equal(slim.conv1.mask, model.conv1.mask[kept1])
+    assert torch.equal(slim.conv2.mask, model.conv2.mask[kept2][:, kept1])
+    assert not slim.conv2.mask.requires_grad
+
+
+def test_a_pruned_model_that_cannot_run_raises_one_clear_error_naming_the_layer():
+    class Shift(torch.nn.Module):  # a buffer of the channel count, invisible to the dependency graph
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("shift", torch.zeros(1, 8, 1, 1))
+
+        def forward(self, x):
+            return x + self.shift
+
+    model = TwoLayer()
+    model.bn1 = torch.nn.Sequential(model.bn1, Shift())
+    with pytest.raises(NasPruneError, match=r"pruned model fails in bn1\.1: RuntimeError"):
+        prune(model, torch.randn(2, 1, 8, 8), 0.5)
 
 
 def test_unknown_importance_raises():
@@ -135,3 +205,21 @@ def test_unknown_importance_raises():
 def test_works_under_no_grad():
     with torch.no_grad():
         assert prune(TwoLayer(), torch.randn(1, 1, 8, 8), 0.5).conv1.out_channels == 4
+
+
+def test_group_norm_keeps_its_groups_and_widths_step_by_them():
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 3, padding=1),
+        torch.nn.GroupNorm(4, 16),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(16, 8, 3, padding=1),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(8, 5),
+    )
+    x = torch.randn(2, 3, 8, 8)
+    group = channel_groups(model, x)[0]
+    assert (group.name, group.multiple) == ("0", 4)
+    slim = prune(model, x, {"0": 6})  # rounded half up to 8
+    assert slim[0].out_channels == slim[1].num_channels == 8 and slim[1].num_groups == 4
+    assert slim(x).shape == (2, 5)

@@ -1,6 +1,6 @@
 import pytest
 import torch
-from conftest import Grouped, TwoLayer
+from conftest import Grouped, ShuffleUnit, TwoLayer
 
 from nas_prune import NasPruneError, channel_groups, create_model
 from nas_prune.space import Budget, WidthSpace
@@ -37,11 +37,19 @@ def test_encode_decode_round_trip_and_snap():
 
 def test_frozen_and_unprunable_groups_stay_fixed():
     x = torch.randn(1, 3, 16, 16)
-    space = _space(Grouped(), x, frozen=["stem.0"])
-    assert set(space.fixed) == {"stem.0", "reduce.0", "grouped.0"}
-    assert space.names == ["expand.0"]
+    space = _space(ShuffleUnit(), x, frozen=["branch.0.0"])
+    assert set(space.fixed) == {"stem.0", "branch.0.0"}  # shuffled channels, and the user's choice
+    assert space.names == ["head.0"]
     with pytest.raises(NasPruneError, match="not channel groups"):
         _space(TwoLayer(), torch.randn(1, 1, 8, 8), frozen=["nope"])
+
+
+def test_grouped_conv_groups_step_by_their_group_count():
+    space = _space(Grouped(), torch.randn(1, 3, 16, 16), round_to=2, min_fraction=0.25)
+    assert space.choices["reduce.0"] == space.choices["grouped.0"] == (4, 8, 12, 16)  # lcm(2, 4 groups)
+    assert space.choices["stem.0"] == (4, 6, 8, 10, 12, 14, 16)
+    grid = _space(Grouped(), torch.randn(1, 3, 16, 16), grid=[0.3, 0.6, 1.0], min_fraction=0.3)
+    assert grid.choices["reduce.0"] == (4, 8, 16) and grid.choices["stem.0"] == (5, 10, 16)
 
 
 def test_budget_validation_and_violations():

@@ -142,13 +142,14 @@ def build_space(cfg: SearchConfig, model, example) -> tuple[list, WidthSpace, Co
     Only the architecture matters here, not the weights, so this runs before any training.
     """
     yaml_space = load_search_space(cfg.model) or {}
-    groups = channel_groups(model, example)
+    frozen = (*yaml_space.get("frozen", ()), *cfg.freeze)
+    groups = channel_groups(model, example, frozen=frozen)
     space = WidthSpace.build(
         groups,
         round_to=cfg.round_to or yaml_space.get("round_to", 1),
         min_fraction=cfg.min_fraction or yaml_space.get("min_fraction", 0.1),
         grid=yaml_space.get("grid"),
-        frozen=(*yaml_space.get("frozen", ()), *cfg.freeze),
+        frozen=frozen,
     )
     return groups, space, CostModel(model, example)
 
