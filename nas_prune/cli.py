@@ -7,14 +7,33 @@ Library code raises :class:`NasPruneError` for such input; :func:`run_cli` turns
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
-__all__ = ["NasPruneError", "ArgumentParser", "run_cli"]
+__all__ = ["NasPruneError", "ArgumentParser", "ensure_output_dir", "run_cli"]
 
 
 class NasPruneError(ValueError):
     """A problem with the user's input (unknown model, missing data, bad budget, foreign checkpoint)."""
+
+
+def ensure_output_dir(path: str | os.PathLike, flag: str = "--output") -> Path:
+    """Create the output folder ``path`` (and its parents) before any heavy work.
+
+    Raises:
+        NasPruneError: ``path`` is an existing file, or the folder cannot be created (a file in the way,
+            no permission).
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise NasPruneError(f"{flag} {path} is a file, not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise NasPruneError(f"{flag} {path}: cannot create the folder ({err.strerror or err})") from None
+    return path
 
 
 class ArgumentParser(argparse.ArgumentParser):

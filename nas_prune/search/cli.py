@@ -18,6 +18,7 @@ __all__ = ["main", "parser"]
 
 
 def parser() -> ArgumentParser:
+    """The search's argument parser (every default shown comes from :class:`SearchConfig`)."""
     d = SearchConfig()
     p = ArgumentParser(
         prog="python -m nas_prune.search",
@@ -26,7 +27,19 @@ def parser() -> ArgumentParser:
         epilog="Example: python -m nas_prune.search --budget-flops 0.3   (Fashion-MNIST, convnet, ~10 min on "
         "2 CPU cores). Scale up with --trials, --epochs-per-trial, --workers, --device cuda, --ray-address.",
     )
-    b = p.add_argument_group("budgets (at least one; all given must hold)")
+    _budget_flags(p.add_argument_group("budgets (at least one; all given must hold)"), d)
+    _model_flags(p.add_argument_group("model and data"), d)
+    _ladder_flags(p.add_argument_group("search"), d)
+    o = p.add_argument_group("output")
+    o.add_argument("--output", help="run directory (default results/<model>-<dataset>-<budget>-<timestamp>)")
+    o.add_argument("--resume", help="continue the run in this directory (finished trials are kept)")
+    o.add_argument(
+        "--dry-run", action="store_true", help="print groups, space size, dense cost and seeds; exit"
+    )
+    return p
+
+
+def _budget_flags(b, d: SearchConfig) -> None:
     b.add_argument(
         "--budget-flops", type=float, help="keep at most this fraction of the dense FLOPs, in (0, 1]"
     )
@@ -46,7 +59,9 @@ def parser() -> ArgumentParser:
         type=int,
         help=f"random architectures the LUT is validated on before it may reject (default {d.lut_samples})",
     )
-    m = p.add_argument_group("model and data")
+
+
+def _model_flags(m, d: SearchConfig) -> None:
     m.add_argument(
         "--model", help="zoo name or pkg.module:factory (default: convnet for 28x28 data, else resnet20)"
     )
@@ -63,7 +78,9 @@ def parser() -> ArgumentParser:
     )
     m.add_argument("--data-dir", help="folder searched first for the dataset files")
     m.add_argument("--subset", type=int, help="use a fixed random subset of N training images (quick runs)")
-    s = p.add_argument_group("search")
+
+
+def _ladder_flags(s, d: SearchConfig) -> None:
     s.add_argument(
         "--trials",
         type=int,
@@ -98,6 +115,10 @@ def parser() -> ArgumentParser:
         type=float,
         help=f"proposals aim within this fraction under the budget (default {d.budget_band:g})",
     )
+    _run_flags(s, d)
+
+
+def _run_flags(s, d: SearchConfig) -> None:
     s.add_argument(
         "--workers", type=int, help=f"Ray workers evaluating candidates in parallel (default {d.workers})"
     )
@@ -124,8 +145,9 @@ def parser() -> ArgumentParser:
     )
     s.add_argument(
         "--sampler",
-        help="tpe (default: Optuna's constrained multi-objective TPE) or random (uniform random widths, "
-        "the control a search must beat)",
+        help="tpe (default: Optuna's multivariate TPE, one study per cost level, learning rung-0 scores) or "
+        "random (uniform random keep scores, projected and laddered the same way: the control a search "
+        "must beat)",
     )
     s.add_argument(
         "--gate-epochs",
@@ -137,13 +159,6 @@ def parser() -> ArgumentParser:
         "--gate-seeds", type=int, help=f"architectures the gate supernet seeds (default {d.gate_seeds})"
     )
     s.add_argument("--lr", type=float, help=f"fine-tuning learning rate (default {d.lr:g})")
-    o = p.add_argument_group("output")
-    o.add_argument("--output", help="run directory (default results/<model>-<dataset>-<budget>-<timestamp>)")
-    o.add_argument("--resume", help="continue the run in this directory (finished trials are kept)")
-    o.add_argument(
-        "--dry-run", action="store_true", help="print groups, space size, dense cost and seeds; exit"
-    )
-    return p
 
 
 def _dry_run(cfg: SearchConfig) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ..cli import NasPruneError
+from ..cli import NasPruneError, ensure_output_dir
 from ..config import SearchConfig, load_config
 from ..cost import CostModel
 from ..data import DataSplits, check_dataset_name
@@ -173,14 +173,9 @@ def default_output(cfg: SearchConfig, budget: Budget) -> Path:
 
 def prepare_run_dir(run_dir: Path, resume: bool) -> None:
     """Create ``run_dir``; a new run refuses a file, or a directory that already holds a search."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise NasPruneError(f"--output {run_dir} is a file, not a directory")
     if not resume and ((run_dir / "trials.csv").exists() or (run_dir / "evaluations.jsonl").exists()):
         raise NasPruneError(f"{run_dir} already holds a search; continue it with --resume {run_dir}")
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise NasPruneError(f"cannot create the run directory {run_dir}: {err.strerror or err}") from None
+    ensure_output_dir(run_dir, "--resume" if resume else "--output")
 
 
 def load_dense_weights(model, path, name: str) -> None:

@@ -6,6 +6,7 @@ import dataclasses
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +14,12 @@ import pandas as pd
 import torch
 
 from ..config import SearchConfig, write_config
+from ..cost import CostModel
 from ..data import load_dataset
 from ..models import create_model
 from ..objective import CandidateEvaluator, TrialSettings
 from ..results import read_trials
+from ..space import Budget, WidthSpace
 from ..train import evaluate, resolve_device
 from .driver import Driver
 from .inputs import (
@@ -31,7 +34,7 @@ from .inputs import (
 )
 from .journal import Journal
 from .ladder import Ladder
-from .latency import latency_guard, measure_latencies
+from .latency import LatencyGuard, latency_guard, measure_latencies
 from .projection import Projector
 from .report import fidelity_report, print_summary, write_outputs
 from .seeding import load_or_make_seeds
@@ -75,10 +78,15 @@ def _band_share(journal: Journal, projector: Projector, band: float) -> float | 
     return sum(1.0 - band <= u <= 1.0 + 1e-9 for u in usage) / len(usage) if usage else None
 
 
-def _ladder(cfg, run_dir, journal, ladder, projector, levels, seeds, settings, evaluator, runtime_env, quiet):
+def _ladder(cfg, run_dir, journal, ladder, setup, evaluator, runtime_env, quiet):
     """Run the ladder on Ray workers; returns the session's time accounting."""
     import ray
 
+    projector, levels, seeds, settings = setup.projector, setup.levels, setup.seeds, setup.settings
+    if not quiet:
+        print(
+            f"Fidelity ladder: rung epochs {[round(e, 4) for e in ladder.epochs]}, reduction factor {ladder.reduction}"
+        )
     proposals = Proposals(run_dir, projector.space.names, levels, cfg.sampler, cfg.seed, cfg.startup_trials)
     proposals.repair({t: journal.score(t, 0) for (t, rung) in journal.results if rung == 0})
     started = start_ray(cfg.ray_address, runtime_env)
@@ -125,35 +133,84 @@ def search(
         trials.csv as a DataFrame (the run directory is ``df.attrs["run_dir"]``).
     """
     cfg, run_dir = _settings(config, resume, settings)
+    setup = _prepare(cfg, run_dir, resume is not None, latency_fn, quiet)
+    journal = Journal.open(run_dir / "evaluations.jsonl")
+    ladder = Ladder.build(cfg.epochs_per_trial, cfg.rungs, cfg.reduction_factor)
+    stats, interrupted = None, False
+    try:
+        stats = _ladder(cfg, run_dir, journal, ladder, setup, evaluator, ray_runtime_env, quiet)
+    except KeyboardInterrupt:
+        interrupted = True
+        print(
+            f"\ninterrupted: finished evaluations are kept; continue with --resume {run_dir}", file=sys.stderr
+        )
+    trials = journal.write_trials(run_dir, setup.cost, ladder.top)
+    trials = measure_latencies(
+        run_dir,
+        trials,
+        setup.dense,
+        setup.example,
+        setup.model,
+        cfg,
+        setup.guard,
+        setup.latency_device,
+        latency_fn,
+    )
+    fidelity = fidelity_report(journal, ladder, stats, cfg.workers)
+    fidelity["budget_band_share"] = _band_share(journal, setup.projector, cfg.budget_band)
+    front = write_outputs(run_dir, trials, fidelity, cfg, setup.budget, setup.dense, setup.space, setup.guard)
+    if not quiet:
+        print_summary(run_dir, trials, front, fidelity, cfg, fidelity["budget_band_share"])
+    if interrupted:
+        raise KeyboardInterrupt
+    trials = read_trials(run_dir / "trials.csv")
+    trials.attrs["run_dir"] = str(run_dir)
+    return trials
+
+
+@dataclass
+class _Setup:
+    """Everything a run prepares before the ladder: budget, space, costs, dense model, seeds."""
+
+    budget: Budget
+    space: WidthSpace
+    cost: CostModel
+    example: torch.Tensor
+    guard: LatencyGuard | None
+    latency_device: torch.device
+    model: torch.nn.Module
+    dense: dict
+    settings: TrialSettings
+    seeds: list
+    projector: Projector
+    levels: tuple[float, ...]
+
+
+def _prepare(cfg: SearchConfig, run_dir: Path, resume: bool, latency_fn, quiet: bool) -> _Setup:
+    """Data, space and cost (a budget below the smallest architecture fails before any training), the
+    latency guard, the dense model, config.yaml, the seeds and the projection."""
     budget = make_budget(cfg)
     device = resolve_device(cfg.device)
     data = load_dataset(cfg.dataset, cfg.data_dir, seed=0, subset=cfg.subset)
     example = torch.zeros(2, *data.input_shape)
     skeleton = create_model(cfg.model, in_channels=data.in_channels, num_classes=data.num_classes)
     _, space, cost = build_space(cfg, skeleton, example)
-    require_reachable(budget, space, cost)  # before any training
+    require_reachable(budget, space, cost)
     latency_device = torch.device("cpu") if device.type == "cpu" else device
     guard = latency_guard(
-        cfg, budget, skeleton, example, space, run_dir, latency_device, latency_fn, resume is not None, quiet
+        cfg, budget, skeleton, example, space, run_dir, latency_device, latency_fn, resume, quiet
     )
     model, spec = dense_model(cfg, data, run_dir, device)
     dense_val = evaluate(model.to(device), data.loader("val", 512, train=False), device=device)["accuracy"]
     model = model.cpu().eval()
     dense = {"macs": cost.dense[0], "params": cost.dense[1], "val_accuracy": dense_val}
-    write_config(
-        run_dir / "config.yaml",
-        cfg,
-        dense=dict(dense),
-        space={"groups": len(space.choices), "size": space.size, "fixed": space.fixed},
-    )
-
+    info = {"groups": len(space.choices), "size": space.size, "fixed": space.fixed}
+    write_config(run_dir / "config.yaml", cfg, dense=dict(dense), space=info)
     seeds = load_or_make_seeds(cfg, model, example, space, cost, budget, data, device, run_dir, guard, quiet)
     latency = None if guard is None else (lambda w: guard.violation(w)[0], guard.limit_ms)
     projector = Projector(space, cost, budget, latency, latency_binding=guard is not None and guard.trusted)
     levels = _levels(cfg, projector, quiet)
-    journal = Journal.open(run_dir / "evaluations.jsonl")
-    ladder = Ladder.build(cfg.epochs_per_trial, cfg.rungs, cfg.reduction_factor)
-    settings_ = TrialSettings(
+    settings = TrialSettings(
         spec=spec,
         dense_state={k: v.cpu() for k, v in model.state_dict().items()},
         dataset=cfg.dataset,
@@ -168,38 +225,8 @@ def search(
     if not quiet:
         print(
             f"Run directory: {run_dir}  ({len(space.choices)} searched groups, {space.size:.3g} architectures; "
-            f"dense: {dense['macs'] / 1e6:.1f} MMACs, val accuracy {dense_val:.4f}); ladder epochs "
-            f"{[round(e, 4) for e in ladder.epochs]}, cost levels {list(levels)}"
+            f"dense: {dense['macs'] / 1e6:.1f} MMACs, val accuracy {dense_val:.4f}); cost levels {list(levels)}"
         )
-    stats, interrupted = None, False
-    try:
-        stats = _ladder(
-            cfg,
-            run_dir,
-            journal,
-            ladder,
-            projector,
-            levels,
-            seeds,
-            settings_,
-            evaluator,
-            ray_runtime_env,
-            quiet,
-        )
-    except KeyboardInterrupt:
-        interrupted = True
-        print(
-            f"\ninterrupted: finished evaluations are kept; continue with --resume {run_dir}", file=sys.stderr
-        )
-    trials = journal.write_trials(run_dir, cost, ladder.top)
-    trials = measure_latencies(run_dir, trials, dense, example, model, cfg, guard, latency_device, latency_fn)
-    fidelity = fidelity_report(journal, ladder, stats, cfg.workers)
-    fidelity["budget_band_share"] = _band_share(journal, projector, cfg.budget_band)
-    front = write_outputs(run_dir, trials, fidelity, cfg, budget, dense, space, guard)
-    if not quiet:
-        print_summary(run_dir, trials, front, fidelity, cfg, fidelity["budget_band_share"])
-    if interrupted:
-        raise KeyboardInterrupt
-    trials = read_trials(run_dir / "trials.csv")
-    trials.attrs["run_dir"] = str(run_dir)
-    return trials
+    return _Setup(
+        budget, space, cost, example, guard, latency_device, model, dense, settings, seeds, projector, levels
+    )
