@@ -266,6 +266,29 @@ def test_random_sampler_is_the_control_with_the_same_ladder(ray_session, tmp_pat
     assert (trials["state"] == "complete").sum() == 3  # one per cost level at the top rung
 
 
+def test_time_budget_stops_rung_zero_in_time_for_the_promotions(ray_session, tmp_path):
+    trials = nas_prune.search(
+        budget_flops=0.5,
+        dataset="synthetic",
+        model="convnet",
+        trials=100000,
+        workers=2,
+        pretrain_epochs=1,
+        gate_epochs=0,
+        reduction_factor=4,
+        time_budget=8,
+        output=str(tmp_path / "run"),
+        quiet=True,
+        evaluator=_fake(tmp_path, delay=0.02),
+    )
+    fidelity = json.loads((tmp_path / "run" / "fidelity.json").read_text())
+    assert 20 < fidelity["rungs"][0]["evaluated"] < 100000
+    assert fidelity["ladder_seconds"] <= 8 * 1.25  # rung 0 stopped early enough for rungs 1 and 2
+    seeds = trials[trials["source"].isin(SEEDS)]
+    assert (seeds["state"] == "complete").all() and (seeds["rung"] == 2).all()
+    assert set(trials.loc[trials["rung"] == 2, "level"]) == {1.0, 0.8, 0.6}
+
+
 def fake_latency(model, example, device, batch):
     """Milliseconds proportional to MACs: deterministic, so the LUT is exact (DESIGN: tests do not time)."""
     return nas_prune.count_macs(model, example)[0] * 1e-5 * batch + 0.01

@@ -29,9 +29,10 @@ from .workers import Job, WorkerPool
 __all__ = ["Driver", "LadderStats"]
 
 _MAX_INFEASIBLE_IN_A_ROW = 200
-_FINE_TUNE_PRIOR = 25.0
+_FINE_TUNE_PRIOR = 40.0
 """Before any fine-tune has finished, one fine-tune epoch is guessed at this many rung-0 evaluations
-(a training epoch is ~9x the images of a rung-0 score, each ~3x the work); measured timings replace it."""
+(a training epoch is ~9x the images of a rung-0 score, each ~3x the work, plus the optimizer; about 35
+for resnet20 on Fashion-MNIST here); measured timings replace it as soon as the seeds' fine-tunes end."""
 
 
 @dataclass
@@ -195,18 +196,19 @@ class Driver:
 
     # -- the time budget ----------------------------------------------------------------------------
 
-    def _seconds(self, rung: int) -> float:
-        """Mean seconds of one evaluation at ``rung`` (measured, or guessed from rung 0)."""
+    def _seconds(self, rung: int) -> float | None:
+        """Mean seconds of one evaluation at ``rung``: measured, or guessed from rung 0's (None before
+        any rung-0 evaluation has finished)."""
         done = [r.get("wall_s") or 0.0 for (_, k), r in self.journal.results.items() if k == rung]
         if done:
             return sum(done) / len(done)
-        base = self._seconds(0) if rung else 2.0
-        return base * (1.0 + _FINE_TUNE_PRIOR * self.ladder.epochs[rung])
+        base = self._seconds(0) if rung else None
+        return None if base is None else base * (1.0 + _FINE_TUNE_PRIOR * self.ladder.epochs[rung])
 
     def _out_of_time(self) -> bool:
         """True when the queued work plus the promotions planned for today's candidates would not finish
         before the deadline."""
-        if self.deadline is None:
+        if self.deadline is None or self._seconds(0) is None:  # nothing measured yet: keep going
             return False
         queued = [job for _, jobs in self.pool.running.values() for job in jobs]
         queued += [job for jobs in self.pool.queue for job in jobs]
