@@ -448,7 +448,7 @@ def write_best_arch(run_dir: str | os.PathLike, *, model: str, dataset: str, den
     if best is None:
         return None
     content = {
-        "schema_version": SCHEMA_VERSION,
+        "schema_version": 1,  # best_arch.json's own schema (DESIGN), unchanged by trials.csv's version 2
         "model": str(model),
         "dataset": str(dataset),
         "widths": parse_widths(best["widths"]),

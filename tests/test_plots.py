@@ -24,7 +24,7 @@ def trials(tmp_path_factory):
     path = tmp_path_factory.mktemp("run") / "trials.csv"
     rng = np.random.default_rng(0)
     for i in range(40):
-        state = ["complete", "complete", "pruned", "infeasible", "failed"][i % 5]
+        state = ["complete", "complete", "stopped", "infeasible", "failed"][i % 5]
         macs = int(rng.integers(100, 1000))
         row = {
             "trial_id": i,
@@ -36,7 +36,7 @@ def trials(tmp_path_factory):
             "widths": {"conv1": 4},
             "feasible": state != "infeasible" and macs <= 600,
         }
-        if state in ("complete", "pruned"):
+        if state in ("complete", "stopped"):
             row["val_accuracy"] = float(0.5 + 0.4 * macs / 1000 - rng.random() * 0.1)
         append_trial(path, row)
     return read_trials(path)

@@ -42,7 +42,7 @@ def trial(trial_id, state="complete", acc=0.8, macs=500, source="optuna", feasib
         "epochs": 1.0,
         "wall_s": 2.5,
     }
-    if state in ("complete", "pruned"):
+    if state in ("complete", "stopped"):
         row["val_accuracy"] = acc
     if state == "infeasible":
         row["epochs"] = 0.0
@@ -61,7 +61,7 @@ def random_table(rng, n, path, latency=False):
     """Trials on a coarse grid (so equal objective vectors occur) in every state."""
     rows = []
     for i in range(n):
-        state = rng.choice(["complete"] * 5 + ["pruned", "failed", "infeasible"])
+        state = rng.choice(["complete"] * 5 + ["stopped", "failed", "infeasible"])
         row = trial(
             int(i),
             state=str(state),
@@ -99,7 +99,7 @@ def test_append_read_round_trip_with_dtypes(tmp_path):
     append_trial(path, {"trial_id": 9, "state": "failed", "source": "random", "widths": {"conv1": 1}})
     append_trial(path, trial(1, state="infeasible", source="uniform", macs=10**12))
     append_trial(path, trial(2, state="failed", error='CUDA OOM, "quoted"\nsecond line'))
-    append_trial(path, trial(3, state="pruned", acc=0.3, widths='{"conv1": 2, "block.0": 3}'))
+    append_trial(path, trial(3, state="stopped", acc=0.3, widths='{"conv1": 2, "block.0": 3}'))
 
     df = read_trials(path)
     assert list(df.columns) == TRIAL_COLUMNS
@@ -211,7 +211,7 @@ def test_pareto_front_hand_made(tmp_path):
         trial(1, acc=0.8, macs=200),
         trial(2, acc=0.8, macs=200),  # exact tie with 1: both kept
         trial(3, acc=0.75, macs=300),  # dominated by 1
-        trial(4, acc=0.99, macs=50, state="pruned"),  # low-fidelity: excluded
+        trial(4, acc=0.99, macs=50, state="stopped"),  # low-fidelity: excluded
         trial(5, acc=0.99, macs=50, feasible=False),  # over budget: excluded
         trial(6, state="infeasible", macs=10),
         trial(7, state="failed", macs=10),
@@ -252,7 +252,7 @@ def test_best_arch_picks_max_accuracy_and_breaks_ties(tmp_path):
         trial(0, acc=0.8, macs=300),
         trial(1, acc=0.8, macs=200),  # same accuracy, fewer flops
         trial(2, acc=0.8, macs=200),  # full tie with 1: lower trial_id wins
-        trial(3, acc=0.95, state="pruned"),
+        trial(3, acc=0.95, state="stopped"),
         trial(4, acc=0.95, feasible=False),
         trial(5, acc=0.7, macs=10),
     ]
