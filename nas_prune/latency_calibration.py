@@ -81,7 +81,10 @@ def fit_calibration(
 
     Each sample's residual is divided by its measured latency, so small and large architectures count
     alike (relative error is what the LUT is judged on). One extra row per kind pulls its scale towards
-    1 with weight ``prior_weight``; kinds absent from every sample keep scale 1.
+    1 with weight ``prior_weight``; kinds absent from every sample keep scale 1. Samples off by more than
+    3x the median error (and 5%) are dropped and the fit repeated once, if at least half remain: load on
+    a shared machine only ever adds time, and one spoiled timing should not bend every prediction.
+    The reported errors still cover every sample.
 
     Args:
         sums: per sample, kind -> sum of that kind's entries (ms).
@@ -100,12 +103,18 @@ def fit_calibration(
         raise ValueError(f"measured latencies must be positive, got {measured_ms}")
     kinds = [k for k in KINDS if any(s.get(k, 0.0) > 0 for s in sums)]
     features = np.array([[s.get(k, 0.0) for k in kinds] + [1.0] for s in sums])
-    rows = features / y[:, None]
     prior = np.hstack([prior_weight * np.eye(len(kinds)), np.zeros((len(kinds), 1))])
-    solution, _ = nnls(
-        np.vstack([rows, prior]), np.concatenate([np.ones(len(y)), np.full(len(kinds), prior_weight)])
-    )
+
+    def solve(keep: np.ndarray) -> np.ndarray:
+        rows = np.vstack([features[keep] / y[keep, None], prior])
+        return nnls(rows, np.concatenate([np.ones(int(keep.sum())), np.full(len(kinds), prior_weight)]))[0]
+
+    solution = solve(np.ones(len(y), dtype=bool))
     errors = np.abs(features @ solution - y) / y
+    inliers = errors <= max(3 * float(np.median(errors)), 0.05)
+    if 2 * inliers.sum() >= len(y) and not inliers.all():  # a timing spoiled by load: refit without it
+        solution = solve(inliers)
+        errors = np.abs(features @ solution - y) / y
     scales = dict.fromkeys(KINDS, 1.0) | {k: float(v) for k, v in zip(kinds, solution[:-1], strict=True)}
     return Calibration(scales, float(solution[-1]), len(y), float(np.median(errors)), float(errors.max()))
 
