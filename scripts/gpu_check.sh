@@ -2,9 +2,10 @@
 # The GPU path in one run (<= 5 minutes on one GPU): CUDA latency LUT built, calibrated and validated on
 # held-out architectures (resnet20 and mobilenetv2, batch 1 and 256), a short --budget-latency search
 # with --device cuda --gpus-per-trial 0.25, a retrain of its best, and the retrained model's speed-up
-# over the dense one (dense and pruned timed interleaved, median of 5 rounds, at batch 1 and 256).
+# over the dense one (dense and pruned timed interleaved, median of 5 rounds, at batch 1 and 256), and
+# the measured effect of rounding widths to multiples of 8 and 16 (scripts/benchmark_round_to.py).
 #
-#   bash scripts/gpu_check.sh            # writes results/gpu/{lut,lut_samples,speedup}.csv, prints a table
+#   bash scripts/gpu_check.sh   # writes results/gpu/{lut,lut_samples,speedup,round_to}.csv, prints a table
 #   GPU_CHECK_OUT=/tmp/g bash scripts/gpu_check.sh     # elsewhere
 #   PYTHON=.venv/bin/python bash scripts/gpu_check.sh  # another interpreter (default: python)
 #
@@ -32,13 +33,17 @@ if [ "$DEVICE" = cuda ]; then
     --device cuda --gpus-per-trial 0.25 --trials 8 --pretrain-epochs 1 --gate-epochs 0 --round-to 8 \
     --lut-dir "$OUT/lut" --lut-samples 4 --output "$OUT/search"
   "$PY" -m nas_prune.retrain "$OUT/search" --epochs 1 --device cuda --latency-batch-large 256 --no-export
+  "$PY" scripts/benchmark_round_to.py --device cuda --models resnet20 mobilenetv2 --batch 1 256 \
+    --output "$OUT/round_to.csv"
 else
   "$PY" scripts/benchmark_lut.py --device cpu --models convnet --batch 1 --samples 2 --fit-samples 2 \
-    --rounds 1 --cache-dir "$OUT/lut" --output "$OUT/lut.csv"
+    --rounds 1 --threads 1 --cache-dir "$OUT/lut" --output "$OUT/lut.csv"
   "$PY" -m nas_prune.search --model resnet20 --dataset synthetic --budget-latency 0.6 --device cpu \
     --gpus-per-trial 0 --trials 8 --pretrain-epochs 1 --gate-epochs 0 --round-to 8 \
     --lut-dir "$OUT/lut" --output "$OUT/search" --dry-run > "$OUT/search_dry_run.txt"
   echo "search --dry-run: $(grep -c . "$OUT/search_dry_run.txt") lines in $OUT/search_dry_run.txt"
+  "$PY" scripts/benchmark_round_to.py --device cpu --models convnet --batch 1 --round-to 8 --rounds 1 \
+    --threads 1 --output "$OUT/round_to.csv"
 fi
 
 "$PY" - "$OUT" "$DEVICE" "$((SECONDS - start))" <<'EOF'
@@ -79,5 +84,10 @@ for path in sorted((out / "search" / "retrain").glob("*/metrics.json")):
             f"({m[f'{key}_low']:.2f}-{m[f'{key}_high']:.2f}) at {m['flops_ratio']:.0%} FLOPs | |"
         )
 pd.DataFrame(rows).to_csv(out / "speedup.csv", index=False)
-print(f"\n{seconds} s; wrote {out}/lut.csv, {out}/lut_samples.csv, {out}/speedup.csv")
+for _, r in pd.read_csv(out / "round_to.csv").iterrows():
+    print(
+        f"| uniform widths vs dense | {r['model']} ({r['variant']}) | {r['batch']} | {r['speedup']:.2f}x "
+        f"({r['speedup_low']:.2f}-{r['speedup_high']:.2f}) at {r['flops_ratio']:.0%} FLOPs | |"
+    )
+print(f"\n{seconds} s; wrote {out}/lut.csv, lut_samples.csv, speedup.csv and round_to.csv")
 EOF

@@ -20,3 +20,5 @@ def test_gpu_check_cpu_dry_mode(tmp_path):
     assert lut["model"].tolist() == ["convnet"] and (lut["predictions_per_s"] > 0).all()
     assert "space:" in (tmp_path / "search_dry_run.txt").read_text()  # the search parsed every flag
     assert (tmp_path / "speedup.csv").is_file()
+    assert pd.read_csv(tmp_path / "round_to.csv")["speedup"].gt(0).all()
+    assert "| uniform widths vs dense | convnet (0.5 round_to=8) | 1 |" in done.stdout
