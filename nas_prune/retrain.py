@@ -919,6 +919,11 @@ def _print_table(metrics: Mapping[str, Any], out: Path, summary: Path, say: Call
             f"{label:<28} {m['test_accuracy']:>8.4f} {m['macs'] / 1e6:>9.2f} {m['params']:>10,} "
             f"{m['latency_ms']:>11.3f} {up:>7.2f}x {m['latency_large_ms']:>12.2f} {up_large:>7.2f}x"
         )
+    say(
+        f"speed-ups: median of {metrics['speedup_rounds']} rounds timing dense and pruned back to back; "
+        f"range {metrics['speedup_low']:.2f}-{metrics['speedup_high']:.2f}x (b={b}), "
+        f"{metrics['speedup_large_low']:.2f}-{metrics['speedup_large_high']:.2f}x (b={big})"
+    )
     files = ["model.pt", "metrics.json"] + ([metrics["export"]] if metrics.get("export") else [])
     say(f"files: {out}/ ({', '.join(files)}); summary: {summary / 'summary.csv'}, summary.png")
 
