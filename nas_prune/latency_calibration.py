@@ -10,6 +10,7 @@ scales each *kind* of entry (conv, depthwise conv, linear, norm, element-wise) a
 
 fitted to a handful of whole-model measurements by non-negative least squares on relative errors
 (:func:`fit_calibration`). Scales and constant are never negative, so neither is a prediction.
+Before a fit, only the dense model is measured (:meth:`Calibration.from_dense`).
 
 :func:`bisect_to_latency` finds, by bisection over a global width scale, the widest architecture whose
 latency (measured, or predicted by a trusted LUT) sits just under a limit: the search's latency seeds and
@@ -41,11 +42,13 @@ class Calibration:
 
     Attributes:
         scales: kind -> non-negative factor on the sum of that kind's entries (missing kinds: 1).
-        constant_ms: non-negative time no entry covers (``forward`` glue, layers without entries).
+        constant_ms: time no entry covers (``forward`` glue, layers without entries); non-negative when
+            fitted, possibly negative from the dense model alone (see :meth:`from_dense`).
         samples: whole-model measurements fitted (1 = only the dense model: no fit, see
             :meth:`from_dense`).
         median_error: median relative error on the fitted samples.
         worst_error: largest relative error on the fitted samples.
+        floor_ms: the smallest prediction (0 when fitted: scales and constant are non-negative).
     """
 
     scales: Mapping[str, float]
@@ -53,22 +56,25 @@ class Calibration:
     samples: int = 1
     median_error: float = 0.0
     worst_error: float = 0.0
+    floor_ms: float = 0.0
 
     def predict(self, sums: Mapping[str, float]) -> float:
-        """Predicted latency from the per-kind sums of entries."""
-        return float(sum(self.scales.get(k, 1.0) * ms for k, ms in sums.items()) + self.constant_ms)
+        """Predicted latency from the per-kind sums of entries (at least :attr:`floor_ms`)."""
+        total = sum(self.scales.get(k, 1.0) * ms for k, ms in sums.items()) + self.constant_ms
+        return float(max(total, self.floor_ms))
 
     @classmethod
     def from_dense(cls, sums: Mapping[str, float], dense_ms: float) -> Calibration:
         """Calibration from the dense model alone: the entries as timed plus the rest as a constant.
 
-        If the entries already exceed the dense latency, a negative constant would push small
-        architectures below zero; the entries are scaled down to the dense latency instead.
+        With one measurement, scale and offset cannot be told apart; the offset is kept (exact when the
+        entries' excess is per-call overhead that every architecture pays). If the entries exceed the
+        dense latency the constant is negative and a narrow architecture could be predicted below zero,
+        so predictions are floored at 0.1% of the dense latency: such a table fails validation (it only
+        orders candidates) until :func:`fit_calibration` scales it from more measurements.
         """
-        total = sum(sums.values())
-        if total <= dense_ms or total <= 0:
-            return cls(dict.fromkeys(KINDS, 1.0), float(dense_ms - max(total, 0.0)))
-        return cls(dict.fromkeys(KINDS, float(dense_ms / total)), 0.0)
+        constant = float(dense_ms - sum(sums.values()))
+        return cls(dict.fromkeys(KINDS, 1.0), constant, floor_ms=1e-3 * dense_ms if constant < 0 else 0.0)
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self) | {"scales": dict(self.scales)}

@@ -130,12 +130,13 @@ def test_fit_never_goes_negative_where_the_parts_exceed_the_whole():
     assert fitted.predict({"conv": 0.0}) >= 0 and fitted.predict({"conv": 1.0}) > 0
 
 
-def test_from_dense_scales_instead_of_a_negative_offset():
+def test_from_dense_keeps_the_offset_and_floors_predictions_above_zero():
     assert Calibration.from_dense({"conv": 3.0, "norm": 1.0}, 6.0).constant_ms == pytest.approx(2.0)
     over = Calibration.from_dense({"conv": 15.0, "norm": 5.0}, 10.0)
-    assert over.constant_ms == 0 and over.scales["conv"] == pytest.approx(0.5)
+    assert over.constant_ms == pytest.approx(-10.0) and over.scales["conv"] == 1.0
     assert over.predict({"conv": 15.0, "norm": 5.0}) == pytest.approx(10.0)
-    assert over.predict({"conv": 1.0, "norm": 0.0}) > 0
+    assert over.predict({"conv": 12.0, "norm": 4.0}) == pytest.approx(6.0)  # per-call overhead: exact
+    assert over.predict({"conv": 1.0, "norm": 0.0}) == pytest.approx(0.01)  # floored, never negative
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -168,11 +169,14 @@ def prune_model(model, x, widths):
     return prune(model, x, widths)
 
 
-def test_uncalibrated_deep_model_is_scaled_not_negative(tmp_path):
+def test_a_deep_model_whose_entries_exceed_it_predicts_positive_before_and_after_calibration(tmp_path):
     model, x = _model("deep_residual")
+    space = _space(model, x)
     lut = LatencyLUT(model, x, cache_dir=tmp_path, measure_fn=ContextTimer(), rounds=1)
     assert sum(lut.layer_ms({})) > 1.5 * lut.predict({})  # the entries exceed the whole
-    assert lut.constant_ms == 0 and lut.predict(_space(model, x).smallest()) > 0
+    assert lut.constant_ms < 0 and lut.predict(space.smallest()) > 0
+    fitted = lut.calibrate(count=6)
+    assert fitted.constant_ms >= 0 and lut.predict(space.smallest()) > 0
 
 
 def test_the_calibrated_prediction_is_the_formula(tmp_path):
