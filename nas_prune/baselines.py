@@ -748,14 +748,11 @@ def run_baseline(
     say("Measuring test accuracy and latency of the dense and the pruned model ...")
     dense_counts, slim_counts = count_macs(ctx.dense, example), count_macs(slim, example)
     large = int(s.latency_batch_large)
-    dense_fig = {
-        **final_accuracy(ctx.dense, data, device, s.batch_size),
-        **final_costs(ctx.dense, dense_counts, example, device, latency_fn, s.latency_batch, large),
-    }
-    slim_fig = {
-        **final_accuracy(slim, data, device, s.batch_size),
-        **final_costs(slim, slim_counts, example, device, latency_fn, s.latency_batch, large),
-    }
+    dense_costs, slim_costs, speed = final_costs(
+        ctx.dense, slim, (dense_counts, slim_counts), example, device, latency_fn, s.latency_batch, large
+    )
+    dense_fig = {**final_accuracy(ctx.dense, data, device, s.batch_size), **dense_costs}
+    slim_fig = {**final_accuracy(slim, data, device, s.batch_size), **slim_costs}
     flops_ratio = slim_fig["flops"] / dense_fig["flops"]
     if s.method not in UNSTRUCTURED and not (s.method == "lottery-ticket" and s.unstructured):
         if flops_ratio > s.budget_flops + 1e-9:
@@ -778,8 +775,7 @@ def run_baseline(
         "budget_flops": s.budget_flops,
         "flops_ratio": flops_ratio,
         "params_ratio": slim_fig["params"] / dense_fig["params"],
-        "speedup": dense_fig["latency_ms"] / slim_fig["latency_ms"],
-        "speedup_large": dense_fig["latency_large_ms"] / slim_fig["latency_large_ms"],
+        **speed,
         "model": s.model,
         "dataset": s.dataset,
         **outcome.extra,

@@ -60,6 +60,7 @@ import hashlib
 import itertools
 import json
 import math
+import random
 import re
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -73,6 +74,7 @@ from torch.overrides import TorchFunctionMode
 
 from .config import device_label
 from .cost import CostModel, _batch_of, _cpu_threads, measure_latency
+from .latency_calibration import KINDS, Calibration, fit_calibration
 from .results import atomic_write_text
 
 if TYPE_CHECKING:
@@ -246,6 +248,11 @@ def _between(points: Mapping[float, float], x: float) -> float | None:
     return points[below] * (1 - t) + points[above] * t
 
 
+def _samples(record: Mapping) -> int:
+    """Whole-model measurements behind a cached dense record (1: the dense model alone)."""
+    return int(record.get("calibration", {}).get("samples", 1))
+
+
 def _slug(label: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-") or "device"
 
@@ -316,6 +323,9 @@ class LatencyLUT:
         self._estimates: dict[str, float] = {}
         self._indexed = -1  # len(table) when _index was built (entries are only ever added)
         self._constants: dict[str, dict] = {}
+        self._kinds = ["depthwise" if _depthwise(slot) else slot.kind for slot in self._slots]
+        self._memo: dict[tuple[int, int, int, int], float] = {}  # (slot, in, out, groups) -> ms
+        self._memo_size = -1
         self._load()
         dense_keys = self.layer_keys({})
         digest = hashlib.sha1("\n".join([repr(self._sample_shape), repr(self._dense), *dense_keys]).encode())
@@ -457,26 +467,71 @@ class LatencyLUT:
         return [self.table[key] if key in self.table else self._estimate(*entry) for key, *entry in resolved]
 
     def predict(self, widths: Mapping[str, int], measure_missing: bool = True) -> float:
-        """Predicted latency in ms at :attr:`batch` on this device: sum of the entries plus the constant.
+        """Predicted latency in ms at :attr:`batch` on this device (never negative).
 
+        ``sum over kinds of scale[kind] * (that kind's entries) + constant`` (:attr:`calibration`).
         With ``measure_missing=False`` nothing is timed (missing entries are estimated, see
-        :meth:`layer_ms`); the constant must then be known (:meth:`prepare`, or the cache), else
-        ``RuntimeError``.
+        :meth:`layer_ms`) and a prediction costs tens of microseconds; the dense model must then be
+        measured already (:meth:`prepare`, or the cache), else ``RuntimeError``.
         """
-        return float(sum(self.layer_ms(widths, measure_missing)) + self._constant(measure_missing))
+        return self._calibration(measure_missing).predict(self.kind_sums(widths, measure_missing))
+
+    def kind_sums(self, widths: Mapping[str, int], measure_missing: bool = True) -> dict[str, float]:
+        """Sum of the entries of each kind (:data:`~nas_prune.latency_calibration.KINDS`) at ``widths``."""
+        sums = dict.fromkeys(KINDS, 0.0)
+        if measure_missing:
+            for kind, ms in zip(self._kinds, self.layer_ms(widths, True), strict=True):
+                sums[kind] += ms
+            return sums
+        unknown = set(widths) - set(self.groups)
+        if unknown:
+            raise ValueError(f"unknown channel group(s) {sorted(unknown)}; groups: {list(self.groups)}")
+        if len(self.table) != self._memo_size:  # entries are only ever added: estimates may change
+            self._memo, self._memo_size = {}, len(self.table)
+        drop = self._cost.drop_fractions(widths)
+        for i, (slot, kind) in enumerate(zip(self._slots, self._kinds, strict=True)):
+            channels = _channels(slot, drop)
+            memo_key = (i, *channels)
+            ms = self._memo.get(memo_key)
+            if ms is None:
+                key, *entry = self._entry(slot, *channels)
+                ms = self._memo[memo_key] = self.table[key] if key in self.table else self._estimate(*entry)
+            sums[kind] += ms
+        return sums
+
+    def rejects(self, widths: Mapping[str, int], limit_ms: float) -> bool:
+        """Whether the LUT may reject ``widths`` at ``limit_ms``: only a trusted LUT predicting it over the limit.
+
+        DESIGN.md: an untrusted LUT only orders candidates, seeds included; it never rejects. Never times.
+        """
+        return self.trusted and self.predict(widths, measure_missing=False) > limit_ms
 
     @property
     def constant_ms(self) -> float:
-        """Measured dense latency minus the sum of the dense entries (cached per model fingerprint)."""
-        return self._constant(measure=True)
+        """The calibration's constant: what the entries miss (cached per model fingerprint)."""
+        return self._calibration(measure=True).constant_ms
 
-    def _constant(self, measure: bool) -> float:
+    @property
+    def calibration(self) -> Calibration:
+        """How entries become a prediction: fitted by :meth:`calibrate`, else from the dense model alone
+        (:meth:`Calibration.from_dense`). Measures the dense model if it is not cached."""
+        return self._calibration(measure=True)
+
+    def _calibration(self, measure: bool) -> Calibration:
+        record = self._dense_record(measure)
+        if "calibration" in record:
+            return Calibration(**record["calibration"])
+        return Calibration.from_dense(record["sums"], record["dense_ms"])
+
+    def _dense_record(self, measure: bool) -> dict:
+        """This model's cached ``{"dense_ms", "sums", "model"[, "calibration"]}``, measured if missing."""
         if self._fingerprint not in self._constants:
             self._load()
-        if self._fingerprint not in self._constants:
+        record = self._constants.get(self._fingerprint)
+        if record is None:
             if not measure:
                 raise RuntimeError(
-                    "the latency LUT's constant is not measured yet: call prepare() before predicting "
+                    "the latency LUT's dense model is not measured yet: call prepare() before predicting "
                     "with measure_missing=False"
                 )
             shape = (self.batch, *self._sample_shape)
@@ -484,14 +539,65 @@ class LatencyLUT:
             dense = min(
                 self._fill(resolved, lambda: self._measure(copy.deepcopy(self._dense), shape, self.device))
             )
-            layers = sum(self.table[key] for key, *_ in resolved)
-            self._constants[self._fingerprint] = {
-                "constant_ms": dense - layers,
-                "dense_ms": dense,
-                "model": type(self._dense).__name__,
-            }
+            record = {"dense_ms": dense, "model": type(self._dense).__name__}
+            self._constants[self._fingerprint] = record
+        if "sums" not in record:  # also caches written before calibration existed
+            record["sums"] = self.kind_sums({}, measure_missing=True)
             self._save()
-        return float(self._constants[self._fingerprint]["constant_ms"])
+        return record
+
+    def calibrate(
+        self,
+        samples: Sequence[Mapping[str, int]] | None = None,
+        measure: Callable[[Mapping[str, int]], float] | None = None,
+        count: int = 8,
+        seed: int = 0,
+    ) -> Calibration:
+        """Fit the per-kind scales and the constant to whole-model measurements, and cache the fit.
+
+        The dense model is always one of the samples. Missing entries of the samples are timed first.
+
+        Args:
+            samples: architectures to time (``{group: channels}``); default: uniform 1/4, 1/2 and 3/4
+                plus random widths (each group between 10% and all of its channels), ``count`` in all.
+                A search should pass architectures of its grid.
+            measure: ``widths -> ms`` of the whole pruned model; default: the LUT's ``measure_fn`` on
+                ``prune(model, ..., widths)``, :attr:`rounds` rounds over all samples, fastest kept.
+            count: number of default samples.
+            seed: seed of the default samples.
+
+        Returns:
+            The :class:`Calibration` (also :attr:`calibration` from now on, in every process sharing the
+            cache), with its error on the samples it was fitted to.
+        """
+        record = self._dense_record(measure=True)
+        samples = [dict(w) for w in samples] if samples is not None else self._default_samples(count, seed)
+        sums = [self.kind_sums(w) for w in samples]
+        measured = [float(measure(w)) for w in samples] if measure else self._measure_models(samples)
+        fitted = fit_calibration([record["sums"], *sums], [record["dense_ms"], *measured])
+        record["calibration"] = fitted.to_json()
+        self._save()
+        return fitted
+
+    def _default_samples(self, count: int, seed: int) -> list[dict[str, int]]:
+        rng = random.Random(seed)
+        fractions = [0.25, 0.5, 0.75][:count]
+        samples = [{g: max(1, round(c * f)) for g, c in self.groups.items()} for f in fractions]
+        samples += [
+            {g: rng.randint(max(1, round(0.1 * c)), c) for g, c in self.groups.items()}
+            for _ in range(count - len(fractions))
+        ]
+        return samples
+
+    def _measure_models(self, samples: Sequence[Mapping[str, int]]) -> list[float]:
+        """Each pruned model timed with ``measure_fn`` in :attr:`rounds` rounds over all; fastest kept."""
+        from .prune import prune  # prune imports the graph; keep this module importable on its own
+
+        example = torch.zeros((2, *self._sample_shape), dtype=self.dtype)
+        models = [prune(self._dense, example, dict(w)) for w in samples]
+        shape = (self.batch, *self._sample_shape)
+        times = [[self._measure(m, shape, self.device) for m in models] for _ in range(self.rounds)]
+        return [min(column) for column in zip(*times, strict=True)]
 
     # ------------------------------------------------------------------------------------------------
     # Preparing the grid, and estimating without timing
@@ -563,7 +669,7 @@ class LatencyLUT:
         ) as bar:
             for start in range(0, len(todo), 500):  # chunks: the cache is saved after each
                 self._fill(todo[start : start + 500], bar=bar)
-        self._constant(measure=True)
+        self._dense_record(measure=True)
         return {
             "entries": len(full),
             "measured": len(full) - missing(full),
@@ -725,9 +831,13 @@ class LatencyLUT:
         return float(self._measure(module, shape, self.device))
 
     def _time(self, module: nn.Module, shape: tuple[int, ...], device: torch.device) -> float:
-        """Default ``measure_fn``: warm-up then median of :func:`measure_latency` on a zero input."""
+        """Default ``measure_fn``: :func:`measure_latency` on a zero input, 10 ms of blocks for a layer
+        (thousands of entries are timed), 100 ms for a whole model."""
         example = torch.zeros(shape, dtype=self.dtype)
-        return measure_latency(module, example, device=device, batch=shape[0], threads=self.threads)
+        seconds = 0.1 if any(module.children()) else 0.01
+        return measure_latency(
+            module, example, device=device, batch=shape[0], threads=self.threads, min_run_time=seconds
+        )
 
     def _load(self) -> None:
         """Merge this device's cache file into the instance (an unreadable file counts as empty)."""
@@ -738,7 +848,7 @@ class LatencyLUT:
             entries = {str(k): float(v) for k, v in doc["entries"].items()}
             constants = {str(k): dict(v) for k, v in doc.get("constants", {}).items()}
             for value in constants.values():
-                float(value["constant_ms"])
+                float(value["dense_ms"])
         except (OSError, ValueError, TypeError, KeyError, AttributeError) as err:
             warnings.warn(
                 f"latency LUT cache {self.path} is unreadable ({type(err).__name__}: {err}); "
@@ -747,7 +857,10 @@ class LatencyLUT:
             )
             return
         self.table.update({k: v for k, v in entries.items() if k not in self.table})
-        self._constants.update({k: v for k, v in constants.items() if k not in self._constants})
+        for k, v in constants.items():  # a calibrated record (or one fitted to more samples) wins
+            ours = self._constants.get(k, {})
+            if k not in self._constants or _samples(v) > _samples(ours):
+                self._constants[k] = v
 
     def _save(self) -> None:
         """Write the merged table atomically (temp file + ``os.replace``)."""

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
@@ -43,7 +44,7 @@ from torch import nn
 
 from .cli import ArgumentParser, NasPruneError, run_cli
 from .config import SearchConfig, device_label, load_config
-from .cost import count_macs, measure_latency
+from .cost import count_macs, measure_latency, measure_speedup
 from .data import DataSplits, load_dataset
 from .export import export_model
 from .models import MODELS, build_from_spec, init_weights
@@ -106,6 +107,12 @@ SUMMARY_COLUMNS = [
     "latency_large_ms",
     "speedup",
     "speedup_large",
+    "dense_latency_ms",
+    "dense_latency_large_ms",
+    "speedup_low",
+    "speedup_high",
+    "speedup_large_low",
+    "speedup_large_high",
 ]
 
 
@@ -435,6 +442,14 @@ def _open_run(run_dir: Path) -> _Run:
     epochs = ckpt.get("epochs")
     if isinstance(epochs, (int, float)) and not isinstance(epochs, bool) and epochs > 0:
         return _Run(run_dir, cfg, spec, dense.eval(), float(epochs), "dense.pt")
+    source = ckpt.get("copied_from")  # the search copies --checkpoint without its training record
+    if isinstance(source, str) and Path(source).is_file():
+        try:
+            epochs = load_checkpoint(source).get("epochs")
+        except Exception:  # any unreadable file: fall back to the config below
+            epochs = None
+        if isinstance(epochs, (int, float)) and not isinstance(epochs, bool) and epochs > 0:
+            return _Run(run_dir, cfg, spec, dense.eval(), float(epochs), source)
     return _Run(run_dir, cfg, spec, dense.eval(), float(cfg.pretrain_epochs), "config pretrain_epochs")
 
 
@@ -599,30 +614,65 @@ def _dense_accuracy(run: _Run, data: DataSplits, device: torch.device, batch_siz
     return accuracy
 
 
+SPEEDUP_ROUNDS = 5
+"""Rounds of dense-then-pruned timings behind every reported speed-up (see :func:`final_costs`)."""
+
+
 def final_costs(
-    model: nn.Module,
-    counts: tuple[int, int],
+    dense: nn.Module,
+    slim: nn.Module,
+    counts: tuple[tuple[int, int], tuple[int, int]],
     example: torch.Tensor,
     device: torch.device,
     latency_fn: Callable[..., float],
     batch: int,
     large: int,
-) -> dict[str, Any]:
-    """MACs, FLOPs, params (``counts`` from :func:`count_macs`) and latency at two batch sizes."""
-    macs, params = counts
-    model = model.to(device).eval()
-    return {
-        "macs": int(macs),
-        "flops": 2 * int(macs),
-        "params": int(params),
-        "latency_ms": float(latency_fn(model, example.to(device), device=device, batch=batch)),
-        "latency_batch": int(batch),
-        "latency_large_ms": float(
-            latency_fn(model, example.to(device), device=device, batch=large, warmup=3, repeats=20)
-        ),
-        "latency_large_batch": int(large),
-        "latency_device": device_label(device),
+    rounds: int = SPEEDUP_ROUNDS,
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """MACs, FLOPs, params and latency of the dense and the pruned model, and the speed-up.
+
+    Both latencies come from one :func:`~nas_prune.cost.measure_speedup` per batch size: dense and
+    pruned timed interleaved for ``rounds`` rounds, each model's latency the median of its rounds, the
+    speed-up the median of the rounds' ratios with their range (``_low``/``_high``).
+
+    Args:
+        counts: ``(dense, slim)`` ``(macs, params)`` from :func:`count_macs`.
+        latency_fn: ``fn(model, example, device=, batch=, **kw) -> ms``.
+        batch, large: the two batch sizes (latency, throughput).
+
+    Returns:
+        ``(dense figures, slim figures, speed-up figures)``.
+    """
+    dense, slim = dense.to(device).eval(), slim.to(device).eval()
+    example = example.to(device)
+    small = measure_speedup(dense, slim, example, device, batch, rounds, latency_fn)
+    big = measure_speedup(dense, slim, example, device, large, rounds, latency_fn, warmup=3, repeats=20)
+    figures = []
+    for (macs, params), ms, large_ms in zip(
+        counts, (small.dense_ms, small.pruned_ms), (big.dense_ms, big.pruned_ms), strict=True
+    ):
+        figures.append(
+            {
+                "macs": int(macs),
+                "flops": 2 * int(macs),
+                "params": int(params),
+                "latency_ms": ms,
+                "latency_batch": int(batch),
+                "latency_large_ms": large_ms,
+                "latency_large_batch": int(large),
+                "latency_device": device_label(device),
+            }
+        )
+    speed = {
+        "speedup": small.ratio,
+        "speedup_low": small.low,
+        "speedup_high": small.high,
+        "speedup_large": big.ratio,
+        "speedup_large_low": big.low,
+        "speedup_large_high": big.high,
+        "speedup_rounds": int(rounds),
     }
+    return figures[0], figures[1], speed
 
 
 def retrain(
@@ -779,14 +829,18 @@ def retrain(
     # 3. Final figures (the only use of the test split), model.pt, export, metrics.json, summary.
     say("Measuring test accuracy and latency of the dense and the retrained model ...")
     large = int(latency_batch_large)
-    dense_fig = {
-        **_dense_accuracy(run, data, torch_device, settings["batch_size"]),
-        **final_costs(run.dense, dense_counts, example, torch_device, latency_fn, cfg.latency_batch, large),
-    }
-    slim_fig = {
-        **final_accuracy(slim, data, torch_device, settings["batch_size"]),
-        **final_costs(slim, slim_counts, example, torch_device, latency_fn, cfg.latency_batch, large),
-    }
+    dense_costs, slim_costs, speed = final_costs(
+        run.dense,
+        slim,
+        (dense_counts, slim_counts),
+        example,
+        torch_device,
+        latency_fn,
+        cfg.latency_batch,
+        large,
+    )
+    dense_fig = {**_dense_accuracy(run, data, torch_device, settings["batch_size"]), **dense_costs}
+    slim_fig = {**final_accuracy(slim, data, torch_device, settings["batch_size"]), **slim_costs}
     slim = slim.cpu().eval()
     save_pruned(out / "model.pt", slim, arch.widths, run.spec, cfg.importance)
     exported: dict[str, Any] = {
@@ -820,8 +874,7 @@ def retrain(
         "budget_matched": bool(budget_matched),
         "flops_ratio": slim_fig["flops"] / dense_fig["flops"],
         "params_ratio": slim_fig["params"] / dense_fig["params"],
-        "speedup": dense_fig["latency_ms"] / slim_fig["latency_ms"],
-        "speedup_large": dense_fig["latency_large_ms"] / slim_fig["latency_large_ms"],
+        **speed,
         "lr": settings["lr"],
         "batch_size": settings["batch_size"],
         "importance": settings["importance"],
@@ -866,6 +919,11 @@ def _print_table(metrics: Mapping[str, Any], out: Path, summary: Path, say: Call
             f"{label:<28} {m['test_accuracy']:>8.4f} {m['macs'] / 1e6:>9.2f} {m['params']:>10,} "
             f"{m['latency_ms']:>11.3f} {up:>7.2f}x {m['latency_large_ms']:>12.2f} {up_large:>7.2f}x"
         )
+    say(
+        f"speed-ups: median of {metrics['speedup_rounds']} rounds timing dense and pruned back to back; "
+        f"range {metrics['speedup_low']:.2f}-{metrics['speedup_high']:.2f}x (b={b}), "
+        f"{metrics['speedup_large_low']:.2f}-{metrics['speedup_large_high']:.2f}x (b={big})"
+    )
     files = ["model.pt", "metrics.json"] + ([metrics["export"]] if metrics.get("export") else [])
     say(f"files: {out}/ ({', '.join(files)}); summary: {summary / 'summary.csv'}, summary.png")
 
@@ -876,6 +934,9 @@ def _print_table(metrics: Mapping[str, Any], out: Path, summary: Path, say: Call
 
 
 def _summary_row(name: str, m: Mapping[str, Any], dense: Mapping[str, Any]) -> dict[str, Any]:
+    """One variant's row; its speed-up is against the dense latency timed in the same rounds."""
+    speedup = m.get("speedup", dense["latency_ms"] / m["latency_ms"])  # older files: one timing each
+    speedup_large = m.get("speedup_large", dense["latency_large_ms"] / m["latency_large_ms"])
     return {
         "name": name,
         "trial_id": m.get("trial_id"),
@@ -891,18 +952,41 @@ def _summary_row(name: str, m: Mapping[str, Any], dense: Mapping[str, Any]) -> d
         "params": m.get("params"),
         "latency_ms": m.get("latency_ms"),
         "latency_large_ms": m.get("latency_large_ms"),
-        "speedup": dense["latency_ms"] / m["latency_ms"],
-        "speedup_large": dense["latency_large_ms"] / m["latency_large_ms"],
+        "speedup": speedup,
+        "speedup_large": speedup_large,
+        "dense_latency_ms": dense["latency_ms"],
+        "dense_latency_large_ms": dense["latency_large_ms"],
+        "speedup_low": m.get("speedup_low", speedup),
+        "speedup_high": m.get("speedup_high", speedup),
+        "speedup_large_low": m.get("speedup_large_low", speedup_large),
+        "speedup_large_high": m.get("speedup_large_high", speedup_large),
     }
+
+
+def _dense_row(found: list[tuple[float, str, dict, dict]]) -> dict[str, Any]:
+    """The dense model's row: its own epochs (from its checkpoint, via the newest metrics.json) and the
+    median of the dense latencies timed alongside each variant (each variant's speed-up uses its own)."""
+    newest = max(found, key=lambda f: f[0])[3]
+    dense = {
+        **newest,
+        "init": "dense",
+        "distill": False,
+        "budget_matched": False,
+        "latency_ms": float(np.median([d["latency_ms"] for *_, d in found])),
+        "latency_large_ms": float(np.median([d["latency_large_ms"] for *_, d in found])),
+    }
+    dense.update(dict.fromkeys(["speedup", "speedup_large", "speedup_low", "speedup_high"], 1.0))
+    dense.update(dict.fromkeys(["speedup_large_low", "speedup_large_high"], 1.0))
+    return _summary_row("dense", dense, dense)
 
 
 def write_summary(retrain_dir: str | os.PathLike) -> pd.DataFrame:
     """Write ``summary.csv`` and ``summary.png`` for every ``retrain_dir/*/metrics.json``.
 
-    One row for the dense model (figures from the most recently written metrics.json), then one per
-    variant sorted by name. Each variant's speed-up is its own dense latency / its latency, both
-    measured back to back in the same process, so speed-ups stay comparable when machine load drifts
-    between retrains.
+    One row for the dense model (see :func:`_dense_row`), then one per variant sorted by name. Each
+    variant's speed-up is the median ratio of its own dense and pruned latencies timed interleaved in the
+    same rounds (``speedup_low``/``_high``: the range over rounds), so speed-ups stay comparable when
+    machine load drifts between retrains; ``dense_latency_ms`` is the dense latency of those rounds.
 
     Returns:
         The summary table (:data:`SUMMARY_COLUMNS`).
@@ -919,12 +1003,7 @@ def write_summary(retrain_dir: str | os.PathLike) -> pd.DataFrame:
         found.append((path.stat().st_mtime, path.parent.name, m, m["dense"]))
     rows = []
     if found:
-        dense = max(found, key=lambda f: f[0])[3]
-        rows.append(
-            _summary_row(
-                "dense", {**dense, "init": "dense", "distill": False, "budget_matched": False}, dense
-            )
-        )
+        rows.append(_dense_row(found))
         rows.extend(_summary_row(name, m, d) for _, name, m, d in found)
     table = pd.DataFrame(rows, columns=SUMMARY_COLUMNS).astype({"trial_id": "Int64", "seed": "Int64"})
     atomic_write_text(retrain_dir / "summary.csv", table.to_csv(index=False))

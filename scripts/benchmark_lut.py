@@ -1,16 +1,23 @@
-"""Benchmark: does the per-layer latency LUT predict measured latency on random widths of each zoo model?
+"""Benchmark: does the calibrated latency LUT predict measured latency on random widths of each zoo model?
 
-    python scripts/benchmark_lut.py [--models convnet resnet20 ...] [--samples 10] [--device cpu|cuda]
-        [--batch 1] [--threads T] [--rounds 3] [--seed 0] [--cache-dir results/lut]
+    python scripts/benchmark_lut.py [--models convnet resnet20 ...] [--batch 1 32] [--samples 10]
+        [--fit-samples 8] [--device cpu|cuda] [--threads T] [--rounds 3] [--seed 0]
+        [--cache-dir results/lut] [--output results/lut_benchmark.csv]
 
 For each model (Fashion-MNIST-shaped input 1x28x28, 10 classes; the width space of
-search_spaces/<model>.yaml, as a search builds it) this builds a LatencyLUT on this device (entries cached
-in --cache-dir and reused by later runs), draws --samples random widths (fixed --seed), measures each
-pruned model (nas_prune.prune + measure_latency, one at a time; the fastest of --rounds medians, the
-estimator the LUT uses for its entries) and compares. Run it on an otherwise idle machine: CPU latency is
-noisy, and cached entries keep whatever noise they were measured with (a new --cache-dir starts afresh). Writes results/lut_benchmark.csv (one row per model) and results/lut_benchmark_samples.csv (one
-row per sample), and prints a markdown table. DESIGN.md: the LUT may reject candidates on a device only
-when trusted there (median error <= 15% and Spearman >= 0.9).
+search_spaces/<model>.yaml, as a search builds it) and each batch size this builds a LatencyLUT on this
+device (entries cached in --cache-dir and reused by later runs), calibrates it on --fit-samples
+architectures of the space (uniform 1/4, 1/2, 3/4 and random; the dense model is always one) and then
+validates it on --samples *other* random architectures (fixed --seed): the errors reported are on
+architectures the fit did not see. A pruned model is measured with nas_prune.prune + measure_latency
+(torch.utils.benchmark), in --rounds rounds over all samples, the fastest kept: the estimator the LUT's
+entries use. It also times ``predict(widths, measure_missing=False)`` on the grid (predictions per second,
+what a search's budget projection needs).
+
+CPU latency on a shared machine is noisy, and cached entries keep whatever noise they were measured with
+(a new --cache-dir starts afresh). Writes --output (one row per model and batch) and
+<output stem>_samples.csv (one row per held-out sample), and prints a markdown table. DESIGN.md: the LUT
+may reject candidates on a device only when trusted there (median error <= 15% and Spearman >= 0.9).
 """
 
 from __future__ import annotations
@@ -48,52 +55,76 @@ def width_space(name: str, model: torch.nn.Module, example: torch.Tensor) -> Wid
     )
 
 
-def benchmark(name: str, args: argparse.Namespace) -> tuple[dict, list[dict]]:
-    """Validate the LUT of ``name`` against measurement; the summary row and the per-sample rows."""
+def benchmark(name: str, batch: int, args: argparse.Namespace) -> tuple[dict, list[dict]]:
+    """Calibrate the LUT of ``name`` at ``batch`` and validate it on held-out widths."""
     start = time.perf_counter()
     model = create_model(name, in_channels=INPUT_SHAPE[0], num_classes=NUM_CLASSES).eval()
     example = torch.zeros(2, *INPUT_SHAPE)
     space = width_space(name, model, example)
     rng = random.Random(args.seed)
-    samples = [
-        space.decode({n: rng.randrange(len(c)) for n, c in space.choices.items()})
-        for _ in range(args.samples)
-    ]
+
+    def draw(n: int) -> list[dict]:
+        return [space.decode({g: rng.randrange(len(c)) for g, c in space.choices.items()}) for _ in range(n)]
+
+    fit = [space.uniform(f) for f in (0.25, 0.5, 0.75)][: args.fit_samples]
+    fit += draw(args.fit_samples - len(fit))
+    held_out = draw(args.samples)
     lut = LatencyLUT(
         model,
         example,
         device=args.device,
-        batch=args.batch,
+        batch=batch,
         cache_dir=args.cache_dir,
         threads=args.threads,
         rounds=args.rounds,
     )
     cached = set(lut.table)
 
-    def measure(widths):
-        slim = prune(model, example, widths)
-        return min(
-            measure_latency(slim, example, device=args.device, batch=args.batch, threads=args.threads)
+    def measure_all(samples: list[dict]) -> list[float]:
+        models = [prune(model, example, w) for w in samples]
+        rounds = [
+            [
+                measure_latency(m, example, device=args.device, batch=batch, threads=args.threads)
+                for m in models
+            ]
             for _ in range(args.rounds)
-        )
+        ]
+        return [min(column) for column in zip(*rounds, strict=True)]
 
-    result = lut.validate(samples, measure)
+    fit_ms = dict(zip(map(json.dumps, fit), measure_all(fit), strict=True))
+    calibration = lut.calibrate(fit, lambda w: fit_ms[json.dumps(w)])
+    for widths in held_out:
+        lut.kind_sums(widths)  # time the held-out entries before timing the models
+    held_ms = dict(zip(map(json.dumps, held_out), measure_all(held_out), strict=True))
+    result = lut.validate(held_out, lambda w: held_ms[json.dumps(dict(w))])
+    fresh = draw(200)  # never seen: entries off the table are estimated, as in a search's projection
+    t0 = time.perf_counter()
+    for widths in fresh:
+        lut.predict(widths, measure_missing=False)
+    per_second = len(fresh) / (time.perf_counter() - t0)
     row = {
         "model": name,
         "device": lut.device_name,
-        "batch": args.batch,
+        "batch": batch,
+        "fit_samples": len(fit) + 1,
         "samples": args.samples,
         "median_error": result["median_error"],
         "worst_error": result["worst_error"],
         "spearman": result["spearman"],
         "trusted": result["trusted"],
-        "constant_ms": lut.constant_ms,
+        "fit_median_error": calibration.median_error,
+        "fit_worst_error": calibration.worst_error,
+        "scales": json.dumps({k: round(v, 4) for k, v in calibration.scales.items()}),
+        "constant_ms": calibration.constant_ms,
+        "dense_ms": lut.predict({}),
+        "predictions_per_s": per_second,
         "entries_measured": len(set(lut.table) - cached),
         "seconds": time.perf_counter() - start,
     }
     pairs = [
         {
             "model": name,
+            "batch": batch,
             "sample": i,
             **{k: v for k, v in p.items() if k != "widths"},
             "widths": json.dumps(p["widths"]),
@@ -108,9 +139,14 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--models", nargs="+", default=model_names(), choices=model_names(), metavar="MODEL")
-    parser.add_argument("--samples", type=int, default=10, help="random widths per model (default 10)")
+    parser.add_argument(
+        "--samples", type=int, default=10, help="held-out random widths per model and batch (default 10)"
+    )
+    parser.add_argument(
+        "--fit-samples", type=int, default=8, help="architectures the calibration is fitted to (default 8)"
+    )
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 32], help="batch sizes (default 1 32)")
     parser.add_argument("--threads", type=int, help="CPU threads (default: torch's current setting)")
     parser.add_argument(
         "--rounds",
@@ -124,23 +160,34 @@ def main() -> None:
     args = parser.parse_args()
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.exit(2, "error: --device cuda, but CUDA is not available here\n")
-    if args.samples < 2 or args.batch < 1 or args.rounds < 1:
+    if args.samples < 2 or min(args.batch) < 1 or args.rounds < 1 or args.fit_samples < 1:
         parser.exit(
-            2, "error: --samples must be >= 2 (Spearman needs two points), --batch and --rounds >= 1\n"
+            2,
+            "error: --samples must be >= 2 (Spearman needs two points), --batch, --rounds and "
+            "--fit-samples >= 1\n",
         )
 
     command = shlex.join(["python", *sys.argv])
     print(f"command: {command}\n", flush=True)
-    print("| model | device | batch | median error | worst error | Spearman | trusted | seconds |")
-    print("|---|---|---|---|---|---|---|---|", flush=True)
+    print(
+        "| model | batch | held-out median error | worst | Spearman | trusted | fit median | predictions/s | s |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|", flush=True)
     rows, pairs = [], []
     for name in args.models:
-        row, model_pairs = benchmark(name, args)
-        rows.append({**row, "command": command})
-        pairs += model_pairs
-        cells = [name, row["device"], row["batch"], f"{row['median_error']:.1%}", f"{row['worst_error']:.1%}"]
-        cells += [f"{row['spearman']:.3f}", "yes" if row["trusted"] else "no", f"{row['seconds']:.0f}"]
-        print("| " + " | ".join(map(str, cells)) + " |", flush=True)
+        for batch in args.batch:
+            row, model_pairs = benchmark(name, batch, args)
+            rows.append({**row, "command": command})
+            pairs += model_pairs
+            cells = [name, batch, f"{row['median_error']:.1%}", f"{row['worst_error']:.1%}"]
+            cells += [f"{row['spearman']:.3f}", "yes" if row["trusted"] else "no"]
+            cells += [
+                f"{row['fit_median_error']:.1%}",
+                f"{row['predictions_per_s']:.0f}",
+                f"{row['seconds']:.0f}",
+            ]
+            print("| " + " | ".join(map(str, cells)) + " |", flush=True)
+    print(f"\ndevice: {rows[0]['device'] if rows else args.device}")
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows).to_csv(output, index=False)

@@ -73,6 +73,9 @@ def test_structured_methods_meet_the_budget(method, tmp_path, checkpoint):
                 "method", "steps", "widths"):  # fmt: skip
         assert key in saved, key
     assert saved["dense"]["macs"] == dense_macs and saved["method"] == method
+    # Dense and pruned timed in the same rounds: the ratio of the medians is the paired ratio here.
+    assert saved["speedup_rounds"] == 5 and saved["speedup_low"] <= saved["speedup"] <= saved["speedup_high"]
+    assert saved["speedup"] == pytest.approx(saved["dense"]["latency_ms"] / saved["latency_ms"])
 
 
 def test_l1_unstructured_reaches_sparsity_and_nonzero_macs(tmp_path, checkpoint):

@@ -6,7 +6,7 @@ from conftest import TwoLayer
 from torch.utils.flop_counter import FlopCounterMode
 
 from nas_prune import channel_groups, count_macs, create_model, measure_latency, model_names, prune
-from nas_prune.cost import CostModel
+from nas_prune.cost import CostModel, measure_speedup
 
 
 def test_two_layer_costs_by_hand():
@@ -44,6 +44,45 @@ def test_measure_latency_is_a_positive_median_and_side_effect_free():
     assert ms > 0
     assert model.training and torch.get_num_threads() == threads
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+class DriftingClock:
+    """Deterministic ``latency_fn``: params-proportional time times a machine load that drifts per call.
+
+    Load changes between calls ~2x (as measured on this shared CPU), slowly enough that a back-to-back
+    pair shares it; ``offset`` shifts where in the load pattern a measurement starts.
+    """
+
+    def __init__(self, offset=0):
+        self.calls = offset
+
+    def __call__(self, model, example, device="cpu", batch=1, **kwargs):
+        load = [1.0, 1.1, 2.0, 2.1, 1.3, 1.4, 1.0, 1.05][(self.calls // 2) % 8]
+        self.calls += 1
+        return load * batch * sum(p.numel() for p in model.parameters()) * 1e-3
+
+
+def test_measure_speedup_pairs_dense_and_pruned_and_two_measurements_agree():
+    dense, x = TwoLayer(), torch.randn(2, 1, 8, 8)
+    slim = prune(dense, x, {"conv1": 4, "conv2": 2})
+    exact = sum(p.numel() for p in dense.parameters()) / sum(p.numel() for p in slim.parameters())
+    first = measure_speedup(dense, slim, x, batch=4, rounds=5, latency_fn=DriftingClock(0))
+    second = measure_speedup(dense, slim, x, batch=4, rounds=5, latency_fn=DriftingClock(4))
+    assert first.rounds == 5 and first.low <= first.ratio <= first.high
+    assert first.ratio == pytest.approx(exact) and second.ratio == pytest.approx(exact)
+    # Timed once each at different moments, the same pair is off by the load's 2x drift.
+    unpaired = DriftingClock(4)(dense, x, batch=4) / DriftingClock(0)(slim, x, batch=4)
+    assert abs(unpaired / exact - 1) > 0.5
+    assert first.dense_ms > first.pruned_ms > 0
+    with pytest.raises(ValueError, match="rounds"):
+        measure_speedup(dense, slim, x, rounds=0, latency_fn=DriftingClock())
+
+
+def test_measure_speedup_with_real_timing_is_positive():
+    dense, x = TwoLayer(), torch.randn(2, 1, 8, 8)
+    slim = prune(dense, x, 0.5)
+    result = measure_speedup(dense, slim, x, rounds=2, warmup=1, repeats=3, threads=1, min_run_time=0.01)
+    assert result.ratio > 0 and result.dense_ms > 0 and result.pruned_ms > 0
 
 
 @pytest.mark.gpu

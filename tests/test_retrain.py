@@ -350,3 +350,49 @@ def test_export_falls_back_to_torch_export_without_onnx(tmp_path, monkeypatch):
     x = torch.randn(3, 1, 28, 28)
     with torch.no_grad():
         assert torch.allclose(torch.export.load(tmp_path / "model.pt2").module()(x), slim(x), atol=1e-5)
+
+
+# --- speed-ups that can be trusted, and the summary's dense row -------------------------------------
+
+
+class LoadedMachine:
+    """Deterministic ``latency_fn`` on a machine whose load drifts ~2x between moments: parameters times a
+    load factor that changes every second call, so a dense-then-pruned pair shares its moment."""
+
+    def __init__(self, start: int):
+        self.calls = start
+
+    def __call__(self, model, example, device="cpu", batch=1, **kwargs):
+        load = (1.0, 2.2, 1.3, 1.9, 1.0, 1.6)[(self.calls // 2) % 6]
+        self.calls += 1
+        return load * fake_latency(model, example, batch=batch)
+
+
+def test_two_retrains_of_one_architecture_report_the_same_speedup(run_dir):
+    first = retrain(run_dir, trial=1, export=False, latency_fn=LoadedMachine(0), **QUICK)
+    second = retrain(run_dir, trial=1, init="inherit", export=False, latency_fn=LoadedMachine(6), **QUICK)
+    assert abs(second["speedup"] / first["speedup"] - 1) < 0.1
+    assert abs(second["speedup_large"] / first["speedup_large"] - 1) < 0.1
+    assert first["speedup_low"] <= first["speedup"] <= first["speedup_high"]
+    assert first["speedup_rounds"] == 5
+    # The dense latencies themselves drift with the load; the paired ratio does not.
+    summary = pd.read_csv(run_dir / "retrain" / "summary.csv")
+    variants = summary[summary["name"] != "dense"].set_index("name")
+    assert variants.loc["scratch-trial1", "dense_latency_ms"] == pytest.approx(first["dense"]["latency_ms"])
+    assert variants.loc["inherit-trial1", "speedup"] == pytest.approx(second["speedup"])
+    dense = summary[summary["name"] == "dense"].iloc[0]
+    expected = sorted([first["dense"]["latency_ms"], second["dense"]["latency_ms"]])
+    assert dense["latency_ms"] == pytest.approx(sum(expected) / 2)  # median of each variant's own
+    assert dense["speedup"] == 1.0 and dense["epochs"] == 1.0  # dense.pt's own epochs
+
+
+def test_dense_epochs_come_from_a_copied_checkpoint(run_dir, tmp_path):
+    source = tmp_path / "given.pt"
+    model = create_model("convnet", in_channels=1, num_classes=10)
+    spec = model_spec("convnet", 1, 10, [1, 28, 28])
+    save_checkpoint(source, model, spec, epochs=7.0)
+    save_checkpoint(run_dir / "dense.pt", model, spec, copied_from=str(source))  # as the search copies it
+    metrics = retrain(run_dir, trial=0, export=False, **QUICK)
+    assert metrics["dense"]["epochs"] == 7.0  # not the search's --pretrain-epochs (1)
+    summary = pd.read_csv(run_dir / "retrain" / "summary.csv")
+    assert summary.loc[summary["name"] == "dense", "epochs"].item() == 7.0
