@@ -2,7 +2,9 @@
 
 ``limit_ms`` is fixed at the start of the run (a fraction budget times the dense latency measured then)
 and kept in ``latency.json`` so a resumed run judges by the same limit. The LUT's entries for the whole
-width grid are measured before any evaluation starts, so nothing is timed while workers train. The
+width grid are measured before any evaluation starts, so nothing is timed while workers train; when the
+plain table fails validation it is calibrated (per-kind scales fitted to whole-model timings) and
+validated again on architectures the fit did not see. The
 projection aims every proposal at the limit by the LUT's prediction. Only a LUT that passed validation
 on this device (DESIGN: median error <= 15% and Spearman >= 0.9 on random widths) may reject anything
 (proposals the projection cannot fit, seeds); an untrusted LUT only aims and orders. Feasibility in
@@ -24,9 +26,11 @@ import torch
 from ..cli import NasPruneError
 from ..config import device_label
 from ..cost import measure_latency
+from ..latency_calibration import bisect_to_latency
 from ..latency_lut import LatencyLUT
 from ..prune import prune
 from ..results import atomic_write_text, write_trials
+from ..space import WidthSpace
 
 __all__ = ["LatencyGuard", "latency_guard", "measure_latencies"]
 
@@ -37,9 +41,9 @@ class LatencyGuard:
 
     ``limit_ms`` is fixed at the start of the run (a fraction budget times the dense latency measured
     then) and kept in ``latency.json`` so a resumed run judges by the same limit. ``trusted``: the LUT
-    passed validation on this device (DESIGN: median error <= 15%, Spearman >= 0.9), so it may reject;
-    an untrusted LUT only orders proposals (Optuna's third objective). ``measure(model) -> ms`` times a
-    model with the LUT's own estimator (the fastest of its rounds of medians).
+    passed validation on this device (DESIGN: median error <= 15%, Spearman >= 0.9) on architectures
+    its calibration did not see, so it may reject; an untrusted LUT only aims and orders.
+    ``measure(model) -> ms`` times a model with the LUT's own estimator (the fastest of its rounds).
     """
 
     lut: LatencyLUT
@@ -47,6 +51,8 @@ class LatencyGuard:
     limit_ms: float
     trusted: bool
     measure: Callable[[torch.nn.Module], float]
+    space: WidthSpace
+    prune_to: Callable[[dict[str, int]], torch.nn.Module]
 
     def violation(self, widths: dict[str, int]) -> tuple[float, float]:
         """``(predicted ms, predicted / limit - 1)``; never times anything (the grid was prepared)."""
@@ -57,18 +63,14 @@ class LatencyGuard:
         """Within the limit by the LUT's prediction; always True for an untrusted LUT."""
         return not self.trusted or self.violation(widths)[1] <= 1e-12
 
-    def seed_check(self, model: torch.nn.Module, example, importance: str) -> Callable[[dict], bool]:
-        """The seeds' latency test, run before any trial starts: a candidate is *measured* (pruned and
-        timed) unless the LUT already puts it clearly over the limit (over it when trusted, 50% over when
-        not). Seeds sit right at the budget, where the LUT's error decides; measuring them keeps the
-        heuristics' baselines feasible, which the evidence rules need."""
-
-        def check(widths: dict[str, int]) -> bool:
-            if self.violation(widths)[1] > (1e-12 if self.trusted else 0.5):
-                return False
-            return self.measure(prune(model, example, widths, importance)) <= self.limit_ms
-
-        return check
+    def fit(self, widths: dict[str, int]) -> dict[str, int] | None:
+        """``widths`` if it *measures* under the limit, else the widest ``widths`` scaled down by one
+        factor that does (bisection on measured latency with a 3% noise margin); None when even the
+        narrowest grid widths measure over it. Seeds sit right at the budget, where a LUT's error
+        decides, so they are fitted by measurement whether or not the LUT is trusted."""
+        scaled = lambda s: self.space.snap({n: w * s for n, w in widths.items()})  # noqa: E731
+        found = bisect_to_latency(scaled, lambda w: self.measure(self.prune_to(w)), self.limit_ms)
+        return None if found is None else dict(found.widths)
 
 
 def measure_fn(latency_fn: Callable | None) -> Callable:
@@ -78,15 +80,36 @@ def measure_fn(latency_fn: Callable | None) -> Callable:
     return lambda model, example, device, batch: measure_latency(model, example, device=device, batch=batch)
 
 
+def _grid_samples(space: WidthSpace, count: int, seed: int) -> list[dict[str, int]]:
+    rng = random.Random(seed)
+    return [space.decode({n: rng.randrange(len(c)) for n, c in space.choices.items()}) for _ in range(count)]
+
+
+def _validate(lut: LatencyLUT, space: WidthSpace, cfg, measured) -> dict:
+    """Validate the LUT on held-out architectures; if the plain table is not trusted, calibrate it on
+    other architectures of the grid (per-kind scales, issue 12) and validate again; keep the better."""
+    held_out = [space.smallest(), *_grid_samples(space, cfg.lut_samples, cfg.seed)]
+    report = lut.validate(held_out, measured)
+    if report["trusted"]:
+        return {**report, "calibrated": False}
+    fit = [space.uniform(f) for f in (0.25, 0.5, 0.75)] + _grid_samples(space, 3, cfg.seed + 1)
+    lut.calibrate(fit, measure=measured)
+    calibrated = lut.validate(held_out, measured)
+    return (
+        {**calibrated, "calibrated": True} if calibrated["median_error"] <= report["median_error"] else report
+    )
+
+
 def latency_guard(
     cfg, budget, model, example, space, run_dir: Path, device, latency_fn, resume: bool, quiet: bool
 ) -> LatencyGuard | None:
     """The latency budget's guard, ``None`` without one.
 
-    Builds the LUT on ``device``, measures every layer shape on the search grid before any trial starts
-    (nothing is timed while trials train), measures the dense model, and validates the LUT on
-    ``cfg.lut_samples`` random architectures plus the smallest and the dense one. ``latency.json``
-    records the limit and the verdict; ``--resume`` reuses them when the device, batch and budget match.
+    Builds the LUT on ``device``, measures every layer shape on the search grid before any evaluation
+    starts (nothing is timed while workers train), measures the dense model, and validates the LUT on
+    ``cfg.lut_samples`` random grid architectures plus the smallest (calibrating it first on others
+    when the plain table fails). ``latency.json`` records the limit and the verdict; ``--resume``
+    reuses them when the device, batch and budget match.
 
     Raises:
         NasPruneError: a trusted LUT predicts even the smallest architecture over the limit.
@@ -101,9 +124,10 @@ def latency_guard(
         model, example, device=device, batch=cfg.latency_batch, cache_dir=cfg.lut_dir, measure_fn=layer_fn
     )
 
-    def measure(net):  # the LUT's own estimator: the fastest of its rounds of medians
+    def measure(net):  # the LUT's own estimator: the fastest of its rounds
         return min(timed(net, example, device, cfg.latency_batch) for _ in range(lut.rounds))
 
+    prune_to = lambda w: prune(model, example, w, cfg.importance)  # noqa: E731
     key = {"device": device_label(device), "batch": cfg.latency_batch, "budget": budget.label()}
     saved = run_dir / "latency.json"
     if not quiet:
@@ -112,34 +136,32 @@ def latency_guard(
     if resume and saved.is_file():
         info = json.loads(saved.read_text())
         if all(info.get(k) == v for k, v in key.items()):
-            return LatencyGuard(lut, info["dense_ms"], info["limit_ms"], info["trusted"], measure)
+            return LatencyGuard(
+                lut, info["dense_ms"], info["limit_ms"], info["trusted"], measure, space, prune_to
+            )
         print(
             f"warning: {saved} was made for {[info.get(k) for k in key]}; validating again", file=sys.stderr
         )
     dense_ms = measure(model)
     limit_ms = budget.latency_ms or budget.latency_fraction * dense_ms
-    rng = random.Random(cfg.seed)
-    samples = [space.smallest(), space.dense()] + [
-        space.decode({n: rng.randrange(len(c)) for n, c in space.choices.items()})
-        for _ in range(cfg.lut_samples)
-    ]
-    report = lut.validate(samples, lambda w: measure(prune(model, example, w, cfg.importance)))
-    guard = LatencyGuard(lut, dense_ms, limit_ms, bool(report["trusted"]), measure)
+    report = _validate(lut, space, cfg, lambda w: measure(prune_to(w)))
+    guard = LatencyGuard(lut, dense_ms, limit_ms, bool(report["trusted"]), measure, space, prune_to)
     if not guard.meets(space.smallest()):
         raise NasPruneError(
             f"no architecture in the space meets {budget.label()}: the smallest is predicted at "
             f"{lut.predict(space.smallest()):.3f} ms against a limit of {limit_ms:.3f} ms"
         )
     info = {**key, "dense_ms": dense_ms, "limit_ms": limit_ms, "trusted": guard.trusted}
-    info.update({k: report[k] for k in ("median_error", "worst_error", "spearman", "pairs")})
+    info.update({k: report[k] for k in ("median_error", "worst_error", "spearman", "calibrated", "pairs")})
     atomic_write_text(saved, json.dumps(info, indent=2, default=float))
     if not quiet:
         verdict = (
-            "rejects proposals over the limit" if guard.trusted else "only orders proposals (not trusted)"
+            "may reject proposals over the limit" if guard.trusted else "only aims and orders (not trusted)"
         )
         print(
-            f"  dense {dense_ms:.3f} ms, limit {limit_ms:.3f} ms; LUT median error {info['median_error']:.1%}, "
-            f"worst {info['worst_error']:.1%}, Spearman {info['spearman']:.2f}: it {verdict}"
+            f"  dense {dense_ms:.3f} ms, limit {limit_ms:.3f} ms; LUT{' (calibrated)' if info['calibrated'] else ''} "
+            f"median error {info['median_error']:.1%}, worst {info['worst_error']:.1%}, Spearman "
+            f"{info['spearman']:.2f} on held-out architectures: it {verdict}"
         )
     return guard
 

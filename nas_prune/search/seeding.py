@@ -16,6 +16,7 @@ from ..data import DataSplits, TensorSplit, make_loader
 from ..objective import adapt_batchnorm
 from ..results import atomic_write_text
 from ..seeds import SeedContext, make_seeds
+from ..space import Budget
 from ..train import evaluate
 
 __all__ = ["load_or_make_seeds"]
@@ -45,9 +46,9 @@ def gate_seeds(
     Its width distributions go to ``gates.csv`` (``gates.png`` is drawn from it). Weights step on the
     training split, architecture logits on the validation split (the search's split; never the test set).
     The supernet's cost term is expected FLOPs/parameters. With a latency budget it aims at the FLOPs of
-    ``uniform``, the uniform seed that met the *measured* latency (a latency fraction is not a FLOPs
-    fraction: at batch 1 a fixed overhead does not shrink), or the FLOPs budget if tighter; its seeds
-    must also meet the measured latency.
+    ``uniform``, the uniform seed fitted to the *measured* latency (a latency fraction is not a FLOPs
+    fraction: at batch 1 a fixed overhead does not shrink), or the FLOPs budget if tighter; its seeds are
+    then fitted to the measured latency like every seed.
     """
     from ..gates import GateSettings, train_gates
 
@@ -71,10 +72,31 @@ def gate_seeds(
         print(f"Training the gate supernet for {cfg.gate_epochs:g} epochs (--gate-epochs; 0 skips it) ...")
     result = train_gates(model, example, space, cost, budget, train, val, settings)
     result.history.to_csv(run_dir / "gates.csv", index=False)
+    return result.seeds()
+
+
+def _heuristic_seeds(cfg, model, example, space, cost, budget, evaluator, guard) -> list:
+    """The heuristics' seeds. With a latency budget the uniform seed is fitted to the measured latency
+    first, and the other heuristics allocate that seed's FLOPs (or the FLOPs budget, if tighter); each
+    seed is then scaled down by measurement until it measures under the limit (issue 12: an untrusted LUT
+    never rejects a seed, and a seed sits just under the budget)."""
+    ctx = SeedContext(model, example, space, cost, budget, cfg.importance, evaluator)
     if guard is None:
-        return result.seeds()
-    check = guard.seed_check(model, example, cfg.importance)
-    return [w for w in result.seeds() if check(w)]
+        return list(make_seeds(ctx, cfg.seeds).items())
+    uniform = make_seeds(ctx, ("uniform",)).get("uniform")
+    uniform = guard.fit(uniform) if uniform is not None else None
+    if uniform is None:
+        return []
+    share = cost.cost(uniform)[0] / cost.dense[0]
+    ctx.budget = Budget(flops=min(budget.flops or 1.0, share), params=budget.params)
+    made = make_seeds(ctx, tuple(s for s in cfg.seeds if s != "uniform"))
+    seeds = []
+    for name in cfg.seeds:
+        widths = uniform if name == "uniform" else made.get(name)
+        fitted = guard.fit(widths) if widths is not None else None
+        if fitted is not None:
+            seeds.append((name, fitted))
+    return seeds
 
 
 def load_or_make_seeds(cfg, model, example, space, cost, budget, data, device, run_dir: Path, guard, quiet):
@@ -85,14 +107,14 @@ def load_or_make_seeds(cfg, model, example, space, cost, budget, data, device, r
     if not quiet:
         print(f"Making the seeds ({', '.join(cfg.seeds) or 'none'}) ...")
     evaluator = _sensitivity_evaluator(data, cfg, device)
-    constraint = guard.seed_check(model, example, cfg.importance) if guard is not None else None
-    ctx = SeedContext(model, example, space, cost, budget, cfg.importance, evaluator, constraint)
-    seeds = list(make_seeds(ctx, cfg.seeds).items())
+    seeds = _heuristic_seeds(cfg, model, example, space, cost, budget, evaluator, guard)
     if cfg.gate_epochs > 0:
         uniform = dict(seeds).get("uniform")
         gated = gate_seeds(
             cfg, model, example, space, cost, budget, data, device, run_dir, guard, uniform, quiet
         )
+        if guard is not None:
+            gated = [w for w in map(guard.fit, gated) if w is not None]
         seeds += [("gates", w) for w in gated if all(w != known for _, known in seeds)]
     atomic_write_text(path, json.dumps(seeds))
     return seeds
