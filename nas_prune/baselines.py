@@ -62,7 +62,7 @@ import torch
 import torch.nn.utils.prune as torch_prune
 from torch import nn
 
-from .cli import ArgumentParser, NasPruneError, run_cli
+from .cli import ArgumentParser, NasPruneError, ensure_output_dir, run_cli
 from .cost import CostModel, count_macs, measure_latency
 from .data import DataSplits, check_dataset_name, load_dataset
 from .graph import ChannelGraph, channel_groups
@@ -711,7 +711,7 @@ def run_baseline(
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     latency_fn = latency_fn or measure_latency
     device = resolve_device(s.device)
-    out = s.output_dir()
+    out = ensure_output_dir(s.output_dir())
     done = _claim(out, _resume_key(asdict(s)), force)
     if done is not None:
         say(f"{out} already holds this run (metrics.json); not recomputing it (--force to redo).")

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cli import ArgumentParser, NasPruneError, run_cli
+from .cli import ArgumentParser, NasPruneError, ensure_output_dir, run_cli
 from .config import SearchConfig, device_label, load_config
 from .cost import count_macs, measure_latency, measure_speedup
 from .data import DataSplits, load_dataset
@@ -800,7 +800,7 @@ def retrain(
             f"dataset {cfg.dataset} gives inputs {data.input_shape}, but dense.pt expects {run.spec['input_shape']}"
         )
     slim = slim.to(torch_device)
-    out.mkdir(parents=True, exist_ok=True)
+    ensure_output_dir(out)
     if not (out / CHECKPOINT).is_file():
         if init == "scratch":
             reinitialize(slim, settings["seed"], zoo_init=run.spec["model"] in MODELS)

@@ -176,6 +176,7 @@ def test_iterative_run_reports_steps(tmp_path, checkpoint):
         ["l2-structured", "--budget-flops", "0.5", "--dataset", "synthetic", "--checkpoint", "/nope.pt"],
         ["soft-filter", "--budget-flops", "0.5", "--dataset", "synthetic", "--finetune-share", "1.5"],
         ["l2-structured"],
+        ["l2-structured", "--budget-flops", "0.5", "--dataset", "synthetic", "--output", "/etc/hostname"],
     ],
 )
 def test_bad_input_one_line_exit_2(argv, capsys):

@@ -332,6 +332,14 @@ def test_bad_input_is_one_line_and_exit_2(run_dir, capsys, case, extra, message)
     assert not (run_dir / "retrain").exists()
 
 
+def test_output_that_is_a_file_is_one_line_and_exit_2(run_dir, capsys, tmp_path):
+    taken = tmp_path / "taken"
+    taken.write_text("x")
+    assert run_cli(main, [str(run_dir), "--epochs", "1", "--output", str(taken)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is a file" in err and len(err.splitlines()) == 1
+
+
 def test_help_explains_every_flag(capsys):
     assert run_cli(main, ["--help"]) == 0
     text = capsys.readouterr().out
