@@ -81,9 +81,9 @@ def test_latency_prediction_drives_the_projection(resnet20):
     assert 0.98 * 4.0 <= predict(widths) <= 4.0
 
 
-def test_half_of_the_sampled_candidates_target_the_budget():
+def test_two_thirds_of_the_sampled_candidates_target_the_budget():
     levels = [level_schedule(i, (1.0, 0.8, 0.6)) for i in range(12)]
-    assert levels.count(1.0) == 6 and levels.count(0.8) == 3 and levels.count(0.6) == 3
+    assert levels.count(1.0) == 8 and levels.count(0.8) == 2 and levels.count(0.6) == 2
     assert {level_schedule(i, (1.0,)) for i in range(5)} == {1.0}
 
 

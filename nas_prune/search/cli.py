@@ -107,8 +107,8 @@ def _ladder_flags(s, d: SearchConfig) -> None:
         "--cost-levels",
         type=float,
         nargs="+",
-        help=f"fractions of the budget that proposals are projected onto, so the front is a curve; every "
-        f"other candidate is at 1.0 (default {' '.join(f'{v:g}' for v in d.cost_levels)})",
+        help=f"fractions of the budget that proposals are projected onto, so the front is a curve; two of "
+        f"every three candidates are at 1.0 (default {' '.join(f'{v:g}' for v in d.cost_levels)})",
     )
     s.add_argument(
         "--budget-band",

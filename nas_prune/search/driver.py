@@ -43,15 +43,22 @@ class LadderStats:
     started: float = field(default_factory=time.perf_counter)
     wall: float = 0.0
     busy: float = 0.0
-    seconds: dict[int, list[float]] = field(default_factory=lambda: defaultdict(list))
+    driver: float = 0.0
 
     def add(self, result: dict) -> None:
         self.busy += result.get("wall_s") or 0.0
-        self.seconds[int(result["rung"])].append(result.get("wall_s") or 0.0)
 
     @property
     def overhead_share(self) -> float | None:
-        """Share of the workers' time not spent evaluating (Ray dispatch, Optuna, the driver, idling)."""
+        """The driver's own time (Optuna ask/tell, projection, Ray submission and result handling, the
+        journal and trials.csv) over the workers' evaluation time: the CPU the search machinery takes
+        from evaluating."""
+        return None if self.busy <= 0 else self.driver / self.busy
+
+    @property
+    def idle_share(self) -> float | None:
+        """Worker time spent neither evaluating nor queued work, over the evaluation time: the overhead
+        above plus waiting at the ends of rungs (the last fine-tunes of a rung run while others idle)."""
         capacity = self.workers * self.wall
         return None if self.busy <= 0 else max(0.0, capacity - self.busy) / self.busy
 
@@ -143,6 +150,11 @@ class Driver:
             self._collect(timeout=1.0)
 
     def _propose(self, n: int) -> None:
+        start = time.perf_counter()
+        self._propose_batch(n)
+        self.stats.driver += time.perf_counter() - start
+
+    def _propose_batch(self, n: int) -> None:
         events = []
         sampled = sum(t not in self.seed_ids for t in self.journal.candidates)
         for _ in range(n):
@@ -167,9 +179,14 @@ class Driver:
             self._collect(timeout=None)
 
     def _collect(self, timeout: float | None) -> None:
-        results = list(self.pool.results(timeout))
+        results = list(self.pool.results(timeout))  # waiting for workers is not the driver's overhead
         if not results:
             return
+        start = time.perf_counter()
+        self._record(results)
+        self.stats.driver += time.perf_counter() - start
+
+    def _record(self, results: list[dict]) -> None:
         self.journal.append(*({"kind": "result", **r} for r in results))
         for result in results:
             self.stats.add(result)
@@ -219,4 +236,5 @@ class Driver:
                 per_level[cand["level"]] += 1
         planned = self.ladder.planned(per_level.values())
         work += sum(n * self._seconds(r + 1) for r, n in enumerate(planned))
-        return time.perf_counter() + work / self.cfg.workers >= self.deadline
+        safety = 0.05 * self.cfg.time_budget  # the estimate's error: stop a little early rather than late
+        return time.perf_counter() + work / self.cfg.workers >= self.deadline - safety

@@ -26,12 +26,13 @@ KEEP_MIN = 0.05
 
 
 def level_schedule(index: int, levels: tuple[float, ...]) -> float:
-    """Cost level of the ``index``-th sampled candidate: every other one at the budget itself (1.0), the
-    rest cycling through the lower levels, so at least half of all evaluations are at the budget."""
+    """Cost level of the ``index``-th sampled candidate: two of every three at the budget itself (1.0),
+    every third cycling through the lower levels, so well over half of all evaluations (seeds included)
+    are at the budget while the front still gets its lower points."""
     lower = sorted((v for v in levels if v < 1.0), reverse=True)
-    if not lower or index % 2 == 0:
+    if not lower or index % 3 != 2:
         return 1.0
-    return lower[(index // 2) % len(lower)]
+    return lower[(index // 3) % len(lower)]
 
 
 def scores_of(widths: Mapping[str, int], space: WidthSpace) -> dict[str, float]:

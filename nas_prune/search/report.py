@@ -39,6 +39,7 @@ def fidelity_report(journal: Journal, ladder: Ladder, stats: LadderStats | None,
         "rungs": rungs,
         "correlations": pairs,
         "overhead_share": None if stats is None else stats.overhead_share,
+        "idle_share": None if stats is None else stats.idle_share,
         "ladder_seconds": None if stats is None else stats.wall,
         "warning": fidelity_warning(pairs),
         "workers": workers,
@@ -103,7 +104,10 @@ def print_summary(
                 f"  rung {p['lower']} -> {p['upper']} on {p['n']}: Kendall {p['kendall']:.2f}, Spearman {p['spearman']:.2f}"
             )
     if fidelity["overhead_share"] is not None:
-        print(f"  Ray + Optuna + driver overhead: {fidelity['overhead_share']:.1%} of evaluation time")
+        print(
+            f"  Ray + Optuna overhead (the driver's time): {fidelity['overhead_share']:.1%} of evaluation time; "
+            f"workers idle {fidelity['idle_share']:.1%} of it (rung ends included)"
+        )
     if fidelity["warning"]:
         print(f"  warning: {fidelity['warning']}")
     if len(front):
