@@ -30,7 +30,9 @@ __all__ = ["SEEDS", "SeedContext", "register_seed", "make_seeds"]
 class SeedContext:
     """What a seed function may use. ``evaluate(model) -> accuracy`` scores a pruned model on a
     validation subset (needed by ``sensitivity`` only); ``constraint(widths) -> bool`` is an extra
-    budget beyond FLOPs/parameters (the search's latency budget, judged by the latency LUT)."""
+    budget beyond FLOPs/parameters for callers of :func:`make_seeds`. The search does not use it for
+    latency: it fits each seed to the measured limit afterwards (``search.latency.LatencyGuard.fit``),
+    which measures a handful of architectures instead of every step of a greedy shrink."""
 
     model: nn.Module
     example_inputs: torch.Tensor
