@@ -10,8 +10,8 @@ The core API (DESIGN.md contract)::
 
 import importlib
 
-from .cli import NasPruneError
 from .cost import count_macs, count_params, measure_latency
+from .errors import NasPruneError
 from .graph import ChannelGroup, channel_groups
 from .importance import get_importance, importance_names, register_importance
 from .models import create_model, model_names, register_model

@@ -62,14 +62,15 @@ import torch
 import torch.nn.utils.prune as torch_prune
 from torch import nn
 
-from .cli import ArgumentParser, NasPruneError, ensure_output_dir, run_cli
+from .atomic import atomic_write_text
+from .cli import ArgumentParser, ensure_output_dir, run_cli
 from .cost import CostModel, count_macs, measure_latency
 from .data import DataSplits, check_dataset_name, load_dataset
+from .errors import NasPruneError
 from .graph import ChannelGraph, channel_groups
 from .models import MODELS, build_from_spec, default_model, load_search_space, model_spec
 from .objective import adapt_batchnorm
 from .prune import channel_importance, prune
-from .results import atomic_write_text
 from .retrain import METRICS_SCHEMA_VERSION, final_accuracy, final_costs, reinitialize, save_pruned
 from .retrain import _train as train_resumable
 from .seeds import SeedContext, l2_seed, uniform_seed

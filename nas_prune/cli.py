@@ -12,11 +12,9 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-__all__ = ["NasPruneError", "ArgumentParser", "ensure_output_dir", "run_cli"]
+from .errors import NasPruneError
 
-
-class NasPruneError(ValueError):
-    """A problem with the user's input (unknown model, missing data, bad budget, foreign checkpoint)."""
+__all__ = ["ArgumentParser", "ensure_output_dir", "run_cli"]
 
 
 def ensure_output_dir(path: str | os.PathLike, flag: str = "--output") -> Path:

@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from .atomic import atomic_write_text
+
 __all__ = ["SearchConfig", "device_label", "hardware_info", "library_versions", "load_config", "write_config"]
 
 
@@ -112,8 +114,6 @@ def device_label(device) -> str:
 
 def write_config(path: str | os.PathLike, config: SearchConfig, **extra: Any) -> None:
     """Write ``config.yaml``: ``settings`` (the dataclass), ``versions``, ``hardware`` and ``extra``."""
-    from .results import atomic_write_text
-
     settings = dataclasses.asdict(config)
     settings.update({k: list(v) for k, v in settings.items() if isinstance(v, tuple)})
     doc = {"settings": settings, "versions": library_versions(), "hardware": hardware_info(), **extra}

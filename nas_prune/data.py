@@ -23,13 +23,11 @@ from __future__ import annotations
 
 import functools
 import gzip
-import importlib
 import math
 import os
 import pickle
 import shutil
 import tarfile
-import tempfile
 import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -40,7 +38,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from nas_prune.cli import NasPruneError
+from nas_prune.atomic import atomic_open
+from nas_prune.errors import NasPruneError
+from nas_prune.factory import import_factory
 
 __all__ = [
     "TensorSplit",
@@ -342,16 +342,9 @@ def _find(name: str, roots: list[Path]) -> list[Path] | None:
 
 
 def _download_file(url: str, dest: Path, timeout: float = DOWNLOAD_TIMEOUT_S) -> None:
-    """Download ``url`` to ``dest`` atomically (a temporary file in the same folder, then rename)."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
-            shutil.copyfileobj(response, out)
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """Download ``url`` to ``dest`` atomically: a killed download never leaves half a file."""
+    with atomic_open(dest, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+        shutil.copyfileobj(response, out)
 
 
 def _writable(path: Path) -> bool:
@@ -474,23 +467,6 @@ def make_synthetic(
     return images(num_train), images(num_test)
 
 
-def _import_factory(path: str):
-    module_name, _, attr = path.partition(":")
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except Exception as err:  # ImportError, or any error inside the user's module
-        raise NasPruneError(
-            f"cannot import module {module_name!r} for dataset {path!r} ({type(err).__name__}: {err})"
-        ) from err
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise NasPruneError(f"module {module_name!r} has no attribute {attr!r} (dataset {path!r})")
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise NasPruneError(f"dataset factory {path!r} is a {type(obj).__name__}, not a callable")
-    return obj
-
-
 def _as_images(x: Any, where: str) -> torch.Tensor:
     """Images as N x C x H x W, uint8 (kept) or float32; N x H x W gets a channel axis."""
     x = torch.as_tensor(np.asarray(x)) if not isinstance(x, torch.Tensor) else x.detach().cpu()
@@ -531,7 +507,7 @@ def _materialise(part: Any, where: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _from_factory(path: str):
-    result = _import_factory(path)()
+    result = import_factory(path, "dataset")()
     if not isinstance(result, (tuple, list)) or len(result) != 2:
         raise NasPruneError(
             f"dataset factory {path!r} must return (train, test), got {type(result).__name__}"

@@ -52,8 +52,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .cli import NasPruneError
 from .cost import CostModel
+from .errors import NasPruneError
 from .graph import ChannelGraph
 from .prune import channel_importance, channel_order
 from .space import Budget, WidthSpace

@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from .cli import NasPruneError
+from .errors import NasPruneError
 
 __all__ = ["ChannelGroup", "ChannelGraph", "channel_groups"]
 

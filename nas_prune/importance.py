@@ -16,7 +16,7 @@ from collections.abc import Callable
 import torch
 import torch_pruning as tp
 
-from .cli import NasPruneError
+from .errors import NasPruneError
 
 __all__ = ["IMPORTANCES", "register_importance", "get_importance", "importance_names"]
 

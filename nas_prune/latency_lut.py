@@ -72,10 +72,10 @@ import torch
 import torch.nn as nn
 from torch.overrides import TorchFunctionMode
 
+from .atomic import atomic_write_text
 from .config import device_label
 from .cost import CostModel, _batch_of, _cpu_threads, measure_latency
 from .latency_calibration import KINDS, Calibration, fit_calibration
-from .results import atomic_write_text
 
 if TYPE_CHECKING:
     from .space import WidthSpace

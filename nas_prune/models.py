@@ -12,7 +12,6 @@ Example:
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from collections import OrderedDict
 from collections.abc import Callable
@@ -23,7 +22,9 @@ import torch
 import yaml
 from torch import nn
 
-from nas_prune.cli import NasPruneError
+from nas_prune.errors import NasPruneError
+from nas_prune.factory import import_factory
+from nas_prune.plain import check_plain
 
 __all__ = [
     "MODELS",
@@ -86,32 +87,6 @@ def _choices() -> str:
     return ", ".join(model_names()) + ", or pkg.module:factory"
 
 
-def _import_factory(path: str) -> Callable[..., Any]:
-    """Import ``"pkg.module:factory"`` and return the callable, or raise :class:`NasPruneError`."""
-    module_name, _, attr = path.partition(":")
-    if not module_name or not attr:
-        raise NasPruneError(f"model {path!r} is not of the form pkg.module:factory; choose {_choices()}")
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as err:  # ImportError, but also a SyntaxError etc. in the user's module
-        raise NasPruneError(
-            f"cannot import module {module_name!r} for model {path!r} ({type(err).__name__}: {err}); "
-            f"choose {_choices()}"
-        ) from err
-    factory = module
-    for part in attr.split("."):
-        if not hasattr(factory, part):
-            public = sorted(n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n)))
-            raise NasPruneError(
-                f"module {module_name!r} has no attribute {attr!r}; its callables are: "
-                f"{', '.join(public) or 'none'}"
-            )
-        factory = getattr(factory, part)
-    if not callable(factory):
-        raise NasPruneError(f"{path!r} is a {type(factory).__name__}, not a callable model factory")
-    return factory
-
-
 def _accepted_kwargs(factory: Callable[..., Any], name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     """Keep the keyword arguments ``factory`` accepts.
 
@@ -155,7 +130,7 @@ def create_model(name: str, in_channels: int = 3, num_classes: int = 10, **kwarg
             given arguments or does not return an ``nn.Module``.
     """
     if ":" in name:
-        factory = _import_factory(name)
+        factory = import_factory(name, "model", _choices())
     elif name in MODELS:
         factory = MODELS[name]
     else:
@@ -167,23 +142,6 @@ def create_model(name: str, in_channels: int = 3, num_classes: int = 10, **kwarg
             f"model factory {name!r} returned a {type(model).__name__}, not a torch nn.Module"
         )
     return model
-
-
-def _check_plain(value: Any, where: str) -> None:
-    """Raise ``TypeError`` unless ``value`` is plain data (str/int/float/bool/None/list/dict)."""
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return
-    if isinstance(value, list):
-        for i, item in enumerate(value):
-            _check_plain(item, f"{where}[{i}]")
-        return
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise TypeError(f"{where} has a non-string key {key!r}")
-            _check_plain(item, f"{where}.{key}")
-        return
-    raise TypeError(f"{where} is a {type(value).__name__}; a model spec holds only plain data")
 
 
 def model_spec(
@@ -206,7 +164,7 @@ def model_spec(
         "kwargs": {"in_channels": int(in_channels), "num_classes": int(num_classes), **kwargs},
         "input_shape": [int(d) for d in input_shape],
     }
-    _check_plain(spec, "spec")
+    check_plain(spec, "spec")
     return spec
 
 

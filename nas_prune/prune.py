@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from .cli import NasPruneError
+from .errors import NasPruneError
 from .graph import ChannelGraph, ChannelGroup
 from .importance import Importance, get_importance
 

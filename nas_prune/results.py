@@ -17,12 +17,13 @@ import json
 import math
 import numbers
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from .atomic import atomic_write_text
 
 __all__ = [
     "LATER_COLUMNS",
@@ -33,7 +34,6 @@ __all__ = [
     "STATES",
     "TRIAL_COLUMNS",
     "append_trial",
-    "atomic_write_text",
     "best_arch",
     "pareto_front",
     "parse_widths",
@@ -114,27 +114,6 @@ _DTYPES = {
     **dict.fromkeys(_FLOAT_COLUMNS, "float64"),
     **dict.fromkeys(_STR_COLUMNS, "object"),
 }
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see either the old file or the new one, never a mix.
-
-    The text goes to a temp file in the same directory (same file system), is flushed to disk and then
-    moved over ``path`` with ``os.replace``. Parent directories are created. The text is written as
-    UTF-8 without newline translation.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def parse_widths(value) -> dict[str, int]:

@@ -42,17 +42,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cli import ArgumentParser, NasPruneError, ensure_output_dir, run_cli
+from .atomic import atomic_torch_save, atomic_write_text
+from .cli import ArgumentParser, ensure_output_dir, run_cli
 from .config import SearchConfig, device_label, load_config
 from .cost import count_macs, measure_latency, measure_speedup
 from .data import DataSplits, load_dataset
+from .errors import NasPruneError
 from .export import export_model
 from .models import MODELS, build_from_spec, init_weights
 from .objective import adapt_batchnorm
 from .prune import prune
-from .results import atomic_write_text, parse_widths, read_trials
+from .results import parse_widths, read_trials
 from .train import (
-    atomic_torch_save,
     evaluate,
     load_checkpoint,
     load_weights,

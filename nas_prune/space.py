@@ -14,7 +14,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from .cli import NasPruneError
+from .errors import NasPruneError
 from .graph import ChannelGroup
 from .prune import round_width
 

@@ -18,7 +18,6 @@ import os
 import random
 import re
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -30,8 +29,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from nas_prune.cli import ArgumentParser, NasPruneError, run_cli
+from nas_prune.atomic import atomic_torch_save
+from nas_prune.cli import ArgumentParser, run_cli
 from nas_prune.data import DataSplits, check_dataset_name, dataset_names, load_dataset
+from nas_prune.errors import NasPruneError
+from nas_prune.plain import check_plain
 
 __all__ = [
     "CHECKPOINT_SCHEMA_VERSION",
@@ -379,23 +381,6 @@ def fit(
 # ---------------------------------------------------------------------------------------------------
 
 
-def _check_plain(value: Any, where: str) -> None:
-    """Raise TypeError unless ``value`` is loadable with ``torch.load(weights_only=True)``."""
-    if value is None or type(value) in (str, int, float, bool) or isinstance(value, torch.Tensor):
-        return  # exact types: str subclasses such as torch.__version__ do not load with weights_only
-    if isinstance(value, (list, tuple)):
-        for i, item in enumerate(value):
-            _check_plain(item, f"{where}[{i}]")
-        return
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, (str, int)):
-                raise TypeError(f"{where} has a key of type {type(key).__name__}")
-            _check_plain(item, f"{where}[{key!r}]")
-        return
-    raise TypeError(f"{where} is a {type(value).__name__}; checkpoints hold only tensors and plain data")
-
-
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, spec: dict[str, Any], **extra: Any) -> Path:
     """Write ``{"schema_version": 1, "state_dict", "spec", **extra}`` to ``path`` atomically.
 
@@ -408,23 +393,8 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, spec: dict[str, A
     path = Path(path)
     state_dict = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     payload = {"schema_version": CHECKPOINT_SCHEMA_VERSION, "state_dict": state_dict, "spec": spec, **extra}
-    _check_plain(payload, "checkpoint")
+    check_plain(payload, "checkpoint", tensors=True)
     return atomic_torch_save(payload, path)
-
-
-def atomic_torch_save(payload: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` to a temporary file beside ``path``, then rename: a kill never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
 
 
 def _torch_load(path: str | os.PathLike) -> Any:

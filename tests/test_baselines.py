@@ -25,9 +25,10 @@ from nas_prune.baselines import (
     weight_positions,
     zero_filters,
 )
-from nas_prune.cli import NasPruneError, run_cli
+from nas_prune.cli import run_cli
 from nas_prune.cost import count_macs
 from nas_prune.data import load_dataset
+from nas_prune.errors import NasPruneError
 from nas_prune.models import create_model, model_spec
 from nas_prune.objective import adapt_batchnorm
 from nas_prune.prune import channel_importance, prune

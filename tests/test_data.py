@@ -14,7 +14,6 @@ import torch
 import torch.nn.functional as F
 
 from nas_prune import data
-from nas_prune.cli import NasPruneError
 from nas_prune.data import (
     check_dataset_name,
     dataset_names,
@@ -24,6 +23,7 @@ from nas_prune.data import (
     read_cifar_batches,
     read_idx,
 )
+from nas_prune.errors import NasPruneError
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 

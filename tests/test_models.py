@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from nas_prune.cli import NasPruneError
+from nas_prune.errors import NasPruneError
 from nas_prune.models import (
     MODELS,
     SEARCH_SPACE_DIR,

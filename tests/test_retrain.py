@@ -16,8 +16,9 @@ import torch
 
 import nas_prune.retrain as retrain_mod
 from nas_prune import channel_groups, count_macs, prune
-from nas_prune.cli import NasPruneError, run_cli
+from nas_prune.cli import run_cli
 from nas_prune.config import SearchConfig, write_config
+from nas_prune.errors import NasPruneError
 from nas_prune.models import create_model, model_spec
 from nas_prune.results import append_trial, write_best_arch, write_pareto
 from nas_prune.retrain import (

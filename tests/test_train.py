@@ -11,8 +11,9 @@ import pytest
 import torch
 from torch import nn
 
-from nas_prune.cli import NasPruneError, run_cli
+from nas_prune.cli import run_cli
 from nas_prune.data import TensorSplit, load_dataset, make_loader
+from nas_prune.errors import NasPruneError
 from nas_prune.models import build_from_spec, model_spec
 from nas_prune.train import (
     evaluate,

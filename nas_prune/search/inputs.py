@@ -14,10 +14,11 @@ from pathlib import Path
 
 import torch
 
-from ..cli import NasPruneError, ensure_output_dir
+from ..cli import ensure_output_dir
 from ..config import SearchConfig, load_config
 from ..cost import CostModel
 from ..data import DataSplits, check_dataset_name
+from ..errors import NasPruneError
 from ..graph import channel_groups
 from ..models import create_model, default_model, load_search_space, model_names, model_spec
 from ..seeds import SEEDS

@@ -23,13 +23,14 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from ..cli import NasPruneError
+from ..atomic import atomic_write_text
 from ..config import device_label
 from ..cost import measure_latency
+from ..errors import NasPruneError
 from ..latency_calibration import bisect_to_latency
 from ..latency_lut import LatencyLUT
 from ..prune import prune
-from ..results import atomic_write_text, write_trials
+from ..results import write_trials
 from ..space import WidthSpace
 
 __all__ = ["LatencyGuard", "latency_guard", "measure_latencies"]

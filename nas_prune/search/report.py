@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..results import SEED_SOURCES, atomic_write_text, best_arch, write_best_arch, write_pareto
+from ..atomic import atomic_write_text
+from ..results import SEED_SOURCES, best_arch, write_best_arch, write_pareto
 from .driver import LadderStats
 from .journal import Journal
 from .ladder import Ladder, correlations, fidelity_warning

@@ -12,9 +12,9 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+from ..atomic import atomic_write_text
 from ..data import DataSplits, TensorSplit, make_loader
 from ..objective import adapt_batchnorm
-from ..results import atomic_write_text
 from ..seeds import SeedContext, make_seeds
 from ..space import Budget
 from ..train import evaluate

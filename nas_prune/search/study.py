@@ -25,7 +25,7 @@ import optuna
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from ..cli import NasPruneError
+from ..errors import NasPruneError
 from .projection import KEEP_MIN
 
 __all__ = ["Proposals"]

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import ray
 
-from ..cli import NasPruneError
+from ..errors import NasPruneError
 from ..objective import CandidateEvaluator, TrialSettings
 
 __all__ = ["Job", "WorkerPool", "start_ray"]
