@@ -1,5 +1,8 @@
 """Command-line plumbing shared by every ``python -m nas_prune.*`` entry point.
 
+Each entry point has a typed, frozen config dataclass whose fields carry their help text (:func:`option`);
+:func:`config_flags` generates the parser from it, so a default is written once, in the dataclass.
+
 Bad input must end with one clear line on stderr and exit code 2, never a traceback (DESIGN.md).
 Library code raises :class:`NasPruneError` for such input; :func:`run_cli` turns it into that line.
 """
@@ -7,14 +10,25 @@ Library code raises :class:`NasPruneError` for such input; :func:`run_cli` turns
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
-from collections.abc import Callable, Sequence
+import typing
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from .errors import NasPruneError
 
-__all__ = ["ArgumentParser", "ensure_output_dir", "run_cli"]
+__all__ = [
+    "ArgumentParser",
+    "config_flags",
+    "config_from_mapping",
+    "ensure_output_dir",
+    "given_flags",
+    "option",
+    "run_cli",
+]
 
 
 def ensure_output_dir(path: str | os.PathLike, flag: str = "--output") -> Path:
@@ -57,3 +71,88 @@ def run_cli(main: Callable[[Sequence[str] | None], None], argv: Sequence[str] | 
         print("interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def option(default: Any, help: str, **argparse_kwargs: Any) -> Any:
+    """A config field that is also a command-line flag: ``lr: float = option(0.1, "peak learning rate")``.
+
+    ``help`` is the flag's text; ``--help`` appends the default itself (omit it with ``show_default=False``
+    for defaults that are computed, e.g. ``None`` meaning "from the model"). Other keyword arguments go to
+    ``add_argument`` (``choices``, ``metavar``, ``nargs``), plus ``group`` (the help section) and
+    ``flag`` (a different flag name) and ``cli=False`` (a setting with no flag).
+    """
+    return dataclasses.field(default=default, metadata={"help": help, **argparse_kwargs})
+
+
+def config_flags(parser: argparse.ArgumentParser, config_type: type) -> argparse.ArgumentParser:
+    """Add one flag per field of the dataclass ``config_type``, typed and documented from the field.
+
+    Flags default to "not given" (``None``), so :func:`given_flags` returns only what the user typed and
+    the dataclass stays the one place a default is written. Booleans that default to False are switches
+    (``--distill``); those that default to True get a ``--no-`` form (``--no-progress``).
+    """
+    hints = typing.get_type_hints(config_type)
+    groups: dict[str, Any] = {}
+    for f in dataclasses.fields(config_type):
+        meta = dict(f.metadata)
+        if "help" not in meta or not meta.pop("cli", True):
+            continue
+        title = meta.pop("group", None)
+        target = groups.setdefault(title, parser.add_argument_group(title)) if title else parser
+        flag = meta.pop("flag", "--" + f.name.replace("_", "-"))
+        help_text = meta.pop("help")
+        if meta.pop("show_default", True) and f.default is not None:
+            help_text += f" (default {_shown(f.default)})"
+        kind, many = _flag_type(hints[f.name])
+        if kind is bool:
+            action = argparse.BooleanOptionalAction if f.default else "store_true"
+            target.add_argument(flag, dest=f.name, action=action, default=None, help=help_text, **meta)
+            continue
+        if many:
+            meta.setdefault("nargs", "+")
+        target.add_argument(flag, dest=f.name, type=kind, default=None, help=help_text, **meta)
+    return parser
+
+
+def given_flags(args: argparse.Namespace, config_type: type) -> dict[str, Any]:
+    """The config fields the user gave on the command line (lists as tuples), ready for ``replace``."""
+    names = {f.name for f in dataclasses.fields(config_type)}
+    return {
+        k: tuple(v) if isinstance(v, list) else v
+        for k, v in vars(args).items()
+        if k in names and v is not None
+    }
+
+
+def config_from_mapping(
+    config_type: type, settings: Mapping[str, Any], where: str, retired: Sequence[str] = ()
+) -> Any:
+    """Build ``config_type`` from a mapping (a config.yaml's settings); lists become tuples.
+
+    Raises:
+        NasPruneError: a key that is not a field (and not one of the ``retired`` names older versions
+            wrote, which are dropped so older run directories still read).
+    """
+    fields = {f.name for f in dataclasses.fields(config_type)}
+    unknown = sorted(set(settings) - fields - set(retired))
+    if unknown:
+        raise NasPruneError(f"{where}: unknown setting(s) {', '.join(unknown)}")
+    return config_type(
+        **{k: tuple(v) if isinstance(v, list) else v for k, v in settings.items() if k in fields}
+    )
+
+
+def _flag_type(hint: Any) -> tuple[type, bool]:
+    """(element type, is a tuple) of a field annotation such as ``float | None`` or ``tuple[str, ...]``."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) is tuple:
+        return args[0], True
+    if args:  # Optional[X] / X | None
+        return _flag_type(args[0])
+    return hint, False
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, tuple):
+        return " ".join(_shown(v) for v in value) or "none"
+    return f"{value:g}" if isinstance(value, float) else str(value)
