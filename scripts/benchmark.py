@@ -78,7 +78,13 @@ FULL_DEFAULTS = dict(
     model="resnet20", subset=None, dense_epochs=30.0, epochs=30.0, trials=1000, epochs_per_trial=2.0,
     workers=4, gpus_per_trial=0.25, device="cuda",
 )  # fmt: skip
-SEARCH_ROWS = ("search-best", "search-random-best", "search-uniform-seed", "search-l2-seed")
+FINAL_PATHS = {  # the searched best through each final path of ``nas_prune.retrain``
+    "search-best": dict(init="scratch"),
+    "search-best-budget": dict(init="scratch", budget_matched=True),
+    "search-best-inherit": dict(init="inherit"),
+    "search-best-distill": dict(init="inherit", distill=True),
+}
+SEARCH_ROWS = (*FINAL_PATHS, "search-random-best", "search-uniform-seed", "search-l2-seed")
 ORDER = [*SEARCH_ROWS, *METHODS]
 COLUMNS = [
     "method", "seed", "trial_id", "source", "test_accuracy", "val_accuracy", "macs", "nonzero_macs",
@@ -193,15 +199,18 @@ def best_trial(trials: pd.DataFrame, run_dir: Path) -> tuple[int, str] | None:
 def search_architectures(
     trials: pd.DataFrame, run_dir: Path, random_trials: pd.DataFrame, random_dir: Path
 ) -> dict[str, tuple[Path, int, str]]:
-    """Run folder, trial_id and source of every search row: the searched best, the ``uniform`` and
-    ``l2`` seed trials and the random search's best (rows that do not exist are skipped with a warning)."""
+    """Run folder, trial_id and source of every search row: the searched best (once per final path), the
+    ``uniform`` and ``l2`` seed trials and the random search's best (rows that do not exist are skipped
+    with a warning)."""
     chosen = {}
     for name, found in (("search-best", best_trial(trials, run_dir)),
                         ("search-random-best", best_trial(random_trials, random_dir))):  # fmt: skip
         if found is None:
             print(f"warning: no feasible trained architecture for {name}; skipping it", flush=True)
+        elif name == "search-best":
+            chosen.update(dict.fromkeys(FINAL_PATHS, (run_dir, *found)))
         else:
-            chosen[name] = (random_dir if "random" in name else run_dir, *found)
+            chosen[name] = (random_dir, *found)
     trained = trials[trials["state"] == "complete"]  # seeds climb to the top rung
     for source in ("uniform", "l2"):
         rows = trained[trained["source"] == source]
@@ -258,8 +267,8 @@ def summarize(runs: pd.DataFrame, order: list[str]) -> pd.DataFrame:
     return table.reindex([m for m in order if m in table.index])
 
 
-def verdict(table: pd.DataFrame, other: str) -> str:
-    a, b = table.loc["search-best"], table.loc[other]
+def verdict(table: pd.DataFrame, other: str, mine: str = "search-best") -> str:
+    a, b = table.loc[mine], table.loc[other]
     diff = a["acc_mean"] - b["acc_mean"]
     pooled = math.sqrt((a["acc_std"] ** 2 + b["acc_std"] ** 2) / 2)
     head = f"- vs `{other}`: {100 * diff:+.2f} points of test accuracy"
@@ -307,9 +316,63 @@ def verdict_lines(table: pd.DataFrame) -> list[str]:
     return [*lines, "", "**Against the other rows:**", "", *[verdict(table, m) for m in others]]
 
 
+def goal_lines(table: pd.DataFrame) -> list[str]:
+    """The issue's goal: the searched best through its best final path beats the best structured
+    baseline by >= 0.3 points of mean test accuracy and by more than the pooled std."""
+    paths = [m for m in FINAL_PATHS if m in table.index]
+    structured = [m for m in METHODS if m != "l1-unstructured" and m in table.index]
+    if not paths or not structured:
+        return []
+    mine = max(paths, key=lambda m: table.loc[m, "acc_mean"])
+    other = max(structured, key=lambda m: table.loc[m, "acc_mean"])
+    diff = table.loc[mine, "acc_mean"] - table.loc[other, "acc_mean"]
+    pooled = math.sqrt((table.loc[mine, "acc_std"] ** 2 + table.loc[other, "acc_std"] ** 2) / 2)
+    met = diff >= 0.003 and math.isfinite(pooled) and diff > pooled
+    ranked = sorted(paths, key=lambda m: -table.loc[m, "acc_mean"])
+    return [
+        "**Goal: the search's best final model beats the best structured baseline by >= 0.3 points and "
+        "by more than the pooled std** (l1-unstructured is not the bar: its dense kernels give no speed-up).",
+        "",
+        "- Final paths of the searched architecture, best first: "
+        + ", ".join(f"`{m}` {table.loc[m, 'acc_mean']:.4f}" for m in ranked),
+        f"- best path `{mine}` vs best structured baseline `{other}`: {100 * diff:+.2f} points"
+        + (f" (pooled std {100 * pooled:.2f})" if math.isfinite(pooled) else " (one seed: no std)")
+        + (": **met**." if met else ": **not met**."),
+    ]
+
+
+def spread_lines(random_trials: pd.DataFrame) -> list[str]:
+    """How much any search can gain: the spread of rung-0 accuracy among the random control's on-budget
+    proposals, and of top-rung accuracy among those promoted to it (a biased sample: the best ones)."""
+    rnd = random_trials[(random_trials["source"] == "random") & random_trials["feasible"].astype(bool)]
+    if "level" in rnd:
+        rnd = rnd[rnd["level"].fillna(1.0) == 1.0]
+    rung0 = rnd["rung0_accuracy"].fillna(rnd["val_accuracy"]).dropna() if "rung0_accuracy" in rnd else None
+    if rung0 is None or rung0.empty:
+        return []
+    top = rnd[(rnd["rung"] == rnd["rung"].max()) & (rnd["state"] == "complete")]["val_accuracy"].dropna()
+
+    def spread(values: pd.Series) -> str:
+        return f"min {values.min():.4f} / median {values.median():.4f} / max {values.max():.4f} (n={len(values)})"
+
+    lines = [
+        "**Spread among on-budget random architectures** (the random control's proposals at the budget; "
+        "validation accuracy):",
+        "",
+        f"- rung 0 (slim + adaptive BN, no fine-tuning): {spread(rung0)}",
+    ]
+    if not top.empty and int(rnd["rung"].max()) > 0:
+        lines.append(
+            f"- top rung (rung {int(rnd['rung'].max())}, only those promoted to it, so the best of the rung-0 "
+            f"sample): {spread(top)}"
+        )
+    return lines
+
+
 def write_report(
-    args, table: pd.DataFrame, timings: dict, out: Path, notes: list[str], command: list[str]
-) -> None:
+    args, table: pd.DataFrame, timings: dict, out: Path, notes: list[str], command: list[str],
+    spread: list[str] = (),
+) -> None:  # fmt: skip
     shown = pd.DataFrame(
         {
             "method": [
@@ -339,7 +402,10 @@ def write_report(
         f"steps; soft-filter {1 - FINETUNE_SHARE:g} of them soft-pruned, the rest fine-tuning after the "
         f"cut; lottery-ticket "
         f"{(args.dense_epochs + args.epochs) / 2:g} dense from its own theta0 + the same for the ticket). "
-        f"The `search-*` rows are retrained from scratch; the search took "
+        f"The `search-*` rows are retrained from scratch for the same epochs, except the searched best's other "
+        f"final paths: `search-best-budget` (scratch, epochs x dense/slim FLOPs: more training), "
+        f"`search-best-inherit` (its inherited filters, adaptive BN, fine-tuned the same epochs) and "
+        f"`search-best-distill` (inherit + distillation from the dense model); the search took "
         f"{timings.get('search_s', nan):.0f} s and its control, a random search without seed "
         f"architectures (`search-random-best`; its trial id is one of `bench/search-random/trials.csv`), "
         f"{timings.get('search_random_s', nan):.0f} s, each {args.trials} rung-0 candidates, top rung "
@@ -356,6 +422,10 @@ def write_report(
         "over seeds: only a difference larger than the pooled std counts as a win.",
         "",
         *verdict_lines(table),
+        "",
+        *goal_lines(table),
+        "",
+        *spread,
         "",
         "## Command",
         "",
@@ -431,13 +501,15 @@ def main(argv: list[str] | None = None) -> Path:
         for name, (run_dir, trial_id, source) in archs.items():
             if (name, seed) in finished:
                 continue
-            print(f"seed {seed}: {name} (trial {trial_id}, {source}) retrained from scratch ...", flush=True)
+            how = FINAL_PATHS.get(name, {"init": "scratch"})
+            print(f"seed {seed}: {name} (trial {trial_id}, {source}) retrained {how} ...", flush=True)
             folder = f"retrain-{'random-' if run_dir == random_dir else ''}trial{trial_id}-seed{seed}"
+            folder += "".join(f"-{k}" for k, v in how.items() if v is True) + f"-{how['init']}"
             metrics = timed(
                 "runs_s",
-                lambda r=run_dir, t=trial_id, s=seed, f=folder: retrain(
-                    r, trial=t, epochs=args.epochs, init="scratch", seed=s, device=args.device,
-                    output=work / "runs" / f, quiet=True, progress=False,
+                lambda r=run_dir, t=trial_id, s=seed, f=folder, h=how: retrain(
+                    r, trial=t, epochs=args.epochs, seed=s, device=args.device,
+                    output=work / "runs" / f, quiet=True, progress=False, **h,
                 ),
             )  # fmt: skip
             append_row(runs_csv, row_of(name, seed, metrics, source))
@@ -453,7 +525,8 @@ def main(argv: list[str] | None = None) -> Path:
         "",
         *["- " + " = ".join(f"`{m}`" for m in group) for group in shared],
     ] if shared else []  # fmt: skip
-    write_report(args, table, timings, out, notes, sys.argv[1:] if argv is None else argv)
+    command = sys.argv[1:] if argv is None else argv
+    write_report(args, table, timings, out, notes, command, spread_lines(random_trials))
     write_plot(table, out)
     print(f"Wrote {out / 'benchmark.md'} and {out / 'benchmark.png'}", flush=True)
     return out / "benchmark.md"

@@ -73,6 +73,34 @@ def test_verdict_lines_put_the_random_control_first():
     assert any("no `search-random-best` row" in line for line in without)
 
 
+def test_goal_lines_take_the_best_final_path_against_the_best_structured_baseline():
+    runs = _runs({"search-best": [0.85, 0.86], "search-best-inherit": [0.90, 0.91], "l2-structured": [0.88, 0.89],
+                  "l1-unstructured": [0.95, 0.96], "soft-filter": [0.80, 0.81]})  # fmt: skip
+    lines = bench.goal_lines(bench.summarize(runs, bench.ORDER))
+    assert "`search-best-inherit` 0.9050, `search-best` 0.8550" in lines[2]
+    assert (
+        "best path `search-best-inherit` vs best structured baseline `l2-structured`: +2.00 points"
+        in lines[3]
+    )
+    assert lines[3].endswith("**met**.")
+    runs.loc[runs["method"] == "l2-structured", "test_accuracy"] += 0.018  # 0.2 points behind: a miss
+    assert bench.goal_lines(bench.summarize(runs, bench.ORDER))[3].endswith("**not met**.")
+
+
+def test_spread_lines_use_on_budget_random_proposals_only():
+    trials = pd.DataFrame(
+        {"source": ["random", "random", "random", "uniform", "random"], "feasible": [True, True, True, True, False],
+         "level": [1.0, 1.0, 0.8, 1.0, 1.0], "rung0_accuracy": [0.2, 0.4, 0.9, 0.9, 0.9],
+         "val_accuracy": [0.2, 0.85, 0.9, 0.9, None], "rung": [0, 2, 0, 2, 0],
+         "state": ["stopped", "complete", "stopped", "complete", "infeasible"]}
+    )  # fmt: skip
+    lines = bench.spread_lines(trials)
+    assert lines[2].endswith("min 0.2000 / median 0.3000 / max 0.4000 (n=2)")
+    assert "top rung (rung 2" in lines[3] and lines[3].endswith(
+        "min 0.8500 / median 0.8500 / max 0.8500 (n=1)"
+    )
+
+
 def test_markdown_table():
     frame = pd.DataFrame({"method": ["a", "b"], "acc": [0.5, 0.25]})
     assert bench.markdown_table(frame) == "| method | acc |\n| --- | --- |\n| a | 0.5 |\n| b | 0.25 |"
@@ -97,6 +125,7 @@ class Fakes:
     def __init__(self):
         self.searches: list[dict] = []
         self.retrains: list[tuple] = []
+        self.paths: list[dict] = []
 
     def search(self, resume=None, **kw):
         self.searches.append(kw)
@@ -106,7 +135,8 @@ class Fakes:
         trials = pd.DataFrame(
             {"trial_id": range(kw["trials"]), "state": "complete", "val_accuracy": 0.5,
              "source": ["random"] * kw["trials"] if random else ["uniform", "l2", *["optuna"] * (kw["trials"] - 2)],
-             "widths": [json.dumps(w) for w in widths]}
+             "widths": [json.dumps(w) for w in widths], "feasible": True, "level": 1.0,
+             "rung": [1] + [0] * (kw["trials"] - 1), "rung0_accuracy": [0.3 + 0.1 * i for i in range(kw["trials"])]}
         )  # fmt: skip
         run_dir.mkdir(parents=True, exist_ok=True)
         trials.to_csv(run_dir / "trials.csv", index=False)
@@ -116,6 +146,7 @@ class Fakes:
 
     def retrain(self, run_dir, *, trial, seed, output, **kw):
         self.retrains.append((Path(run_dir).name, trial, seed))
+        self.paths.append({k: v for k, v in kw.items() if k in ("init", "budget_matched", "distill")})
         widths = json.loads(pd.read_csv(Path(run_dir) / "trials.csv")["widths"][trial])
         return {"test_accuracy": 0.8 + 0.01 * seed, "val_accuracy": 0.8, "macs": 1000 + trial, "params": 10,
                 "flops_ratio": 0.5, "latency_ms": 1.0, "latency_device": "cpu", "epochs": kw["epochs"],
@@ -154,7 +185,18 @@ def test_end_to_end_tiny_run(fakes, tmp_path):
     for method in bench.ORDER:
         assert f"| {method}" in text
     assert "- vs `search-random-best`" in text and "Rows with the same architecture" in text
-    assert "- `search-best` = `search-uniform-seed`\n" in text  # the searched best is its uniform seed
+    assert (
+        "- `search-best` = `search-best-budget` = `search-best-inherit` = `search-best-distill` = `search-uniform-seed`\n"
+        in text
+    )
+    # the searched best through every final path
+    assert {json.dumps(p, sort_keys=True) for p in fakes.paths} == {
+        json.dumps(p, sort_keys=True) for p in bench.FINAL_PATHS.values()
+    }
+    assert "Goal: the search's best final model" in text
+    assert (
+        "rung 0 (slim + adaptive BN, no fine-tuning): min 0.3000 / median 0.4000 / max 0.5000 (n=3)" in text
+    )
     lt = json.loads((tmp_path / "bench" / "runs" / "lottery-ticket-seed0" / "metrics.json").read_text())
     assert lt["settings"]["checkpoint"] is None and lt["notes"] == []
 
@@ -170,7 +212,7 @@ def test_restart_skips_finished_runs(fakes, tmp_path, monkeypatch):
     monkeypatch.setattr(bench, "run_baseline", fake_baseline)
     args = [*TINY, "--output", str(tmp_path)]
     bench.main([*args, "--seeds", "1"])
-    assert len(calls) == len(nas_prune.baselines.METHODS) and len(fakes.retrains) == 4
+    assert len(calls) == len(nas_prune.baselines.METHODS) and len(fakes.retrains) == 7
     runs_csv = tmp_path / "bench" / "runs.csv"
     calls.clear()
     fakes.retrains.clear()
