@@ -15,7 +15,7 @@ from .slots import Slot, channels, depthwise, work
 from .table import Keys, split_key
 
 
-def between(points: Mapping[float, float], x: float) -> float | None:
+def _between(points: Mapping[float, float], x: float) -> float | None:
     """Linear interpolation of ``{x: y}`` at ``x`` (exact hit or bracketed), ``None`` outside the range."""
     if x in points:
         return points[x]
@@ -76,13 +76,13 @@ class Estimator:
             own = {(i, o): ms for (i, o, g), ms in points.items() if g == groups}
         one_axis = slot.kind not in ("conv", "linear") or depthwise(slot)
         if one_axis or (cin == cout and own and all(i == o for i, o in own)):  # e.g. in and out one group
-            value = between({o: ms for (i, o), ms in own.items() if i == o}, cout)
+            value = _between({o: ms for (i, o), ms in own.items() if i == o}, cout)
         else:
             columns: dict[int, dict[float, float]] = {}
             for (i, o), ms in own.items():
                 columns.setdefault(i, {})[o] = ms
-            across = {i: between(col, cout) for i, col in columns.items()}
-            value = between({i: v for i, v in across.items() if v is not None}, cin)
+            across = {i: _between(col, cout) for i, col in columns.items()}
+            value = _between({i: v for i, v in across.items() if v is not None}, cin)
         if value is None:
             value = self._scaled(slot, cin, cout, groups, own, key)
         self._estimates[key] = float(value)

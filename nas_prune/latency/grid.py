@@ -3,7 +3,8 @@
 During a search nothing may be timed while trials train on the same device (DESIGN.md), and timed
 entries are cached for later runs. So the search calls :meth:`LatencyLUT.prepare` before any trial
 starts: it measures every entry the space's grid can reach (or, past ``max_entries``, an evenly spaced
-sub-grid per layer) and the constant; missing entries are then estimated (:mod:`.estimate`).
+sub-grid per layer) and the constant; missing entries are then estimated
+(:mod:`~nas_prune.latency.estimate`).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ class Plan:
     fallback_layers: int  # slots that were not enumerated
 
 
-def spread(values: Sequence[int], k: int) -> list[int]:
+def _spread(values: Sequence[int], k: int) -> list[int]:
     """``k`` evenly spaced items of sorted ``values``, always the first and the last (all if fewer)."""
     n = len(values)
     if n <= k:
@@ -60,11 +61,11 @@ def _subgrid(grids: list, k: int, keys: Keys) -> dict[str, Entry]:
     for slot, triples in grids:
         if all(cin == cout for cin, cout, _ in triples):  # one axis: norms, depthwise, element-wise
             by_width = {cout: (cin, cout, groups) for cin, cout, groups in triples}
-            chosen = [by_width[c] for c in spread(sorted(by_width), k)]
+            chosen = [by_width[c] for c in _spread(sorted(by_width), k)]
         else:
             groups = next(iter(triples))[2]
-            ins = spread(sorted({t[0] for t in triples}), k)
-            outs = spread(sorted({t[1] for t in triples}), k)
+            ins = _spread(sorted({t[0] for t in triples}), k)
+            outs = _spread(sorted({t[1] for t in triples}), k)
             chosen = [(i, o, groups) for i in ins for o in outs if i % groups == 0 and o % groups == 0]
         out.update((entry[0], entry) for entry in (keys.entry(slot, *t) for t in chosen))
     return out

@@ -1,9 +1,9 @@
 """The latency lookup table of one model: predicted latency = calibrated sum of layer entries + constant.
 
-:class:`LatencyLUT` ties the pieces together: the model's slots (:mod:`.trace`), their entries in the
-device's table (:mod:`.table`), timed (:mod:`.timing`) or estimated (:mod:`.estimate`), the grid measured
-before a search (:mod:`.grid`) and the calibration that turns entries into a prediction
-(:mod:`.calibration`).
+:class:`LatencyLUT` ties the pieces of :mod:`nas_prune.latency` together: the model's slots (``trace``),
+their entries in the device's table (``table``), timed (``timing``) or estimated (``estimate``), the grid
+measured before a search (``grid``) and the calibration that turns entries into a prediction
+(``calibration``).
 
 The constant is the measured dense latency minus the sum of the dense model's entries: what the entries
 miss (functional ops without entries, ``forward`` glue, layers without entries, layers timed alone rather
@@ -128,7 +128,8 @@ class LatencyLUT:
         Args:
             widths: ``{group: channels}``, missing groups at full width.
             measure_missing: time and cache missing entries first; when false nothing is timed and a
-                missing entry is estimated from its slot's measured entries (see :mod:`.estimate`).
+                missing entry is estimated from its slot's measured entries
+                (:mod:`~nas_prune.latency.estimate`).
         """
         resolved = self._resolve(widths)
         if measure_missing:

@@ -62,7 +62,7 @@ def split_key(key: str) -> tuple[tuple[str, str], tuple[int, int, int]] | None:
     return (head, tail), (int(i), int(o), int(g))
 
 
-def slug(label: str) -> str:
+def _slug(label: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-") or "device"
 
 
@@ -82,7 +82,7 @@ class Table:
 
     def __init__(self, cache_dir: str | Path, device_name: str):
         self.device_name = device_name
-        self.path = Path(cache_dir) / f"{slug(device_name)}.json"
+        self.path = Path(cache_dir) / f"{_slug(device_name)}.json"
         self.entries: dict[str, float] = {}
         self.constants: dict[str, dict] = {}
 

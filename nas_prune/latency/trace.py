@@ -31,7 +31,7 @@ from ..cost import CostModel
 from .slots import Slot, config_of, kind_of
 
 
-class Call(nn.Module):
+class _Call(nn.Module):
     """A traced functional op as a module, to time it alone: every tensor argument becomes the input."""
 
     def __init__(self, func: Callable, args: tuple, kwargs: dict):
@@ -48,7 +48,7 @@ class Call(nn.Module):
         return ", ".join(args + [f"{k}={v!r}" for k, v in sorted(self.kwargs.items())])
 
 
-def _follows_channels(call: Call, x: torch.Tensor) -> bool:
+def _follows_channels(call: _Call, x: torch.Tensor) -> bool:
     """Whether a traced op still works, keeping batch and channels, on one sample with one channel fewer.
 
     Rules out ops whose arguments fix the shape (``x.view(2, 16, 8, 8)`` is element-wise in shape only).
@@ -134,7 +134,7 @@ class _Tracer:
             isinstance(v, torch.Tensor) for v in kwargs.values()
         )
         if same and out.shape[:2] == x.shape[:2]:  # element-wise, pooling, reductions...
-            call = Call(func, args, kwargs)
+            call = _Call(func, args, kwargs)
             if _follows_channels(call, x):
                 label = getattr(func, "__name__", type(func).__name__)
                 self.pass_through(x, out, _elementwise(label, call, x))
