@@ -35,7 +35,7 @@ import torch
 
 from nas_prune import channel_groups, create_model, model_names, prune
 from nas_prune.cost import measure_latency
-from nas_prune.latency_lut import LatencyLUT
+from nas_prune.latency import LatencyLUT
 from nas_prune.models import load_search_space
 from nas_prune.space import WidthSpace
 

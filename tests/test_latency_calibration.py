@@ -15,8 +15,7 @@ import torch.nn.functional as F
 
 from nas_prune import channel_groups, create_model, model_names
 from nas_prune.cost import CostModel
-from nas_prune.latency_calibration import KINDS, Calibration, bisect_to_latency, fit_calibration
-from nas_prune.latency_lut import LatencyLUT
+from nas_prune.latency import KINDS, Calibration, LatencyLUT, bisect_to_latency, fit_calibration
 from nas_prune.space import WidthSpace
 
 IN_CONTEXT = {"Conv2d": 0.45, "BatchNorm2d": 0.2, "Linear": 0.5}  # whole-model share of a layer's time

@@ -10,7 +10,7 @@ import torch
 from conftest import COUPLING_MODELS, Residual, TwoLayer
 
 from nas_prune import channel_groups, create_model, prune
-from nas_prune.latency_lut import LatencyLUT
+from nas_prune.latency import LatencyLUT
 from nas_prune.space import WidthSpace
 
 DENSE_MS = 100.0  # what FakeTimer says the whole model takes

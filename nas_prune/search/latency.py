@@ -27,8 +27,7 @@ from ..atomic import atomic_write_text
 from ..config import device_label
 from ..cost import measure_latency
 from ..errors import NasPruneError
-from ..latency_calibration import bisect_to_latency
-from ..latency_lut import LatencyLUT
+from ..latency import LatencyLUT, bisect_to_latency
 from ..prune import prune
 from ..results import write_trials
 from ..space import WidthSpace

@@ -1,4 +1,4 @@
-"""Calibrating a per-layer latency table against whole models, and aiming widths at a latency limit.
+"""Calibrating a per-layer latency table against whole models, judging it, and aiming at a latency limit.
 
 Layers timed alone do not add up to the network: on this CPU the entries of a deep network sum to up to
 twice its measured latency (per-call overhead that overlaps in a real forward pass, caches that stay
@@ -12,6 +12,9 @@ fitted to a handful of whole-model measurements by non-negative least squares on
 (:func:`fit_calibration`). Scales and constant are never negative, so neither is a prediction.
 Before a fit, only the dense model is measured (:meth:`Calibration.from_dense`).
 
+:func:`agreement` judges predictions against measurement: DESIGN.md lets the LUT reject candidates only
+once it is trusted on the device (median error <= 15% and Spearman >= 0.9 on random widths).
+
 :func:`bisect_to_latency` finds, by bisection over a global width scale, the widest architecture whose
 latency (measured, or predicted by a trusted LUT) sits just under a limit: the search's latency seeds and
 its projection of proposals onto a latency budget.
@@ -21,12 +24,25 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import random
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 from scipy.optimize import nnls
 
-__all__ = ["KINDS", "Calibration", "LatencyFit", "bisect_to_latency", "fit_calibration"]
+__all__ = [
+    "KINDS",
+    "MAX_MEDIAN_ERROR",
+    "MIN_SPEARMAN",
+    "Calibration",
+    "LatencyFit",
+    "agreement",
+    "bisect_to_latency",
+    "default_samples",
+    "fit_calibration",
+]
 
 KINDS = ("conv", "depthwise", "linear", "norm", "elementwise")
 """Kinds of LUT entries; each gets its own scale in a :class:`Calibration`."""
@@ -34,6 +50,11 @@ KINDS = ("conv", "depthwise", "linear", "norm", "elementwise")
 PRIOR_WEIGHT = 0.05
 """Pull of each scale towards 1 (the entries as timed), relative to one sample's relative error: keeps a
 kind that barely varies across the samples from taking an arbitrary scale."""
+
+MAX_MEDIAN_ERROR = 0.15
+"""A LUT is trusted on a device when its median relative error is at most this ..."""
+MIN_SPEARMAN = 0.9
+"""... and its rank correlation with measured latency at least this."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,6 +144,42 @@ def fit_calibration(
         errors = np.abs(features @ solution - y) / y
     scales = dict.fromkeys(KINDS, 1.0) | {k: float(v) for k, v in zip(kinds, solution[:-1], strict=True)}
     return Calibration(scales, float(solution[-1]), len(y), float(np.median(errors)), float(errors.max()))
+
+
+def default_samples(groups: Mapping[str, int], count: int, seed: int) -> list[dict[str, int]]:
+    """Architectures to calibrate on: uniform 1/4, 1/2 and 3/4, then random widths (each group between
+    10% and all of its channels), ``count`` in all."""
+    rng = random.Random(seed)
+    fractions = [0.25, 0.5, 0.75][:count]
+    samples = [{g: max(1, round(c * f)) for g, c in groups.items()} for f in fractions]
+    samples += [
+        {g: rng.randint(max(1, round(0.1 * c)), c) for g, c in groups.items()}
+        for _ in range(count - len(fractions))
+    ]
+    return samples
+
+
+def agreement(pairs: Sequence[tuple[dict[str, int], float, float]]) -> dict:
+    """How predictions agree with measurement, from ``(widths, predicted ms, measured ms)`` per sample.
+
+    Returns:
+        A dict with ``median_error`` and ``worst_error`` (relative ``|predicted - measured| /
+        measured``), ``spearman`` (rank correlation; NaN below 2 samples or for constant values),
+        ``trusted`` (median error <= :data:`MAX_MEDIAN_ERROR` and Spearman >= :data:`MIN_SPEARMAN`) and
+        ``pairs``: one ``{"widths", "predicted_ms", "measured_ms", "error"}`` per sample.
+    """
+    rows = [{"widths": w, "predicted_ms": p, "measured_ms": m, "error": abs(p - m) / m} for w, p, m in pairs]
+    frame = pd.DataFrame(rows)
+    spearman = float(frame["predicted_ms"].rank().corr(frame["measured_ms"].rank()))
+    median_error = float(frame["error"].median())
+    trusted = median_error <= MAX_MEDIAN_ERROR and not math.isnan(spearman) and spearman >= MIN_SPEARMAN
+    return {
+        "median_error": median_error,
+        "worst_error": float(frame["error"].max()),
+        "spearman": spearman,
+        "trusted": trusted,
+        "pairs": rows,
+    }
 
 
 @dataclasses.dataclass(frozen=True)

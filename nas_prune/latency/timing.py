@@ -1,0 +1,85 @@
+"""Timing entries and whole models on the device, in rounds.
+
+Each entry times a fresh module (or op) of the key's shape alone with
+:func:`~nas_prune.cost.measure_latency` (warm-up, then the median of the repeats); a call's Python
+overhead is in its entry because every call in the network pays it too. Everything is timed
+``rounds`` times, in rounds over all that is to be timed, and the fastest round kept: a busy moment on a
+shared machine only ever adds time, and it then spoils one round of an entry, not the entry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import torch
+import torch.nn as nn
+
+from ..cost import measure_latency
+from .slots import Slot, build
+
+MeasureFn = Callable[[nn.Module, tuple[int, ...], torch.device], float]
+
+
+class Timer:
+    """Times slots at given channels, and whole models, with ``measure_fn`` (default: :meth:`time`)."""
+
+    def __init__(
+        self,
+        device: torch.device,
+        dtype: torch.dtype,
+        batch: int,
+        rounds: int,
+        threads: int | None,
+        measure_fn: MeasureFn | None,
+    ):
+        self.device, self.dtype, self.batch, self.rounds, self.threads = device, dtype, batch, rounds, threads
+        self.measure = measure_fn or self.time
+
+    def time(self, module: nn.Module, shape: tuple[int, ...], device: torch.device) -> float:
+        """Default ``measure_fn``: :func:`measure_latency` on a zero input, 10 ms of blocks for a layer
+        (thousands of entries are timed), 100 ms for a whole model."""
+        example = torch.zeros(shape, dtype=self.dtype)
+        seconds = 0.1 if any(module.children()) else 0.01
+        return measure_latency(
+            module, example, device=device, batch=shape[0], threads=self.threads, min_run_time=seconds
+        )
+
+    def slot(self, slot: Slot, cin: int, cout: int, groups: int) -> float:
+        """One timing of a fresh module shaped like ``slot`` at the given channels."""
+        module = build(slot, cin, cout, groups).to(self.dtype).eval()
+        if slot.kind == "linear":
+            shape = (self.batch, *slot.size, cin)
+        else:
+            shape = (self.batch, cin, *slot.size)
+        return float(self.measure(module, shape, self.device))
+
+    def entries(
+        self, todo: Mapping[str, tuple], also: Callable[[], float] | None = None, bar=None
+    ) -> tuple[dict[str, float], list[float]]:
+        """The fastest of :attr:`rounds` timings of each ``{key: (slot, in, out, groups)}``.
+
+        ``also`` (the dense model, for the constant) is timed once per round too, and its times returned.
+        ``bar`` (a tqdm bar) advances once per timing of an entry.
+        """
+        times: dict[str, list[float]] = {key: [] for key in todo}
+        also_times = []
+        for _ in range(self.rounds):
+            for key, (slot, cin, cout, groups) in todo.items():
+                times[key].append(self.slot(slot, cin, cout, groups))
+                if bar is not None:
+                    bar.update(1)
+            if also is not None:
+                also_times.append(float(also()))
+        return {key: min(t) for key, t in times.items()}, also_times
+
+    def pruned(
+        self, dense: nn.Module, sample_shape: tuple[int, ...], samples: Sequence[Mapping[str, int]]
+    ) -> list[float]:
+        """``dense`` pruned to each of ``samples``, timed in :attr:`rounds` rounds over all; fastest kept."""
+        from ..prune import prune  # prune imports the graph; keep this package importable on its own
+
+        example = torch.zeros((2, *sample_shape), dtype=self.dtype)
+        models = [prune(dense, example, dict(w)) for w in samples]
+        shape = (self.batch, *sample_shape)
+        times = [[self.measure(m, shape, self.device) for m in models] for _ in range(self.rounds)]
+        return [min(column) for column in zip(*times, strict=True)]
