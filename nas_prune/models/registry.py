@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from pathlib import Path
+from importlib import resources
 from typing import Any
 
 import yaml
@@ -21,8 +21,9 @@ from nas_prune.plain import check_plain
 MODELS: dict[str, Callable[..., nn.Module]] = {}
 """Zoo name -> factory ``(in_channels=3, num_classes=10) -> nn.Module``."""
 
-SEARCH_SPACE_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
-"""Where ``search_spaces/<model>.yaml`` live (the repository's top level)."""
+SEARCH_SPACE_DIR = resources.files("nas_prune") / "search_spaces"
+"""Where ``<model>.yaml`` live: package data (``nas_prune/search_spaces/``), read through
+:mod:`importlib.resources` so an installed wheel finds them as a source checkout does."""
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -165,7 +166,7 @@ def build_from_spec(spec: dict[str, Any]) -> nn.Module:
 
 
 def load_search_space(name: str) -> dict[str, Any] | None:
-    """Read ``search_spaces/<name>.yaml`` for a zoo model.
+    """Read ``nas_prune/search_spaces/<name>.yaml`` for a zoo model.
 
     Returns:
         The parsed YAML (keys ``model, round_to, min_fraction, frozen`` and optionally ``grid``), or ``None`` for a
@@ -176,5 +177,4 @@ def load_search_space(name: str) -> dict[str, Any] | None:
     path = SEARCH_SPACE_DIR / f"{name}.yaml"
     if not path.is_file():
         return None
-    with path.open(encoding="utf-8") as fh:
-        return yaml.safe_load(fh)
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
