@@ -4,7 +4,7 @@ A candidate is a ``{group: channels}`` dict (DESIGN.md's ``widths``). Each searc
 a few widths: ``round_to``-multiples from ``min_fraction`` of the dense width up to the full width
 (or the fractions of an explicit ``grid``); a group cut by grouped convolutions steps by the least
 common multiple of ``round_to`` and its ``multiple``. Frozen groups (not prunable, or listed in the model's
-``search_spaces/<model>.yaml``) always keep their full width. Search algorithms see a candidate as
+``nas_prune/search_spaces/<model>.yaml``) always keep their full width. Search algorithms see a candidate as
 one integer index per group (:meth:`WidthSpace.encode` / :meth:`WidthSpace.decode`).
 """
 

@@ -5,7 +5,7 @@
         [--cache-dir results/lut] [--output results/lut_benchmark.csv]
 
 For each model (Fashion-MNIST-shaped input 1x28x28, 10 classes; the width space of
-search_spaces/<model>.yaml, as a search builds it) and each batch size this builds a LatencyLUT on this
+nas_prune/search_spaces/<model>.yaml, as a search builds it) and each batch size this builds a LatencyLUT on this
 device (entries cached in --cache-dir and reused by later runs), calibrates it on --fit-samples
 architectures of the space (uniform 1/4, 1/2, 3/4 and random; the dense model is always one) and then
 validates it on --samples *other* random architectures (fixed --seed): the errors reported are on

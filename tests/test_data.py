@@ -23,6 +23,7 @@ from nas_prune.data import (
     read_cifar_batches,
     read_idx,
 )
+from nas_prune.data import files as data_files
 from nas_prune.errors import NasPruneError
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -54,12 +55,12 @@ def isolated(tmp_path, monkeypatch):
     """No $NAS_PRUNE_DATA, an empty ./data, a fake system folder, and no network."""
     monkeypatch.delenv("NAS_PRUNE_DATA", raising=False)
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(data, "SYSTEM_DATA_DIR", tmp_path / "system")
+    monkeypatch.setattr(data_files, "SYSTEM_DATA_DIR", tmp_path / "system")
 
     def offline(url, dest, timeout=None):
         raise OSError(f"offline test: {url}")
 
-    monkeypatch.setattr(data, "_download_file", offline)
+    monkeypatch.setattr(data_files, "_download_file", offline)
     return tmp_path
 
 
@@ -165,7 +166,7 @@ def test_mean_std_come_from_train_split():
 
 @pytest.mark.skipif(not FASHION_DIR.is_dir(), reason="Fashion-MNIST not installed")
 def test_real_fashion_mnist_is_found(isolated, monkeypatch):
-    monkeypatch.setattr(data, "SYSTEM_DATA_DIR", FASHION_DIR.parent)
+    monkeypatch.setattr(data_files, "SYSTEM_DATA_DIR", FASHION_DIR.parent)
     splits = load_dataset(download=False)
     assert splits.name == "fashion-mnist" and splits.source == str(FASHION_DIR)
     assert (len(splits.train), len(splits.val), len(splits.test)) == (54000, 6000, 10000)
@@ -206,7 +207,7 @@ def test_download_writes_into_data_dir(isolated, monkeypatch):
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_bytes((source / url.rsplit("/", 1)[1]).read_bytes())
 
-    monkeypatch.setattr(data, "_download_file", fake_download)
+    monkeypatch.setattr(data_files, "_download_file", fake_download)
     splits = load_dataset("mnist", data_dir=isolated / "dl", val_fraction=0.5)
     assert len(urls) == 4 and all(
         u.startswith("https://ossci-datasets.s3.amazonaws.com/mnist/") for u in urls

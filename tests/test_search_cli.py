@@ -105,11 +105,13 @@ def test_budget_below_the_smallest_architecture(capsys, tmp_path):
 
 
 def test_missing_data(capsys, monkeypatch, tmp_path):
-    import nas_prune.data as data
+    import nas_prune.data.files as data_files
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(data, "SYSTEM_DATA_DIR", tmp_path / "none")
-    monkeypatch.setattr(data, "_download_file", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
+    monkeypatch.setattr(data_files, "SYSTEM_DATA_DIR", tmp_path / "none")
+    monkeypatch.setattr(
+        data_files, "_download_file", lambda *a, **k: (_ for _ in ()).throw(OSError("offline"))
+    )
     _fails(capsys, ["--budget-flops", "0.3", "--dataset", "mnist", "--data-dir", str(tmp_path)], "not found")
 
 
