@@ -8,6 +8,7 @@ function saves one PNG, returns its path and draws a note instead of failing on 
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,13 +17,24 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from .results import SEED_SOURCES, SOURCES
+from .results import PROPOSAL_SOURCES
 
 __all__ = ["plot_gates", "plot_pareto", "plot_progress", "plot_widths"]
 
 _DPI = 150
-_SEED_MARKERS = {"uniform": "s", "l2": "D", "sensitivity": "^", "gates": "P"}
-_SOURCE_COLORS = {source: f"C{i}" for i, source in enumerate(SOURCES)}
+_SEED_STYLES = {"uniform": ("s", "C0"), "l2": ("D", "C1"), "sensitivity": ("^", "C2"), "gates": ("P", "C3")}
+"""(marker, colour) of the built-in seed kinds; other registered kinds take theirs from :func:`_seed_styles`."""
+_MORE_MARKERS = ("v", "p", "h", "<", "X", ">", "d", "*")
+
+
+def _seed_styles(sources) -> dict[str, tuple[str, str]]:
+    """(marker, colour) per seed source among ``sources``: the built-in kinds first, then any other kind
+    (every source that is not a proposal's) in order of appearance, from a cycle of markers and colours."""
+    seeds = [s for s in dict.fromkeys(sources) if s not in PROPOSAL_SOURCES]
+    more = zip(itertools.cycle(_MORE_MARKERS), itertools.cycle(f"C{i}" for i in range(4, 10)))
+    styles = {s: style for s, style in _SEED_STYLES.items() if s in seeds}
+    styles.update((s, next(more)) for s in seeds if s not in _SEED_STYLES)
+    return styles
 
 
 def _numbers(column: pd.Series) -> np.ndarray:
@@ -116,7 +128,7 @@ def plot_pareto(
         ax.step(fx[order], fy[order], where="post", color="C1", linewidth=2, zorder=3, label="Pareto front")
         ax.scatter(fx, fy, s=60, facecolors="none", edgecolors="C1", linewidths=1.5, zorder=3)
 
-    for source, marker in _SEED_MARKERS.items():
+    for source, (marker, color) in _seed_styles(trials["source"]).items():
         mask = (
             (trials["source"] == source).to_numpy()
             & state.isin(["complete", "stopped"]).to_numpy()
@@ -128,7 +140,7 @@ def plot_pareto(
             mask,
             marker=marker,
             s=70,
-            color=_SOURCE_COLORS[source],
+            color=color,
             edgecolors="black",
             zorder=4,
             label=f"seed: {source}",
@@ -247,7 +259,7 @@ def plot_progress(trials: pd.DataFrame, path: str | os.PathLike, *, budget_note:
         np.where(rung == 0, score, np.nan),
         _numbers(ordered["rung0_accuracy"]),
     )
-    seeds = ordered["source"].isin(SEED_SOURCES).to_numpy()
+    seeds = ~ordered["source"].isin(PROPOSAL_SOURCES).to_numpy()
 
     fig = Figure(figsize=(9.5, 4.8), layout="tight")
     ax = fig.add_subplot()
