@@ -290,7 +290,7 @@ def test_time_budget_stops_rung_zero_in_time_for_the_promotions(ray_session, tmp
 
 
 def fake_latency(model, example, device, batch):
-    """Milliseconds proportional to MACs: deterministic, so the LUT is exact (DESIGN: tests do not time)."""
+    """Milliseconds proportional to MACs: deterministic, so the LUT is exact (tests do not time)."""
     return nas_prune.count_macs(model, example)[0] * 1e-5 * batch + 0.01
 
 

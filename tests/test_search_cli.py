@@ -1,7 +1,8 @@
 """The search CLI as users meet it: bad input, a killed-and-resumed run, a Ray cluster address.
 
-These run the search in subprocesses with their own Ray (the only Ray starts outside the session's one,
-as DESIGN.md allows); each subprocess gets its own RAY_TMPDIR so its processes can be found and ended.
+These run the search in subprocesses with their own Ray (the only Ray starts outside the session's one:
+a kill and a cluster address need a separate process); each subprocess gets its own RAY_TMPDIR so its
+processes can be found and ended.
 """
 
 from __future__ import annotations
