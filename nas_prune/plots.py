@@ -83,9 +83,18 @@ def plot_pareto(
     """
     fig = Figure(figsize=(10, 5.5), layout="tight")
     ax = fig.add_subplot()
-    state, feasible = trials["state"], trials["feasible"].astype(bool)
     x, y = _numbers(trials["flops_ratio"]), _numbers(trials["val_accuracy"])
+    scatter = _masked_scatter(ax, x, y)
+    _draw_candidates(ax, trials, x, scatter)
+    _draw_front(ax, front)
+    _draw_seeds(ax, trials, x, y, scatter)
+    _draw_references(ax, dense, budget_flops_ratio)
+    _finish_pareto(ax, trials, x, budget_flops_ratio, title)
+    return _save(fig, path)
 
+
+def _masked_scatter(ax, x: np.ndarray, y: np.ndarray):
+    """``scatter(mask, **style)``: draw the rows of ``mask`` that have both coordinates."""
     drawable = ~np.isnan(x) & ~np.isnan(y)
 
     def scatter(mask, **style):
@@ -93,6 +102,12 @@ def plot_pareto(
         if mask.any():
             ax.scatter(x[mask], y[mask], **style)
 
+    return scatter
+
+
+def _draw_candidates(ax, trials: pd.DataFrame, x: np.ndarray, scatter) -> None:
+    """Stopped (faded), complete (filled if feasible, hollow if not), infeasible ('x' on the bottom edge)."""
+    state, feasible = trials["state"], trials["feasible"].astype(bool)
     scatter(
         (state == "stopped").to_numpy(),
         s=18,
@@ -122,12 +137,20 @@ def plot_pareto(
             label="infeasible proposal (not trained)",
         )
 
+
+def _draw_front(ax, front: pd.DataFrame) -> None:
+    """The Pareto front as a step line through ringed points."""
     if len(front):
         fx, fy = _numbers(front["flops_ratio"]), _numbers(front["val_accuracy"])
         order = np.lexsort((fy, fx))
         ax.step(fx[order], fy[order], where="post", color="C1", linewidth=2, zorder=3, label="Pareto front")
         ax.scatter(fx, fy, s=60, facecolors="none", edgecolors="C1", linewidths=1.5, zorder=3)
 
+
+def _draw_seeds(ax, trials: pd.DataFrame, x: np.ndarray, y: np.ndarray, scatter) -> None:
+    """Each seed kind's candidates with its own marker and a text label."""
+    state = trials["state"]
+    drawable = ~np.isnan(x) & ~np.isnan(y)
     for source, (marker, color) in _seed_styles(trials["source"]).items():
         mask = (
             (trials["source"] == source).to_numpy()
@@ -146,6 +169,9 @@ def plot_pareto(
             label=f"seed: {source}",
         )
 
+
+def _draw_references(ax, dense: Mapping | None, budget_flops_ratio: float | None) -> None:
+    """The dense model as a star at x = 1, the FLOPs budget as a dashed vertical line."""
     dense_acc = None if dense is None else dense.get("val_accuracy")
     if dense_acc is not None and not pd.isna(dense_acc):
         ax.scatter(
@@ -167,6 +193,10 @@ def plot_pareto(
             label=f"FLOPs budget ({budget_flops_ratio:.2f} of dense)",
         )
 
+
+def _finish_pareto(ax, trials: pd.DataFrame, x: np.ndarray, budget_flops_ratio, title: str) -> None:
+    """Counts by state, limits, labels, title and legend."""
+    state = trials["state"]
     if not (state == "complete").any():
         _note(ax, "no complete trials yet")
     counts = state.value_counts()
@@ -189,7 +219,6 @@ def plot_pareto(
     ax.grid(True, alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, frameon=False)
-    return _save(fig, path)
 
 
 def plot_widths(
