@@ -23,7 +23,7 @@ __all__ = ["plot_gates", "plot_pareto", "plot_progress", "plot_widths"]
 
 _DPI = 150
 _SEED_STYLES = {"uniform": ("s", "C0"), "l2": ("D", "C1"), "sensitivity": ("^", "C2"), "gates": ("P", "C3")}
-"""(marker, colour) of the built-in seed kinds; other registered kinds take theirs from :func:`_seed_styles`."""
+"""(marker, colour) of the built-in seed kinds; other kinds get theirs from a cycle (:func:`_seed_styles`)."""
 _MORE_MARKERS = ("v", "p", "h", "<", "X", ">", "d", "*")
 
 

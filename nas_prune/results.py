@@ -3,7 +3,7 @@
 A search records every candidate (complete at the top rung of the fidelity ladder, stopped at a lower
 rung, failed or infeasible) as one row of ``trials.csv`` through :func:`append_trial`, updated in place
 (:func:`write_trials`) as the candidate climbs the ladder. The Pareto front and the best architecture are always
-recomputed from that table (:mod:`nas_prune.pareto`), never written by hand, so they cannot disagree with it. Every write
+recomputed from that table, never written by hand, so they cannot disagree with it. Every write
 replaces the whole file atomically (temp file in the same directory, then ``os.replace``): a search
 killed mid-write leaves the previous, complete table behind. The table has a single writer (the
 search driver); concurrent appends from several processes are not supported.
