@@ -1,6 +1,6 @@
 """nas_prune: structured channel pruning as architecture search over per-layer widths.
 
-The core API (DESIGN.md contract)::
+The core API, kept stable for callers (README, "Python API")::
 
     groups = nas_prune.channel_groups(model, example_inputs)
     slim = nas_prune.prune(model, example_inputs, widths, importance="l2", round_to=1)

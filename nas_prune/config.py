@@ -18,52 +18,126 @@ from typing import Any
 import yaml
 
 from .atomic import atomic_write_text
+from .cli import config_from_mapping, option
 
 __all__ = ["SearchConfig", "device_label", "hardware_info", "library_versions", "load_config", "write_config"]
 
 
+RETIRED_SETTINGS = ("reports_per_trial", "extra")
+"""Settings older versions wrote to ``config.yaml`` (ASHA's reports per trial, a free-form dict)."""
+
+_BUDGETS = "budgets (at least one; all given must hold)"
+_MODEL = "model and data"
+_SEARCH = "search"
+
+
 @dataclass(frozen=True)
 class SearchConfig:
-    """Every setting of ``python -m nas_prune.search`` (see ``--help`` for each flag's meaning)."""
+    """Every setting of ``python -m nas_prune.search``; each field's help is its flag's ``--help`` text."""
 
-    budget_flops: float | None = None
-    budget_params: float | None = None
-    budget_latency: str | None = None
-    latency_batch: int = 1
-    model: str | None = None
-    checkpoint: str | None = None
-    pretrain_epochs: float = 3.0
-    dataset: str = "fashion-mnist"
-    data_dir: str | None = None
-    subset: int | None = None
-    trials: int = 240
-    epochs_per_trial: float = 0.5
-    rungs: int = 2
-    reduction_factor: int = 8
-    cost_levels: tuple[float, ...] = (1.0, 0.8, 0.6)
-    budget_band: float = 0.02
-    workers: int = 2
-    gpus_per_trial: float = 0.0
-    device: str = "auto"
-    ray_address: str | None = None
-    seed: int = 0
-    output: str | None = None
-    time_budget: float | None = None
-    importance: str = "l2"
-    round_to: int | None = None
-    min_fraction: float | None = None
-    seeds: tuple[str, ...] = ("uniform", "l2", "sensitivity")
-    freeze: tuple[str, ...] = ()
-    startup_trials: int = 10
-    sampler: str = "tpe"
-    gate_epochs: float = 1.0
-    gate_seeds: int = 3
-    lut_dir: str = "results/lut"
-    lut_samples: int = 8
-    lr: float = 0.01
-    batch_size: int = 128
-    sensitivity_samples: int = 1000
-    jobs_per_call: int = 4
+    budget_flops: float | None = option(
+        None, "keep at most this fraction of the dense FLOPs, in (0, 1]", group=_BUDGETS
+    )
+    budget_params: float | None = option(
+        None, "keep at most this fraction of the dense parameters", group=_BUDGETS
+    )
+    budget_latency: str | None = option(
+        None, "0.8 = fraction of the dense model's measured latency; 12ms = absolute", group=_BUDGETS
+    )
+    latency_batch: int = option(1, "batch size latency is measured at", group=_BUDGETS)
+    lut_dir: str = option(
+        "results/lut", "cache of the per-layer latency lookup table, one file per device", group=_BUDGETS
+    )
+    lut_samples: int = option(
+        8, "random architectures the LUT is validated on before it may reject", group=_BUDGETS
+    )
+    model: str | None = option(
+        None, "zoo name or pkg.module:factory (default: convnet for 28x28 data, else resnet20)", group=_MODEL
+    )
+    checkpoint: str | None = option(
+        None, "dense weights (nas_prune checkpoint); default: train them first", group=_MODEL
+    )
+    pretrain_epochs: float = option(3.0, "epochs to train the dense model", group=_MODEL)
+    dataset: str = option(
+        "fashion-mnist",
+        "fashion-mnist, mnist, cifar10, cifar100, synthetic or pkg.module:factory",
+        group=_MODEL,
+    )
+    data_dir: str | None = option(None, "folder searched first for the dataset files", group=_MODEL)
+    subset: int | None = option(
+        None, "use a fixed random subset of N training images (quick runs)", group=_MODEL
+    )
+    trials: int = option(
+        240, "candidates scored at rung 0 in total, seeds included, also on resume", group=_SEARCH
+    )
+    epochs_per_trial: float = option(
+        0.5,
+        "fine-tuning epochs at the top rung of the fidelity ladder; rung r of K gets this / "
+        "reduction-factor^(K-r), fractions allowed",
+        group=_SEARCH,
+    )
+    rungs: int = option(
+        2,
+        "fine-tune rungs above rung 0 (slim + adaptive BN, no fine-tuning); 0 = rung 0 only",
+        group=_SEARCH,
+    )
+    reduction_factor: int = option(
+        8, "successive halving: the best 1/this of each cost level go up a rung", group=_SEARCH
+    )
+    cost_levels: tuple[float, ...] = option(
+        (1.0, 0.8, 0.6),
+        "fractions of the budget that proposals are projected onto, so the front is a curve; two of "
+        "every three candidates are at 1.0",
+        group=_SEARCH,
+    )
+    budget_band: float = option(0.02, "proposals aim within this fraction under the budget", group=_SEARCH)
+    workers: int = option(2, "Ray workers evaluating candidates in parallel", group=_SEARCH)
+    gpus_per_trial: float = option(0.0, "GPUs per worker, fractions allowed", group=_SEARCH)
+    device: str = option("auto", "auto, cpu or cuda for the dense model and latency", group=_SEARCH)
+    ray_address: str | None = option(
+        None, "join an existing Ray cluster (default: a local Ray on 127.0.0.1)", group=_SEARCH
+    )
+    seed: int = option(0, "seed of the sampler, seeds and fine-tuning", group=_SEARCH)
+    time_budget: float | None = option(
+        None,
+        "seconds for the ladder (after the dense model and seeds): rung 0 stops early enough for the "
+        "planned fine-tunes to finish in time",
+        group=_SEARCH,
+    )
+    importance: str = option("l2", "channel importance when slimming: l2, l1 or bn_scale", group=_SEARCH)
+    round_to: int | None = option(
+        None, "widths are multiples of this (default: the model's search space)", group=_SEARCH
+    )
+    min_fraction: float | None = option(
+        None, "narrowest width per group as a fraction (default: search space)", group=_SEARCH
+    )
+    freeze: tuple[str, ...] = option(
+        (), "channel groups (names from --dry-run) kept at full width", group=_SEARCH
+    )
+    seeds: tuple[str, ...] = option(
+        ("uniform", "l2", "sensitivity"), "seed architectures evaluated first", group=_SEARCH, nargs="*"
+    )
+    sampler: str = option(
+        "tpe",
+        "tpe (Optuna's multivariate TPE, one study per cost level, learning rung-0 scores) or random "
+        "(uniform random keep scores, projected and laddered the same way: the control a search must beat)",
+        group=_SEARCH,
+    )
+    gate_epochs: float = option(
+        1.0,
+        "epochs of the ProxylessNAS-style gate supernet whose best architectures seed the search "
+        "(source gates; 0 disables it)",
+        group=_SEARCH,
+    )
+    gate_seeds: int = option(3, "architectures the gate supernet seeds", group=_SEARCH)
+    lr: float = option(0.01, "fine-tuning learning rate", group=_SEARCH)
+    output: str | None = option(
+        None, "run directory (default results/<model>-<dataset>-<budget>-<timestamp>)", group="output"
+    )
+    startup_trials: int = option(10, "random proposals per Optuna study before TPE models", cli=False)
+    batch_size: int = option(128, "batch size of fine-tuning and of the seeds' evaluations", cli=False)
+    sensitivity_samples: int = option(1000, "validation images the sensitivity seed scores on", cli=False)
+    jobs_per_call: int = option(4, "rung-0 candidates a worker takes per call", cli=False)
 
     def replace(self, **changes: Any) -> SearchConfig:
         """A copy with ``changes`` applied."""
@@ -123,11 +197,12 @@ def write_config(path: str | os.PathLike, config: SearchConfig, **extra: Any) ->
 def load_config(path: str | os.PathLike) -> SearchConfig:
     """The :class:`SearchConfig` stored in a run's ``config.yaml``.
 
-    Settings an older version wrote and this one no longer has (``reports_per_trial``, ``extra``) are
-    ignored, so older run directories still read.
+    Settings an older version wrote and this one no longer has (:data:`RETIRED_SETTINGS`) are dropped,
+    so older run directories still read.
 
     Raises:
         ValueError: the file is not valid YAML or has no ``settings`` mapping.
+        NasPruneError: a setting this version does not know (one line).
     """
     try:
         doc = yaml.safe_load(Path(path).read_text())
@@ -135,9 +210,4 @@ def load_config(path: str | os.PathLike) -> SearchConfig:
         raise ValueError(f"{path} is not valid YAML ({str(err).splitlines()[0]})") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("settings"), dict):
         raise ValueError(f"{path} has no 'settings' mapping; it was not written by nas_prune.search")
-    settings = dict(doc["settings"])
-    fields = {f.name: f for f in dataclasses.fields(SearchConfig)}
-    for name in ("seeds", "cost_levels", "freeze"):
-        if name in settings:
-            settings[name] = tuple(settings[name])
-    return SearchConfig(**{k: v for k, v in settings.items() if k in fields})
+    return config_from_mapping(SearchConfig, doc["settings"], str(path), retired=RETIRED_SETTINGS)

@@ -8,6 +8,7 @@ function saves one PNG, returns its path and draws a note instead of failing on 
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,13 +17,24 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from .results import SEED_SOURCES, SOURCES
+from .results import PROPOSAL_SOURCES
 
 __all__ = ["plot_gates", "plot_pareto", "plot_progress", "plot_widths"]
 
 _DPI = 150
-_SEED_MARKERS = {"uniform": "s", "l2": "D", "sensitivity": "^", "gates": "P"}
-_SOURCE_COLORS = {source: f"C{i}" for i, source in enumerate(SOURCES)}
+_SEED_STYLES = {"uniform": ("s", "C0"), "l2": ("D", "C1"), "sensitivity": ("^", "C2"), "gates": ("P", "C3")}
+"""(marker, colour) of the built-in seed kinds; other kinds get theirs from a cycle (:func:`_seed_styles`)."""
+_MORE_MARKERS = ("v", "p", "h", "<", "X", ">", "d", "*")
+
+
+def _seed_styles(sources) -> dict[str, tuple[str, str]]:
+    """(marker, colour) per seed source among ``sources``: the built-in kinds first, then any other kind
+    (every source that is not a proposal's) in order of appearance, from a cycle of markers and colours."""
+    seeds = [s for s in dict.fromkeys(sources) if s not in PROPOSAL_SOURCES]
+    more = zip(itertools.cycle(_MORE_MARKERS), itertools.cycle(f"C{i}" for i in range(4, 10)))
+    styles = {s: style for s, style in _SEED_STYLES.items() if s in seeds}
+    styles.update((s, next(more)) for s in seeds if s not in _SEED_STYLES)
+    return styles
 
 
 def _numbers(column: pd.Series) -> np.ndarray:
@@ -71,9 +83,18 @@ def plot_pareto(
     """
     fig = Figure(figsize=(10, 5.5), layout="tight")
     ax = fig.add_subplot()
-    state, feasible = trials["state"], trials["feasible"].astype(bool)
     x, y = _numbers(trials["flops_ratio"]), _numbers(trials["val_accuracy"])
+    scatter = _masked_scatter(ax, x, y)
+    _draw_candidates(ax, trials, x, scatter)
+    _draw_front(ax, front)
+    _draw_seeds(ax, trials, x, y, scatter)
+    _draw_references(ax, dense, budget_flops_ratio)
+    _finish_pareto(ax, trials, x, budget_flops_ratio, title)
+    return _save(fig, path)
 
+
+def _masked_scatter(ax, x: np.ndarray, y: np.ndarray):
+    """``scatter(mask, **style)``: draw the rows of ``mask`` that have both coordinates."""
     drawable = ~np.isnan(x) & ~np.isnan(y)
 
     def scatter(mask, **style):
@@ -81,6 +102,12 @@ def plot_pareto(
         if mask.any():
             ax.scatter(x[mask], y[mask], **style)
 
+    return scatter
+
+
+def _draw_candidates(ax, trials: pd.DataFrame, x: np.ndarray, scatter) -> None:
+    """Stopped (faded), complete (filled if feasible, hollow if not), infeasible ('x' on the bottom edge)."""
+    state, feasible = trials["state"], trials["feasible"].astype(bool)
     scatter(
         (state == "stopped").to_numpy(),
         s=18,
@@ -110,13 +137,21 @@ def plot_pareto(
             label="infeasible proposal (not trained)",
         )
 
+
+def _draw_front(ax, front: pd.DataFrame) -> None:
+    """The Pareto front as a step line through ringed points."""
     if len(front):
         fx, fy = _numbers(front["flops_ratio"]), _numbers(front["val_accuracy"])
         order = np.lexsort((fy, fx))
         ax.step(fx[order], fy[order], where="post", color="C1", linewidth=2, zorder=3, label="Pareto front")
         ax.scatter(fx, fy, s=60, facecolors="none", edgecolors="C1", linewidths=1.5, zorder=3)
 
-    for source, marker in _SEED_MARKERS.items():
+
+def _draw_seeds(ax, trials: pd.DataFrame, x: np.ndarray, y: np.ndarray, scatter) -> None:
+    """Each seed kind's candidates with its own marker and a text label."""
+    state = trials["state"]
+    drawable = ~np.isnan(x) & ~np.isnan(y)
+    for source, (marker, color) in _seed_styles(trials["source"]).items():
         mask = (
             (trials["source"] == source).to_numpy()
             & state.isin(["complete", "stopped"]).to_numpy()
@@ -128,12 +163,15 @@ def plot_pareto(
             mask,
             marker=marker,
             s=70,
-            color=_SOURCE_COLORS[source],
+            color=color,
             edgecolors="black",
             zorder=4,
             label=f"seed: {source}",
         )
 
+
+def _draw_references(ax, dense: Mapping | None, budget_flops_ratio: float | None) -> None:
+    """The dense model as a star at x = 1, the FLOPs budget as a dashed vertical line."""
     dense_acc = None if dense is None else dense.get("val_accuracy")
     if dense_acc is not None and not pd.isna(dense_acc):
         ax.scatter(
@@ -155,6 +193,10 @@ def plot_pareto(
             label=f"FLOPs budget ({budget_flops_ratio:.2f} of dense)",
         )
 
+
+def _finish_pareto(ax, trials: pd.DataFrame, x: np.ndarray, budget_flops_ratio, title: str) -> None:
+    """Counts by state, limits, labels, title and legend."""
+    state = trials["state"]
     if not (state == "complete").any():
         _note(ax, "no complete trials yet")
     counts = state.value_counts()
@@ -177,7 +219,6 @@ def plot_pareto(
     ax.grid(True, alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, frameon=False)
-    return _save(fig, path)
 
 
 def plot_widths(
@@ -247,7 +288,7 @@ def plot_progress(trials: pd.DataFrame, path: str | os.PathLike, *, budget_note:
         np.where(rung == 0, score, np.nan),
         _numbers(ordered["rung0_accuracy"]),
     )
-    seeds = ordered["source"].isin(SEED_SOURCES).to_numpy()
+    seeds = ~ordered["source"].isin(PROPOSAL_SOURCES).to_numpy()
 
     fig = Figure(figsize=(9.5, 4.8), layout="tight")
     ax = fig.add_subplot()

@@ -1,4 +1,4 @@
-"""One schema for ``trials.csv``; ``pareto.csv`` and ``best_arch.json`` are derived from it.
+"""One schema for ``trials.csv``; ``pareto.csv`` and ``best_arch.json`` are derived from it (:mod:`.pareto`).
 
 A search records every candidate (complete at the top rung of the fidelity ladder, stopped at a lower
 rung, failed or infeasible) as one row of ``trials.csv`` through :func:`append_trial`, updated in place
@@ -20,26 +20,23 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from .atomic import atomic_write_text
+from .seeds import SEED_SOURCES
 
 __all__ = [
     "LATER_COLUMNS",
-    "MAXIMIZED",
+    "NUMERIC_COLUMNS",
+    "PROPOSAL_SOURCES",
     "SCHEMA_VERSION",
-    "SEED_SOURCES",
-    "SOURCES",
     "STATES",
     "TRIAL_COLUMNS",
     "append_trial",
-    "best_arch",
-    "pareto_front",
+    "is_missing",
     "parse_widths",
     "read_trials",
-    "write_best_arch",
-    "write_pareto",
+    "sources",
     "write_trials",
 ]
 
@@ -51,14 +48,9 @@ STATES = ("complete", "stopped", "failed", "infeasible")
 """Candidate states: ``complete`` = reached the rung it was scheduled for, ``stopped`` = not promoted
 past a rung, ``infeasible`` = the projection could not meet the budget, never evaluated."""
 
-SOURCES = ("uniform", "l2", "sensitivity", "gates", "optuna", "random")
-"""Who proposed the widths: a seed heuristic, the Optuna sampler or random search."""
-
-SEED_SOURCES = ("uniform", "l2", "sensitivity", "gates")
-"""The sources that are hand-made seeds rather than sampled proposals."""
-
-MAXIMIZED = frozenset({"val_accuracy"})
-"""Objectives to maximise; every other objective column is minimised."""
+PROPOSAL_SOURCES = ("optuna", "random")
+"""Sources of sampled proposals (TPE's model, or random: the random sampler and TPE's start-up); every other
+``source`` is a seed kind."""
 
 TRIAL_COLUMNS = [
     "trial_id",
@@ -105,6 +97,8 @@ _FLOAT_COLUMNS = (
     "rung0_accuracy",
     "level",
 )
+NUMERIC_COLUMNS = frozenset({*_INT_COLUMNS, *_FLOAT_COLUMNS})
+"""Columns that can be objectives of a Pareto front."""
 _STR_COLUMNS = ("state", "source", "latency_device", "widths", "error")
 _DTYPES = {
     "trial_id": "int64",
@@ -114,6 +108,12 @@ _DTYPES = {
     **dict.fromkeys(_FLOAT_COLUMNS, "float64"),
     **dict.fromkeys(_STR_COLUMNS, "object"),
 }
+
+
+def sources() -> tuple[str, ...]:
+    """Every valid ``source``: the registered seed kinds (:func:`nas_prune.seeds.register_seed`), then
+    :data:`PROPOSAL_SOURCES`. Read at each write, so a seed kind registered later is valid too."""
+    return (*SEED_SOURCES, *PROPOSAL_SOURCES)
 
 
 def parse_widths(value) -> dict[str, int]:
@@ -137,7 +137,8 @@ def parse_widths(value) -> dict[str, int]:
     return widths
 
 
-def _is_missing(value) -> bool:
+def is_missing(value) -> bool:
+    """None, NA, NaN or empty text: a cell left empty in trials.csv."""
     if value is None or value is pd.NA or (isinstance(value, str) and value == ""):
         return True
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isnan(value)
@@ -182,14 +183,14 @@ def _serialise_row(row: Mapping) -> dict[str, str]:
     unknown = set(row) - set(TRIAL_COLUMNS)
     if unknown:
         raise ValueError(f"unknown trials.csv columns {sorted(unknown)}; the schema is {TRIAL_COLUMNS}")
-    values = {k: v for k, v in row.items() if not _is_missing(v)}
+    values = {k: v for k, v in row.items() if not is_missing(v)}
     missing = [k for k in _REQUIRED if k not in values]
     if missing:
         raise ValueError(f"trial row lacks required columns {missing}")
     if values["state"] not in STATES:
         raise ValueError(f"state must be one of {STATES}, got {values['state']!r}")
-    if values["source"] not in SOURCES:
-        raise ValueError(f"source must be one of {SOURCES}, got {values['source']!r}")
+    if values["source"] not in sources():
+        raise ValueError(f"source must be one of {sources()}, got {values['source']!r}")
     if int(values.get("schema_version", SCHEMA_VERSION)) not in (1, SCHEMA_VERSION):
         raise ValueError(f"schema_version {values['schema_version']} is not 1 or {SCHEMA_VERSION}")
     values["schema_version"] = SCHEMA_VERSION  # an older row is rewritten in the current schema
@@ -324,123 +325,3 @@ def write_trials(path: str | os.PathLike, df: pd.DataFrame) -> None:
         raise ValueError(f"duplicated trial_id {duplicates}")
     rows = [_serialise_row(record) for record in df[TRIAL_COLUMNS].to_dict(orient="records")]
     atomic_write_text(path, _csv_text(rows, header=True))
-
-
-def _check_objectives(objectives: Sequence[str]) -> list[str]:
-    objectives = list(objectives)
-    numeric = set(_INT_COLUMNS) | set(_FLOAT_COLUMNS)
-    bad = [o for o in objectives if o not in numeric]
-    if not objectives or bad:
-        raise ValueError(f"objectives must be numeric trial columns, got {objectives}")
-    return objectives
-
-
-def _non_dominated(costs: np.ndarray, block: int = 256) -> np.ndarray:
-    """Mask of rows of ``costs`` (all minimised) that no other row dominates; equal rows all survive."""
-    keep = np.ones(len(costs), dtype=bool)
-    for start in range(0, len(costs), block):
-        target = costs[start : start + block]  # (b, k)
-        no_worse = (costs[:, None, :] <= target[None, :, :]).all(axis=2)  # (n, b)
-        better = (costs[:, None, :] < target[None, :, :]).any(axis=2)
-        keep[start : start + block] = ~(no_worse & better).any(axis=0)
-    return keep
-
-
-def _complete_feasible(trials: pd.DataFrame) -> pd.DataFrame:
-    """Complete, feasible candidates at the top rung reached: only their scores are comparable."""
-    done = trials[(trials["state"] == "complete") & trials["feasible"].astype(bool)]
-    rung = done["rung"].fillna(0)
-    return done[rung == rung.max()] if len(done) else done
-
-
-def pareto_front(trials: pd.DataFrame, objectives: Sequence[str] = ("val_accuracy", "flops")) -> pd.DataFrame:
-    """Complete, feasible trials at the top rung that no other such trial dominates.
-
-    ``val_accuracy`` is maximised, every other objective (``flops``, ``latency_ms``...) minimised. A
-    dominates B when it is no worse in every objective and better in one, so trials with equal
-    objective vectors are all kept.
-
-    Returns:
-        The front's rows (same columns), sorted by flops then trial_id, with a fresh index.
-
-    Raises:
-        ValueError: an objective is not a numeric column, or is empty for a complete feasible trial
-            (e.g. latency not measured yet).
-    """
-    objectives = _check_objectives(objectives)
-    candidates = _complete_feasible(trials)
-    values = np.column_stack(
-        [candidates[o].to_numpy(dtype=float, na_value=np.nan) for o in objectives]
-    ).reshape(len(candidates), len(objectives))
-    if np.isnan(values).any():
-        empty = [o for o, column in zip(objectives, values.T, strict=True) if np.isnan(column).any()]
-        raise ValueError(f"objectives {empty} are empty for some complete feasible trials")
-    signs = np.array([-1.0 if o in MAXIMIZED else 1.0 for o in objectives])
-    front = candidates[_non_dominated(values * signs)]
-    return front.sort_values(["flops", "trial_id"], kind="mergesort").reset_index(drop=True)
-
-
-def write_pareto(
-    run_dir: str | os.PathLike, objectives: Sequence[str] = ("val_accuracy", "flops")
-) -> pd.DataFrame:
-    """Derive ``run_dir/pareto.csv`` from ``run_dir/trials.csv`` (atomically) and return the front.
-
-    Pass ``("val_accuracy", "flops", "latency_ms")`` when the search has a latency budget.
-    """
-    run_dir = Path(run_dir)
-    front = pareto_front(read_trials(run_dir / "trials.csv"), objectives)
-    write_trials(run_dir / "pareto.csv", front)
-    return front
-
-
-def best_arch(trials: pd.DataFrame) -> pd.Series | None:
-    """The most accurate complete, feasible trial at the top rung (ties: fewer flops, then lower
-    trial_id), or None."""
-    candidates = _complete_feasible(trials)
-    if candidates.empty:
-        return None
-    order = candidates.assign(_neg_acc=-candidates["val_accuracy"]).sort_values(
-        ["_neg_acc", "flops", "trial_id"], kind="mergesort"
-    )
-    return candidates.loc[order.index[0]]
-
-
-def _plain_float(value) -> float | None:
-    return None if _is_missing(value) else float(value)
-
-
-def write_best_arch(run_dir: str | os.PathLike, *, model: str, dataset: str, dense: Mapping) -> dict | None:
-    """Write ``run_dir/best_arch.json`` for the best trial of ``run_dir/trials.csv`` and return it.
-
-    Args:
-        run_dir: the run directory.
-        model: zoo name or ``"pkg.module:factory"``.
-        dataset: dataset name or factory.
-        dense: the dense model's ``macs`` and ``params`` (required) and ``val_accuracy`` (may be None).
-
-    Returns:
-        The JSON content as plain Python types, or None (and no file written) when there is no
-        complete, feasible trial yet.
-    """
-    run_dir = Path(run_dir)
-    best = best_arch(read_trials(run_dir / "trials.csv"))
-    if best is None:
-        return None
-    content = {
-        "schema_version": 1,  # best_arch.json's own schema (DESIGN), unchanged by trials.csv's version 2
-        "model": str(model),
-        "dataset": str(dataset),
-        "widths": parse_widths(best["widths"]),
-        "macs": None if _is_missing(best["macs"]) else int(best["macs"]),
-        "flops": None if _is_missing(best["flops"]) else int(best["flops"]),
-        "params": None if _is_missing(best["params"]) else int(best["params"]),
-        "val_accuracy": float(best["val_accuracy"]),
-        "trial_id": int(best["trial_id"]),
-        "dense": {
-            "macs": int(dense["macs"]),
-            "params": int(dense["params"]),
-            "val_accuracy": _plain_float(dense.get("val_accuracy")),
-        },
-    }
-    atomic_write_text(run_dir / "best_arch.json", json.dumps(content, indent=2) + "\n")
-    return content

@@ -7,8 +7,11 @@
   measured; the budget is then met greedily by shrinking the group that loses the least accuracy per
   MAC saved (Li et al. 2017's sensitivity analysis, used as an allocation).
 
-New seed kinds (e.g. the gate supernet) register with :func:`register_seed`; a seed function takes a
-:class:`SeedContext` and returns widths or ``None`` when it cannot meet the budget.
+New seed kinds register with :func:`register_seed`; a seed function takes a :class:`SeedContext` and
+returns widths or ``None`` when it cannot meet the budget. Every registered kind's name is a valid
+``source`` in trials.csv (:data:`SEED_SOURCES`), so a new kind needs no other change to be recorded and
+plotted. The gate supernet's seeds (``gates``) are made by the search itself, which trains the supernet on
+its data (:mod:`nas_prune.search.seeding`); they register their label only.
 """
 
 from __future__ import annotations
@@ -23,7 +26,15 @@ from .cost import CostModel
 from .prune import channel_importance, prune
 from .space import Budget, WidthSpace
 
-__all__ = ["SEEDS", "SeedContext", "register_seed", "make_seeds"]
+__all__ = [
+    "GATES",
+    "SEEDS",
+    "SEED_SOURCES",
+    "SeedContext",
+    "make_seeds",
+    "register_seed",
+    "register_seed_source",
+]
 
 
 @dataclass
@@ -51,6 +62,17 @@ class SeedContext:
 
 
 SEEDS: dict[str, Callable[[SeedContext], dict[str, int] | None]] = {}
+"""Seed functions :func:`make_seeds` can run (``--seeds`` chooses among them)."""
+
+SEED_SOURCES: list[str] = []
+"""The ``source`` label of every registered seed kind, in registration order."""
+
+
+def register_seed_source(name: str) -> str:
+    """Register the ``source`` label of a seed kind made outside :func:`make_seeds`; returns ``name``."""
+    if name not in SEED_SOURCES:
+        SEED_SOURCES.append(name)
+    return name
 
 
 def register_seed(name: str):
@@ -58,6 +80,7 @@ def register_seed(name: str):
 
     def wrap(fn):
         SEEDS[name] = fn
+        register_seed_source(name)
         return fn
 
     return wrap
@@ -133,6 +156,10 @@ def sensitivity_seed(
         return (interpolated(name, to) - interpolated(name, frm) + 1e-6) / max(saved, 1)
 
     return _shrink_greedily(ctx, loss_per_mac)
+
+
+GATES = register_seed_source("gates")
+"""The gate supernet's seeds (:mod:`nas_prune.gates`), made and labelled by the search."""
 
 
 def make_seeds(

@@ -1,6 +1,6 @@
 """The search space: candidate widths per channel group, and the budgets a candidate must meet.
 
-A candidate is a ``{group: channels}`` dict (DESIGN.md's ``widths``). Each searched group takes one of
+A candidate is a ``{group: channels}`` dict (the ``widths`` column of trials.csv). Each searched group takes one of
 a few widths: ``round_to``-multiples from ``min_fraction`` of the dense width up to the full width
 (or the fractions of an explicit ``grid``); a group cut by grouped convolutions steps by the least
 common multiple of ``round_to`` and its ``multiple``. Frozen groups (not prunable, or listed in the model's

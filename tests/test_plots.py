@@ -6,11 +6,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nas_prune.plots import plot_gates, plot_pareto, plot_progress, plot_widths
-from nas_prune.results import SOURCES, append_trial, pareto_front, read_trials
+from nas_prune.pareto import pareto_front
+from nas_prune.plots import _seed_styles, plot_gates, plot_pareto, plot_progress, plot_widths
+from nas_prune.results import append_trial, read_trials, sources
+from nas_prune.seeds import SEED_SOURCES, SEEDS, register_seed
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 DENSE = {"macs": 1000, "params": 500, "val_accuracy": 0.91}
+SOURCES = sources()
 
 
 def is_png(path):
@@ -94,3 +97,35 @@ def test_plot_gates(tmp_path, groups, records):
     out = plot_gates(_gate_history(groups, records), tmp_path / "gates.png", title="gates")
     assert out == tmp_path / "gates.png" and is_png(out)
     assert is_png(plot_gates(_gate_history([], 0), tmp_path / "empty.png"))
+
+
+@pytest.fixture
+def seed_registry():
+    """The seed registry as it was, restored after the test."""
+    saved = dict(SEEDS), list(SEED_SOURCES)
+    yield
+    SEEDS.clear()
+    SEEDS.update(saved[0])
+    SEED_SOURCES[:] = saved[1]
+
+
+def test_a_newly_registered_seed_kind_is_recorded_and_plotted(tmp_path, trials, seed_registry):
+    path = tmp_path / "trials.csv"
+    with pytest.raises(ValueError, match="source must be one of"):
+        append_trial(path, {"trial_id": 0, "state": "failed", "source": "mine", "widths": {"conv1": 4}})
+
+    @register_seed("mine")
+    def mine(ctx):
+        return ctx.space.dense()
+
+    base = {"state": "complete", "macs": 300, "params": 250, "flops_ratio": 0.3, "widths": {"conv1": 4}}
+    append_trial(path, {**base, "trial_id": 0, "source": "mine", "val_accuracy": 0.7, "feasible": True})
+    append_trial(path, {**base, "trial_id": 1, "source": "optuna", "val_accuracy": 0.6, "feasible": True})
+    table = read_trials(path)
+    assert table["source"].tolist() == ["mine", "optuna"]
+    both = pd.concat([trials, table.assign(trial_id=table["trial_id"] + 100)], ignore_index=True)
+    assert is_png(plot_pareto(both, pareto_front(both), tmp_path / "pareto.png", dense=DENSE))
+    assert is_png(plot_progress(both, tmp_path / "progress.png"))
+    styles = _seed_styles(both["source"])  # drawn as a seed, in a style of its own
+    assert set(styles) == set(both["source"]) - {"optuna", "random"} and "mine" in styles
+    assert styles["mine"] not in [style for source, style in styles.items() if source != "mine"]

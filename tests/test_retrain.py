@@ -20,7 +20,8 @@ from nas_prune.cli import run_cli
 from nas_prune.config import SearchConfig, write_config
 from nas_prune.errors import NasPruneError
 from nas_prune.models import create_model, model_spec
-from nas_prune.results import append_trial, write_best_arch, write_pareto
+from nas_prune.pareto import write_best_arch, write_pareto
+from nas_prune.results import append_trial
 from nas_prune.retrain import (
     SUMMARY_COLUMNS,
     choose_architecture,

@@ -1,11 +1,13 @@
 """The search CLI as users meet it: bad input, a killed-and-resumed run, a Ray cluster address.
 
-These run the search in subprocesses with their own Ray (the only Ray starts outside the session's one,
-as DESIGN.md allows); each subprocess gets its own RAY_TMPDIR so its processes can be found and ended.
+These run the search in subprocesses with their own Ray (the only Ray starts outside the session's one:
+a kill and a cluster address need a separate process); each subprocess gets its own RAY_TMPDIR so its
+processes can be found and ended.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -19,8 +21,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 from nas_prune.cli import run_cli
+from nas_prune.config import SearchConfig, load_config
 from nas_prune.search import main
 
 EVALUATED = ["complete", "stopped", "failed"]
@@ -79,6 +83,16 @@ def test_resume_with_a_broken_config_yaml(capsys, tmp_path):
     _fails(capsys, ["--resume", str(tmp_path)], "not valid YAML")
     (tmp_path / "config.yaml").write_text("just a string\n")
     _fails(capsys, ["--resume", str(tmp_path)], "no 'settings' mapping")
+
+
+def test_resume_refuses_an_unknown_setting_but_reads_retired_ones(capsys, tmp_path):
+    settings = {**dataclasses.asdict(SearchConfig(budget_flops=0.5)), "cost_levels": [1.0]}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"settings": {**settings, "budget_flopz": 0.3}}))
+    err = _fails(capsys, ["--resume", str(tmp_path)], "unknown setting(s) budget_flopz")
+    assert err.startswith("nas_prune.search: error: --resume")
+    old = {**settings, "reports_per_trial": 4, "extra": {"note": "x"}}  # written by older versions
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"settings": old}))
+    assert load_config(tmp_path / "config.yaml") == SearchConfig(budget_flops=0.5, cost_levels=(1.0,))
 
 
 def test_output_that_is_a_file_or_cannot_be_created(capsys, tmp_path):

@@ -6,9 +6,9 @@ when a proposal is projected (with its widths, source, cost level and, if the pr
 rung. Each line is flushed and synced before the next, so a kill -9 loses at most the line being
 written (a torn last line is ignored on reading) and ``--resume`` repeats no finished evaluation.
 
-``trials.csv`` (one row per candidate, its highest rung's score; DESIGN's schema) is derived from the
-journal, never the other way round; the latency measured after the ladder is merged back from the
-previous ``trials.csv``.
+``trials.csv`` (one row per candidate, its highest rung's score; the schema of :mod:`nas_prune.results`)
+is derived from the journal, never the other way round; the latency measured after the ladder is merged
+back from the previous ``trials.csv``.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ width grid are measured before any evaluation starts, so nothing is timed while 
 plain table fails validation it is calibrated (per-kind scales fitted to whole-model timings) and
 validated again on architectures the fit did not see. The
 projection aims every proposal at the limit by the LUT's prediction. Only a LUT that passed validation
-on this device (DESIGN: median error <= 15% and Spearman >= 0.9 on random widths) may reject anything
+on this device (median error <= 15% and Spearman >= 0.9 on random widths) may reject anything
 (proposals the projection cannot fit, seeds); an untrusted LUT only aims and orders. Feasibility in
 trials.csv is judged on the latency measured after the ladder, one model at a time.
 """
@@ -41,7 +41,7 @@ class LatencyGuard:
 
     ``limit_ms`` is fixed at the start of the run (a fraction budget times the dense latency measured
     then) and kept in ``latency.json`` so a resumed run judges by the same limit. ``trusted``: the LUT
-    passed validation on this device (DESIGN: median error <= 15%, Spearman >= 0.9) on architectures
+    passed validation on this device (median error <= 15%, Spearman >= 0.9) on architectures
     its calibration did not see, so it may reject; an untrusted LUT only aims and orders.
     ``measure(model) -> ms`` times a model with the LUT's own estimator (the fastest of its rounds).
     """

@@ -8,7 +8,8 @@ from pathlib import Path
 import pandas as pd
 
 from ..atomic import atomic_write_text
-from ..results import SEED_SOURCES, best_arch, write_best_arch, write_pareto
+from ..pareto import best_arch, write_best_arch, write_pareto
+from ..results import PROPOSAL_SOURCES
 from .driver import LadderStats
 from .journal import Journal
 from .ladder import Ladder, correlations, fidelity_warning
@@ -81,7 +82,7 @@ def print_summary(
 ) -> None:
     """The end-of-run summary: counts, the ladder's fidelity and throughput, the front, what next."""
     counts = trials["state"].value_counts().to_dict() if len(trials) else {}
-    proposed = trials[~trials["source"].isin(SEED_SOURCES)]
+    proposed = trials[trials["source"].isin(PROPOSAL_SOURCES)]
     infeasible = (proposed["state"] == "infeasible").mean() if len(proposed) else 0.0
     model_share = (proposed["source"] == "optuna").mean() if len(proposed) else 0.0
     print(

@@ -125,8 +125,8 @@ def search(
             built once per Ray worker (default :class:`~nas_prune.objective.CandidateEvaluator`; tests
             inject fakes).
         ray_runtime_env: passed to ``ray.init`` when this call starts Ray.
-        latency_fn: ``(model, example_inputs, device, batch) -> ms`` instead of timing (tests inject one;
-            DESIGN: tests of latency logic do not time).
+        latency_fn: ``(model, example_inputs, device, batch) -> ms`` instead of timing (tests inject one,
+            so tests of latency logic never depend on timing noise).
         quiet: no progress bar or tables.
 
     Returns:

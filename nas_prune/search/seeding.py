@@ -15,7 +15,7 @@ from pathlib import Path
 from ..atomic import atomic_write_text
 from ..data import DataSplits, TensorSplit, make_loader
 from ..objective import adapt_batchnorm
-from ..seeds import SeedContext, make_seeds
+from ..seeds import GATES, SeedContext, make_seeds
 from ..space import Budget
 from ..train import evaluate
 
@@ -41,7 +41,7 @@ def _sensitivity_evaluator(data: DataSplits, cfg, device) -> Callable:
 def gate_seeds(
     cfg, model, example, space, cost, budget, data, device, run_dir: Path, guard, uniform, quiet
 ) -> list:
-    """Train the gate supernet for ``--gate-epochs`` and return its seeds (``source = gates``).
+    """Train the gate supernet for ``--gate-epochs`` and return its seeds (source ``gates``).
 
     Its width distributions go to ``gates.csv`` (``gates.png`` is drawn from it). Weights step on the
     training split, architecture logits on the validation split (the search's split; never the test set).
@@ -115,6 +115,6 @@ def load_or_make_seeds(cfg, model, example, space, cost, budget, data, device, r
         )
         if guard is not None:
             gated = [w for w in map(guard.fit, gated) if w is not None]
-        seeds += [("gates", w) for w in gated if all(w != known for _, known in seeds)]
+        seeds += [(GATES, w) for w in gated if all(w != known for _, known in seeds)]
     atomic_write_text(path, json.dumps(seeds))
     return seeds

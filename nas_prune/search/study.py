@@ -2,7 +2,7 @@
 
 Why one study per level: candidates at one level cost the same (the projection puts them there), so a
 single objective, rung-0 validation accuracy, is comparable between them; scores of different levels
-or of fine-tuned rungs never mix in one study (DESIGN: the sampler is told only comparable scores).
+or of fine-tuned rungs never mix in one study: a sampler is told only scores it can compare.
 The studies live in ``study.db`` (``optuna-dashboard sqlite:///<run>/study.db`` shows them).
 
 Decisions:
