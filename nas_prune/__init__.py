@@ -42,8 +42,8 @@ __all__ = [
 # nas_prune.train`` would warn about a double import), and ``search`` imports Ray, which the core never needs.
 _LAZY = {
     "search": ("search", None),
-    "load_pruned": ("retrain", "load_pruned"),
-    "save_pruned": ("retrain", "save_pruned"),
+    "load_pruned": ("checkpoint", "load_pruned"),
+    "save_pruned": ("checkpoint", "save_pruned"),
 }
 
 

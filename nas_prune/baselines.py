@@ -63,6 +63,7 @@ import torch.nn.utils.prune as torch_prune
 from torch import nn
 
 from .atomic import atomic_write_text
+from .checkpoint import load_checkpoint, save_checkpoint, save_pruned, settings_mismatch
 from .cli import ArgumentParser, ensure_output_dir, run_cli
 from .cost import CostModel, count_macs, measure_latency
 from .data import DataSplits, check_dataset_name, load_dataset
@@ -71,11 +72,18 @@ from .graph import ChannelGraph, channel_groups
 from .models import MODELS, build_from_spec, default_model, load_search_space, model_spec
 from .objective import adapt_batchnorm
 from .prune import channel_importance, prune
-from .retrain import METRICS_SCHEMA_VERSION, final_accuracy, final_costs, reinitialize, save_pruned
-from .retrain import _train as train_resumable
+from .retrain import METRICS_SCHEMA_VERSION, final_accuracy, final_costs, reinitialize
 from .seeds import SeedContext, l2_seed, uniform_seed
 from .space import Budget, WidthSpace
-from .train import evaluate, load_checkpoint, resolve_device, save_checkpoint, seed_everything
+from .train import (
+    Checkpointing,
+    epoch_reporter,
+    evaluate,
+    fit,
+    resolve_device,
+    resumed_epochs,
+    seed_everything,
+)
 
 __all__ = [
     "FINETUNE_SHARE",
@@ -105,7 +113,9 @@ METHODS = (
 FINETUNE_LR, SCRATCH_LR = 0.01, 0.1
 FINETUNE_SHARE = 0.5  # soft-filter: share of --epochs spent fine-tuning the slim network after the cut
 BN_BATCHES = 20
+CHECKPOINT = "checkpoint.pt"
 PHASES = "phases"  # OUTPUT/phases/<phase>/checkpoint.pt: per-epoch checkpoints of an unfinished run
+_REMEDY = "pass --force to start over or --output DIR"
 _WEIGHTED = (nn.modules.conv._ConvNd, nn.Linear)
 
 
@@ -440,12 +450,18 @@ class _Context:
             "batch_size": int(self.s.batch_size), "weight_decay": float(self.s.weight_decay),
             "seed": int(self.s.seed + seed),
         }  # fmt: skip
-        seed_everything(settings["seed"])
-        history, _ = train_resumable(
-            model.to(self.device), None, self.data, self.spec, settings, self.phases / phase, self.device,
-            self.s.progress, self.quiet, on_epoch_end=None, before_checkpoint=before_checkpoint,
+        path = self.phases / phase / CHECKPOINT
+        if resumed_epochs(path) and not self.quiet:
+            print(
+                f"Resuming {phase} after {resumed_epochs(path):g} of {epochs:g} epochs (from {path})",
+                flush=True,
+            )
+        return fit(
+            model, self.data, epochs=epochs, batch_size=settings["batch_size"], lr=settings["lr"],
+            weight_decay=settings["weight_decay"], device=self.device, seed=settings["seed"],
+            progress=self.s.progress, on_epoch_end=epoch_reporter(None if self.quiet else self.say, epochs),
+            checkpoint=Checkpointing(path, settings, self.spec, before_checkpoint),
         )  # fmt: skip
-        return history
 
     def val_accuracy(self, model: nn.Module) -> float:
         loader = self.data.loader("val", 512, train=False, device=self.device)
@@ -650,12 +666,6 @@ def _resume_key(settings: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in settings.items() if k not in ("progress", "output")}
 
 
-def _mismatch(out: Path, what: str, old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
-    diff = [k for k in new if old.get(k) != new[k]]
-    detail = ", ".join(f"{k} {old.get(k)!r} there vs {new[k]!r} now" for k in diff[:3])
-    return f"{out} holds {what} with other settings ({detail}); pass --force to start over or --output DIR"
-
-
 def _claim(out: Path, key: dict[str, Any], force: bool) -> dict[str, Any] | None:
     """The finished run's metrics if ``out`` holds one with these settings; else prepare ``out``.
 
@@ -673,7 +683,7 @@ def _claim(out: Path, key: dict[str, Any], force: bool) -> dict[str, Any] | None
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             raise NasPruneError(f"{metrics_path} is unreadable; pass --force to redo the run") from None
         if old != key:
-            raise NasPruneError(_mismatch(out, "a finished run", old, key))
+            raise NasPruneError(settings_mismatch(out, "a finished run", old, key, _REMEDY))
         return done
     if state.is_file() and any((out / PHASES).glob("*/checkpoint.pt")):  # work that must not be mixed
         try:
@@ -681,7 +691,7 @@ def _claim(out: Path, key: dict[str, Any], force: bool) -> dict[str, Any] | None
         except (OSError, ValueError):
             old = {}
         if old != key:
-            raise NasPruneError(_mismatch(out, "an interrupted run", old, key))
+            raise NasPruneError(settings_mismatch(out, "an interrupted run", old, key, _REMEDY))
     atomic_write_text(state, json.dumps(key, indent=2) + "\n")
     return None
 

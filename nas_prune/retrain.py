@@ -42,7 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .atomic import atomic_torch_save, atomic_write_text
+from .atomic import atomic_write_text
+from .checkpoint import checked_widths, load_checkpoint, load_pruned, save_pruned, settings_mismatch
 from .cli import ArgumentParser, ensure_output_dir, run_cli
 from .config import SearchConfig, device_label, load_config
 from .cost import count_macs, measure_latency, measure_speedup
@@ -52,17 +53,15 @@ from .export import export_model
 from .models import MODELS, build_from_spec, init_weights
 from .objective import adapt_batchnorm
 from .prune import prune
-from .results import parse_widths, read_trials
+from .results import read_trials
 from .train import (
+    Checkpointing,
+    epoch_reporter,
     evaluate,
-    load_checkpoint,
-    load_weights,
-    make_optimizer,
-    make_scheduler,
+    fit,
     resolve_device,
-    save_checkpoint,
+    resumed_epochs,
     seed_everything,
-    train_one_epoch,
 )
 
 __all__ = [
@@ -90,6 +89,7 @@ INITS = ("scratch", "inherit")
 DEFAULT_LR = {"scratch": 0.1, "inherit": 0.01}
 BN_BATCHES = 20  # batches of adaptive BN before fine-tuning inherited weights (as in the search)
 CHECKPOINT = "checkpoint.pt"
+_REMEDY = "delete it or pass --output DIR"
 
 SUMMARY_COLUMNS = [
     "name",
@@ -153,13 +153,6 @@ def _read_table(path: Path) -> pd.DataFrame:
         raise NasPruneError(f"{path} is not a nas_prune trials table: {err}") from err
 
 
-def _widths(value: Any, where: str) -> dict[str, int]:
-    try:
-        return parse_widths(value)
-    except ValueError as err:
-        raise NasPruneError(f"{where}: {err}") from err
-
-
 def _optional(value: Any, kind: type) -> Any:
     return None if value is None or pd.isna(value) else kind(value)
 
@@ -168,7 +161,7 @@ def _from_row(row: pd.Series, where: str, how: str) -> Architecture:
     """An :class:`Architecture` from a trials.csv / pareto.csv row."""
     return Architecture(
         trial_id=int(row["trial_id"]),
-        widths=_widths(row["widths"], where),
+        widths=checked_widths(row["widths"], where),
         val_accuracy=_optional(row["val_accuracy"], float),
         flops=_optional(row["flops"], int),
         how=how,
@@ -232,7 +225,7 @@ def choose_architecture(
             raise NasPruneError(f"{path} is not a nas_prune best_arch.json (no 'widths' or 'trial_id')")
         arch = Architecture(
             trial_id=int(best["trial_id"]),
-            widths=_widths(best["widths"], str(path)),
+            widths=checked_widths(best["widths"], str(path)),
             val_accuracy=_optional(best.get("val_accuracy"), float),
             flops=_optional(best.get("flops"), int),
             how="rank 0 (best_arch.json)",
@@ -262,83 +255,6 @@ def output_name(init: str, trial_id: int, distill: bool = False, budget_matched:
 # ---------------------------------------------------------------------------------------------------
 # The pruned-model file: model.pt
 # ---------------------------------------------------------------------------------------------------
-
-
-def save_pruned(
-    path: str | os.PathLike,
-    model: nn.Module,
-    widths: Mapping[str, int],
-    spec: Mapping[str, Any],
-    importance: str | None = None,
-) -> Path:
-    """Write ``{"schema_version": 1, "state_dict", "widths", "spec"[, "importance"]}`` atomically.
-
-    The file holds only tensors and plain data: ``torch.load(path, weights_only=True)`` reads it, and
-    :func:`load_pruned` rebuilds the model from it.
-    """
-    payload: dict[str, Any] = {
-        "schema_version": MODEL_SCHEMA_VERSION,
-        "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-        "widths": {str(k): int(v) for k, v in widths.items()},
-        "spec": {
-            "model": str(spec["model"]),
-            "kwargs": dict(spec.get("kwargs") or {}),
-            "input_shape": [int(d) for d in spec["input_shape"]],
-        },
-    }
-    if importance is not None:
-        payload["importance"] = str(importance)
-    return atomic_torch_save(payload, Path(path))
-
-
-def _structure(spec: Mapping[str, Any], widths: Mapping[str, int], where: str) -> nn.Module:
-    """The dense model of ``spec`` pruned to ``widths`` (fresh weights: only the shapes matter)."""
-    shape = spec.get("input_shape")
-    if (
-        not isinstance(shape, (list, tuple))
-        or not shape
-        or not all(isinstance(d, int) and d > 0 for d in shape)
-    ):
-        raise NasPruneError(f"{where}: spec has no valid 'input_shape' (got {shape!r})")
-    dense = build_from_spec(dict(spec))
-    return prune(dense, torch.zeros(2, *shape), dict(widths), "l1")
-
-
-def load_pruned(path: str | os.PathLike) -> nn.Module:
-    """Rebuild a model saved by :func:`save_pruned` (or ``python -m nas_prune.retrain``), in eval mode.
-
-    The dense model is rebuilt from the spec, pruned to the widths (structure only) and the state_dict
-    loaded strictly, so outputs equal the saved model's.
-
-    Raises:
-        NasPruneError: missing, unreadable or corrupt file, a dict that is not a pruned model, or
-            weights whose keys or shapes do not fit the architecture.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise NasPruneError(f"pruned model {path} does not exist")
-    try:
-        content = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated zip, not a torch file, pickled objects beyond plain data, ...
-        raise NasPruneError(
-            f"{path} is unreadable or not a plain-tensor torch file ({type(err).__name__})"
-        ) from err
-    if not isinstance(content, dict):
-        raise NasPruneError(f"{path} is not a nas_prune pruned model (it holds a {type(content).__name__})")
-    for key in ("state_dict", "widths", "spec"):
-        if key not in content:
-            raise NasPruneError(f"{path} is not a nas_prune pruned model (no {key!r})")
-    version = content.get("schema_version", MODEL_SCHEMA_VERSION)
-    if not isinstance(version, int) or version > MODEL_SCHEMA_VERSION:
-        raise NasPruneError(
-            f"{path} has schema_version {version!r}; this nas_prune reads up to {MODEL_SCHEMA_VERSION}"
-        )
-    spec, state_dict = content["spec"], content["state_dict"]
-    if not isinstance(spec, dict) or not isinstance(state_dict, dict):
-        raise NasPruneError(f"{path} is not a nas_prune pruned model ('spec' or 'state_dict' is not a dict)")
-    model = _structure(spec, _widths(content["widths"], str(path)), str(path))
-    load_weights(model, state_dict, str(path), detail=f" for widths {content['widths']}")
-    return model.eval()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -455,129 +371,12 @@ def _open_run(run_dir: Path) -> _Run:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Resumable training
-# ---------------------------------------------------------------------------------------------------
-
-
-def _rounds(epochs: float, steps_per_epoch: int) -> list[int]:
-    """Batches per (possibly partial) epoch, as :func:`nas_prune.train.fit` splits them."""
-    full, fraction = int(epochs), epochs - int(epochs)
-    last = max(1, round(fraction * steps_per_epoch)) if fraction > 1e-9 else 0
-    return [steps_per_epoch] * full + ([last] if last else [])
-
-
-def _train(
-    slim: nn.Module,
-    teacher: nn.Module | None,
-    data: DataSplits,
-    spec: dict[str, Any],
-    settings: dict[str, Any],
-    out: Path,
-    device: torch.device,
-    progress: bool,
-    quiet: bool,
-    on_epoch_end: Callable[[int, dict[str, Any]], Any] | None,
-    before_checkpoint: Callable[[int, dict[str, Any]], Any] | None = None,
-) -> tuple[list[dict[str, Any]], float]:
-    """Train ``slim`` for ``settings["epochs"]``, checkpointing after every (partial) epoch.
-
-    A checkpoint of the same settings in ``out`` is continued from its last finished epoch. Each epoch
-    draws its batch order and augmentation from ``seed`` and its index, so an interrupted and resumed
-    run sees the same batches as an uninterrupted one.
-
-    ``before_checkpoint(epoch_index, history_row)`` runs after each epoch's validation and before its
-    checkpoint, so what it changes in ``slim`` (soft filter pruning's zeroing) is what a resume sees.
-
-    Returns:
-        The history (one row per epoch, also the ones before a resume) and the epochs done at start.
-    """
-    batch_size, seed = settings["batch_size"], settings["seed"]
-    drop_last = len(data.train) > batch_size  # as fit(): a batch of one would break BatchNorm
-
-    def train_loader(epoch: int):
-        return data.loader(
-            "train", batch_size, train=True, seed=seed * 1_000_003 + epoch, device=device, drop_last=drop_last
-        )
-
-    steps_per_epoch = len(train_loader(0))
-    rounds = _rounds(settings["epochs"], steps_per_epoch)
-    optimizer = make_optimizer(slim, lr=settings["lr"], weight_decay=settings["weight_decay"])
-    scheduler = make_scheduler(optimizer, sum(rounds))
-    history: list[dict[str, Any]] = []
-    path = out / CHECKPOINT
-    start = 0
-    if path.is_file():
-        ckpt = load_checkpoint(path)
-        if ckpt.get("settings") != settings:
-            raise NasPruneError(_mismatch(out, ckpt.get("settings"), settings))
-        slim.load_state_dict(ckpt["state_dict"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        start, history = int(ckpt["rounds_done"]), list(ckpt["history"])
-        if not quiet:
-            print(f"Resuming {out.name} after epoch {start} of {len(rounds)} (from {path})", flush=True)
-    resumed_from = float(history[-1]["epoch"]) if history else 0.0
-    val_loader = data.loader("val", 512, train=False, device=device)
-    loss_fn = None if teacher is None else distillation(teacher, settings["temperature"], settings["alpha"])
-    done = sum(rounds[:start])
-    for epoch in range(start, len(rounds)):
-        loader = train_loader(epoch)
-        label = f"epoch {epoch + 1}/{len(rounds)}" if progress else False
-        lr_now = optimizer.param_groups[0]["lr"]
-        tick = time.perf_counter()
-        stats = train_one_epoch(
-            slim, loader, optimizer, scheduler=scheduler, device=device, max_batches=rounds[epoch],
-            progress=label, loss_fn=loss_fn,
-        )  # fmt: skip
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - tick
-        val = evaluate(slim, val_loader, device=device)
-        done += stats["batches"]
-        row = {
-            "epoch": round(done / steps_per_epoch, 6),
-            "train_loss": stats["loss"],
-            "train_accuracy": stats["accuracy"],
-            "val_loss": val["loss"],
-            "val_accuracy": val["accuracy"],
-            "lr": lr_now,
-            "train_seconds": seconds,
-        }
-        history.append(row)
-        if before_checkpoint is not None:
-            before_checkpoint(epoch, row)
-        save_checkpoint(
-            path,
-            slim,
-            spec,
-            settings=settings,
-            optimizer=optimizer.state_dict(),
-            scheduler=scheduler.state_dict(),
-            rounds_done=epoch + 1,
-            history=history,
-        )
-        if not quiet:
-            print(
-                f"epoch {row['epoch']:g}/{settings['epochs']:g}: train loss {row['train_loss']:.4f} "
-                f"acc {row['train_accuracy']:.4f} | val acc {row['val_accuracy']:.4f} | {seconds:.1f} s",
-                flush=True,
-            )
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, row)
-    return history, resumed_from
-
-
-def _mismatch(out: Path, old: Any, new: dict[str, Any]) -> str:
-    if not isinstance(old, dict):
-        return f"{out} holds a retrain this version cannot read; delete it or pass --output DIR"
-    diff = [k for k in new if old.get(k) != new[k]]
-    what = ", ".join(f"{k} {old.get(k)!r} there vs {new[k]!r} now" for k in diff[:3])
-    return f"{out} holds a retrain with other settings ({what}); delete it or pass --output DIR"
-
-
-# ---------------------------------------------------------------------------------------------------
 # retrain: the Python API
 # ---------------------------------------------------------------------------------------------------
+
+
+def _say_now(line: str) -> None:
+    print(line, flush=True)
 
 
 def _check_number(name: str, value: float | None, low: float, high: float = math.inf, closed: bool = False):
@@ -775,7 +574,7 @@ def retrain(
     if metrics_path.is_file():
         done = _read_json(metrics_path, "delete the folder to retrain")
         if done.get("settings") != settings:
-            raise NasPruneError(_mismatch(out, done.get("settings"), settings))
+            raise NasPruneError(settings_mismatch(out, "a retrain", done.get("settings"), settings, _REMEDY))
         say(f"{out} is already retrained with these settings; not training again (delete it to redo).")
         write_summary(run_dir / "retrain")
         _print_table(done, out, run_dir / "retrain", say)
@@ -784,7 +583,7 @@ def retrain(
     if (out / CHECKPOINT).is_file():  # an interrupted retrain: continue it only with the same settings
         previous = load_checkpoint(out / CHECKPOINT).get("settings")
         if previous != settings:
-            raise NasPruneError(_mismatch(out, previous, settings))
+            raise NasPruneError(settings_mismatch(out, "a retrain", previous, settings, _REMEDY))
 
     say(
         f"Retraining {arch.how}: trial {arch.trial_id}, {flops_ratio:.3f} of the dense FLOPs, "
@@ -810,13 +609,20 @@ def retrain(
                 "train", settings["batch_size"], train=True, seed=settings["seed"], device=torch_device
             )
             adapt_batchnorm(slim, bn_loader, BN_BATCHES, torch_device)
-    seed_everything(settings["seed"])
-    teacher = run.dense.to(torch_device).eval() if distill else None
+    loss_fn = distillation(run.dense.to(torch_device), temperature, alpha) if distill else None
+    resumed_from = resumed_epochs(out / CHECKPOINT)
+    if resumed_from:
+        say(
+            f"Resuming {out.name} after {resumed_from:g} of {settings['epochs']:g} epochs (from {out / CHECKPOINT})"
+        )
     start = time.perf_counter()
     try:
-        history, resumed_from = _train(
-            slim, teacher, data, run.spec, settings, out, torch_device, progress, quiet, on_epoch_end
-        )
+        history = fit(
+            slim, data, epochs=settings["epochs"], batch_size=settings["batch_size"], lr=settings["lr"],
+            weight_decay=settings["weight_decay"], device=torch_device, seed=settings["seed"], progress=progress,
+            on_epoch_end=epoch_reporter(None if quiet else _say_now, settings["epochs"], on_epoch_end),
+            loss_fn=loss_fn, checkpoint=Checkpointing(out / CHECKPOINT, settings, run.spec),
+        )  # fmt: skip
     except KeyboardInterrupt:
         if (out / CHECKPOINT).is_file() and not quiet:
             print(

@@ -25,6 +25,7 @@ from nas_prune.baselines import (
     weight_positions,
     zero_filters,
 )
+from nas_prune.checkpoint import load_pruned, save_checkpoint
 from nas_prune.cli import run_cli
 from nas_prune.cost import count_macs
 from nas_prune.data import load_dataset
@@ -32,8 +33,7 @@ from nas_prune.errors import NasPruneError
 from nas_prune.models import create_model, model_spec
 from nas_prune.objective import adapt_batchnorm
 from nas_prune.prune import channel_importance, prune
-from nas_prune.retrain import load_pruned
-from nas_prune.train import fit, make_optimizer, save_checkpoint
+from nas_prune.train import fit, make_optimizer
 
 X = torch.zeros(2, 1, 28, 28)
 STRUCTURED = [m for m in METHODS if m != "l1-unstructured"]
@@ -249,7 +249,7 @@ def test_finished_run_is_not_recomputed(tmp_path, checkpoint, monkeypatch):
         raise AssertionError("a finished run was trained again")
 
     with monkeypatch.context() as patch:
-        patch.setattr(baselines, "train_resumable", boom)
+        patch.setattr(baselines, "fit", boom)
         again = _run("l2-structured", tmp_path, checkpoint, progress=True)  # display flags do not count
         assert again == first
         with pytest.raises(NasPruneError, match="other settings.*epochs"):
@@ -267,23 +267,23 @@ def test_interrupted_run_continues_where_it_stopped(method, epochs, tmp_path, ch
     """Killed after the first epoch of its first phase, a rerun continues from that epoch's checkpoint
     (soft-filter: with the zeroing of that epoch) and ends with the weights of an uninterrupted run."""
     whole = _run(method, tmp_path / "whole", checkpoint, epochs=epochs)
-    real = baselines.train_resumable
+    real = baselines.fit
     calls = []
 
     def interrupted(*args, **kwargs):
-        calls.append(args[4]["phase"])
+        calls.append(kwargs["checkpoint"].settings["phase"])
 
         def stop(_epoch, _row):
             raise KeyboardInterrupt
 
         return real(*args, **{**kwargs, "on_epoch_end": stop})
 
-    monkeypatch.setattr(baselines, "train_resumable", interrupted)
+    monkeypatch.setattr(baselines, "fit", interrupted)
     with pytest.raises(KeyboardInterrupt):
         _run(method, tmp_path / "cut", checkpoint, epochs=epochs)
     phase = calls[0]
     assert (tmp_path / "cut" / method / "phases" / phase / "checkpoint.pt").is_file()
-    monkeypatch.setattr(baselines, "train_resumable", real)
+    monkeypatch.setattr(baselines, "fit", real)
     resumed = _run(method, tmp_path / "cut", checkpoint, epochs=epochs)
     assert [row["epoch"] for row in resumed["history"]] == [row["epoch"] for row in whole["history"]]
     a = load_pruned(tmp_path / "whole" / method / "model.pt").state_dict()

@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from nas_prune.checkpoint import load_checkpoint, load_state_dict_into, save_checkpoint
 from nas_prune.cli import run_cli
 from nas_prune.data import TensorSplit, load_dataset, make_loader
 from nas_prune.errors import NasPruneError
@@ -18,13 +19,10 @@ from nas_prune.models import build_from_spec, model_spec
 from nas_prune.train import (
     evaluate,
     fit,
-    load_checkpoint,
-    load_state_dict_into,
     main,
     make_optimizer,
     make_scheduler,
     resolve_device,
-    save_checkpoint,
     train_one_epoch,
 )
 
