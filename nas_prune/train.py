@@ -1,8 +1,9 @@
-"""Training and evaluation shared by dense training, search trials, baselines and retraining.
+"""The one training loop of nas_prune: dense training, search fine-tuning rungs, baselines and retraining.
 
 Read top to bottom: devices and seeds, optimizer and schedule, one epoch of training, evaluation,
-``fit`` (several, possibly fractional, epochs with validation after each), checkpoints, and the CLI
-``python -m nas_prune.train`` that trains a dense model and saves it with its spec.
+``fit`` (several, possibly fractional, epochs with validation and optionally a resumable checkpoint
+after each), and the CLI ``python -m nas_prune.train`` (flags: :class:`nas_prune.config.TrainConfig`)
+that trains a dense model and saves it with its spec (:mod:`nas_prune.checkpoint`).
 
 Example:
     >>> data = load_dataset("synthetic")
@@ -30,8 +31,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from nas_prune.checkpoint import load_checkpoint, save_checkpoint, settings_mismatch
-from nas_prune.cli import ArgumentParser, run_cli
-from nas_prune.data import DataSplits, check_dataset_name, dataset_names, load_dataset
+from nas_prune.cli import ArgumentParser, config_flags, given_flags, run_cli, warnings_as_lines
+from nas_prune.config import TrainConfig
+from nas_prune.data import DataSplits, dataset_names, load_dataset
 from nas_prune.errors import NasPruneError
 
 __all__ = [
@@ -458,95 +460,10 @@ def _parser() -> ArgumentParser:
 
     parser = ArgumentParser(
         prog="python -m nas_prune.train",
-        description="Train a dense model and save it (weights + spec) as a nas_prune checkpoint.",
+        description="Train a dense model and save it (weights + spec) as a nas_prune checkpoint. "
+        f"Zoo models: {', '.join(model_names())}. Datasets: {', '.join(dataset_names())}.",
     )
-    parser.add_argument(
-        "--model",
-        default="convnet",
-        help=f"zoo model ({', '.join(model_names())}) or pkg.module:factory (default: convnet)",
-    )
-    parser.add_argument(
-        "--dataset",
-        default="fashion-mnist",
-        help=f"{', '.join(dataset_names())} or pkg.module:factory (default: fashion-mnist)",
-    )
-    parser.add_argument(
-        "--epochs", type=float, default=10.0, help="training epochs, fractions allowed (default: 10)"
-    )
-    parser.add_argument(
-        "--output",
-        default=None,
-        help="checkpoint to write (default: results/dense-<model>-<dataset>.pt)",
-    )
-    parser.add_argument(
-        "--data-dir",
-        default=None,
-        help="folder searched first for the dataset (then $NAS_PRUNE_DATA, ./data, /usr/share/datasets)",
-    )
-    parser.add_argument("--batch-size", type=int, default=128, help="training batch size (default: 128)")
-    parser.add_argument(
-        "--lr", type=float, default=0.1, help="peak SGD learning rate, cosine decay to 0 (default: 0.1)"
-    )
-    parser.add_argument(
-        "--weight-decay",
-        type=float,
-        default=5e-4,
-        help="weight decay on conv/linear weights, not on BN or biases (default: 5e-4)",
-    )
-    parser.add_argument(
-        "--label-smoothing", type=float, default=0.0, help="label smoothing in [0, 1) (default: 0)"
-    )
-    parser.add_argument(
-        "--seed", type=int, default=0, help="seed of initialisation, shuffling and augmentation (default: 0)"
-    )
-    parser.add_argument(
-        "--device", default="auto", help="auto, cpu or cuda (default: auto = cuda if available)"
-    )
-    parser.add_argument(
-        "--amp",
-        choices=["off", "bf16", "fp16"],
-        default="off",
-        help="mixed precision on CUDA (ignored on CPU) (default: off)",
-    )
-    parser.add_argument(
-        "--subset",
-        type=int,
-        default=None,
-        help="use a fixed random subset of N training images (before the val split) and N test images",
-    )
-    parser.add_argument(
-        "--val-fraction",
-        type=float,
-        default=0.1,
-        help="share of the training set held out for validation, split with seed 0 (default: 0.1)",
-    )
-    parser.add_argument("--no-progress", action="store_true", help="hide the per-batch progress bar")
-    return parser
-
-
-def _validate(args: Any) -> None:
-    """Cheap checks of the arguments, before any data is read or model built."""
-    from nas_prune.models import model_names
-
-    if not (args.epochs > 0 and math.isfinite(args.epochs)):
-        raise NasPruneError(f"--epochs must be a positive number, got {args.epochs}")
-    if args.batch_size < 1:
-        raise NasPruneError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if not (args.lr > 0 and math.isfinite(args.lr)):
-        raise NasPruneError(f"--lr must be a positive number, got {args.lr}")
-    if not args.weight_decay >= 0:
-        raise NasPruneError(f"--weight-decay must be >= 0, got {args.weight_decay}")
-    if not 0 <= args.label_smoothing < 1:
-        raise NasPruneError(f"--label-smoothing must be in [0, 1), got {args.label_smoothing}")
-    if not 0 < args.val_fraction < 1:
-        raise NasPruneError(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
-    if args.subset is not None and args.subset < 2:
-        raise NasPruneError(f"--subset must be at least 2 images, got {args.subset}")
-    if ":" not in args.model and args.model not in model_names():
-        raise NasPruneError(
-            f"unknown model {args.model!r}; choose {', '.join(model_names())} or pkg.module:factory"
-        )
-    args.dataset = check_dataset_name(args.dataset)
+    return config_flags(parser, TrainConfig)
 
 
 def _check_output(path: Path) -> None:
@@ -561,23 +478,25 @@ def _check_output(path: Path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m nas_prune.train``: train a dense model, test it once, save a checkpoint."""
+    cfg = TrainConfig(**given_flags(_parser().parse_args(argv), TrainConfig)).validate()
+    device = resolve_device(cfg.device)
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{cfg.model}-{cfg.dataset}")
+    output = Path(cfg.output or f"results/dense-{slug}.pt")
+    _check_output(output)
+    with warnings_as_lines():
+        _train_dense(cfg, device, output)
+
+
+def _train_dense(cfg: TrainConfig, device: torch.device, output: Path) -> None:
     from nas_prune.models import build_from_spec, model_spec
 
-    args = _parser().parse_args(argv)
-    _validate(args)
-    device = resolve_device(args.device)
-    if args.output is None:
-        slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{args.model}-{args.dataset}")
-        args.output = f"results/dense-{slug}.pt"
-    _check_output(Path(args.output))
-
-    data = load_dataset(args.dataset, args.data_dir, val_fraction=args.val_fraction, subset=args.subset)
-    spec = model_spec(args.model, data.in_channels, data.num_classes, data.input_shape)
-    seed_everything(args.seed)  # the initial weights depend on the seed too
+    data = load_dataset(cfg.dataset, cfg.data_dir, val_fraction=cfg.val_fraction, subset=cfg.subset)
+    spec = model_spec(cfg.model, data.in_channels, data.num_classes, data.input_shape)
+    seed_everything(cfg.seed)  # the initial weights depend on the seed too
     model = build_from_spec(spec)
     params = sum(p.numel() for p in model.parameters())
     print(
-        f"{args.model} ({params / 1e6:.2f} M params) on {data.name} from {data.source}: "
+        f"{cfg.model} ({params / 1e6:.2f} M params) on {data.name} from {data.source}: "
         f"{len(data.train)} train / {len(data.val)} val / {len(data.test)} test images, device {device}"
     )
 
@@ -589,43 +508,21 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
 
     history = fit(
-        model,
-        data,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        label_smoothing=args.label_smoothing,
-        device=device,
-        seed=args.seed,
-        progress=not args.no_progress,
-        on_epoch_end=report,
-        amp=False if args.amp == "off" else args.amp,
-    )
+        model, data, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
+        label_smoothing=cfg.label_smoothing, device=device, seed=cfg.seed, progress=cfg.progress,
+        on_epoch_end=report, amp=False if cfg.amp == "off" else cfg.amp,
+    )  # fmt: skip
     # Seconds per full epoch of training (validation excluded), also for fractional runs.
     seconds_per_epoch = sum(h["train_seconds"] for h in history) / history[-1]["epoch"]
-    test = evaluate(model, data.loader("test", args.batch_size, train=False, device=device), device=device)
+    test = evaluate(model, data.loader("test", cfg.batch_size, train=False, device=device), device=device)
     path = save_checkpoint(
-        args.output,
-        model,
-        spec,
-        dataset=data.name,
-        epochs=float(args.epochs),
-        val_accuracy=history[-1]["val_accuracy"],
-        test_accuracy=test["accuracy"],
-        seconds_per_epoch=seconds_per_epoch,
-        seed=args.seed,
-        split_seed=0,
-        val_fraction=args.val_fraction,
-        subset=args.subset,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        label_smoothing=args.label_smoothing,
-        device=str(device),
-        history=history,
+        output, model, spec, dataset=data.name, epochs=float(cfg.epochs),
+        val_accuracy=history[-1]["val_accuracy"], test_accuracy=test["accuracy"],
+        seconds_per_epoch=seconds_per_epoch, seed=cfg.seed, split_seed=0, val_fraction=cfg.val_fraction,
+        subset=cfg.subset, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
+        label_smoothing=cfg.label_smoothing, device=str(device), history=history,
         torch_version=str(torch.__version__),
-    )
+    )  # fmt: skip
     print(
         f"test accuracy {test['accuracy']:.4f} | val accuracy {history[-1]['val_accuracy']:.4f} | "
         f"{seconds_per_epoch:.1f} s/epoch | saved {path}"

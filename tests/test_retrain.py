@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
-import nas_prune.retrain as retrain_mod
+import nas_prune.retrain.run as retrain_mod
 import nas_prune.train as train_mod
 from nas_prune import channel_groups, count_macs, prune
 from nas_prune.checkpoint import load_pruned, save_checkpoint, save_pruned
