@@ -161,7 +161,7 @@ def retrain(
     ensure_output_dir(job.out)
     start = time.perf_counter()
     resumed_from = resumed_epochs(job.out / CHECKPOINT)
-    history = _train(job, data, progress, quiet, on_epoch_end, resumed_from)
+    history = _start_and_fit(job, data, progress, quiet, on_epoch_end, resumed_from)
     extra = {
         "train_seconds": sum(row["train_seconds"] for row in history),
         "resumed_from_epoch": resumed_from,
@@ -220,7 +220,7 @@ def _finished(job: _Job) -> dict[str, Any] | None:
     return None
 
 
-def _train(
+def _start_and_fit(
     job: _Job,
     data: DataSplits,
     progress: bool,
