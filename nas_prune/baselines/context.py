@@ -49,6 +49,7 @@ class Context:
 
     @property
     def phases(self) -> Path:
+        """``OUTPUT/phases``: the checkpoints of an unfinished run."""
         return self.s.output_dir() / PHASES
 
     def fit(
@@ -62,9 +63,10 @@ class Context:
     ) -> list[dict[str, Any]]:
         """Train ``model`` for ``epochs`` (nothing for 0) as the resumable phase ``phase``.
 
-        Retrain's loop: a checkpoint after every (partial) epoch in ``OUTPUT/phases/<phase>/``; a rerun
-        continues it, and a finished phase only reloads its weights. ``before_checkpoint(epoch, row)``
-        may change the model after each epoch; the change is checkpointed.
+        :func:`nas_prune.train.fit` with a checkpoint after every (partial) epoch in
+        ``OUTPUT/phases/<phase>/``: a rerun continues it, and a finished phase only reloads its weights.
+        ``before_checkpoint(epoch, row)`` may change the model after each epoch; the change is
+        checkpointed.
         """
         if epochs <= 0:
             return []
@@ -74,11 +76,8 @@ class Context:
             "seed": int(self.s.seed + seed),
         }  # fmt: skip
         path = self.phases / phase / CHECKPOINT
-        if resumed_epochs(path) and not self.quiet:
-            print(
-                f"Resuming {phase} after {resumed_epochs(path):g} of {epochs:g} epochs (from {path})",
-                flush=True,
-            )
+        if resumed_epochs(path):
+            self.say(f"Resuming {phase} after {resumed_epochs(path):g} of {epochs:g} epochs (from {path})")
         return fit(
             model, self.data, epochs=epochs, batch_size=settings["batch_size"], lr=settings["lr"],
             weight_decay=settings["weight_decay"], device=self.device, seed=settings["seed"],

@@ -49,6 +49,8 @@ _NO_EXPORT = dict.fromkeys(
 
 @dataclass
 class _Run:
+    """A search run: its settings, the dense model it pruned and how many epochs that model trained."""
+
     run_dir: Path
     cfg: SearchConfig
     spec: dict[str, Any]
