@@ -38,12 +38,12 @@ __all__ = [
 ]
 
 
-# Loaded on first use: the CLI modules must not be imported by the package itself (``python -m
-# nas_prune.train`` would warn about a double import), and ``search`` imports Ray, which the core never needs.
+# Loaded on first use: the core never needs the model files' loader (it reads trials tables with pandas),
+# and ``search`` imports Ray.
 _LAZY = {
     "search": ("search", None),
-    "load_pruned": ("retrain", "load_pruned"),
-    "save_pruned": ("retrain", "save_pruned"),
+    "load_pruned": ("checkpoint", "load_pruned"),
+    "save_pruned": ("checkpoint", "save_pruned"),
 }
 
 

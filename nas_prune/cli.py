@@ -10,11 +10,13 @@ Library code raises :class:`NasPruneError` for such input; :func:`run_cli` turns
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import sys
 import typing
-from collections.abc import Callable, Mapping, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,7 @@ __all__ = [
     "given_flags",
     "option",
     "run_cli",
+    "warnings_as_lines",
 ]
 
 
@@ -156,3 +159,15 @@ def _shown(value: Any) -> str:
     if isinstance(value, tuple):
         return " ".join(_shown(v) for v in value) or "none"
     return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+@contextlib.contextmanager
+def warnings_as_lines() -> Iterator[None]:
+    """Inside: each warning is one ``warning: <message>`` line on stderr, without the source line."""
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        print(f"warning: {message}", file=sys.stderr, flush=True)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield

@@ -20,7 +20,16 @@ import yaml
 from .atomic import atomic_write_text
 from .cli import config_from_mapping, option
 
-__all__ = ["SearchConfig", "device_label", "hardware_info", "library_versions", "load_config", "write_config"]
+__all__ = [
+    "RETIRED_SETTINGS",
+    "SearchConfig",
+    "TrainConfig",
+    "device_label",
+    "hardware_info",
+    "library_versions",
+    "load_config",
+    "write_config",
+]
 
 
 RETIRED_SETTINGS = ("reports_per_trial", "extra")
@@ -211,3 +220,62 @@ def load_config(path: str | os.PathLike) -> SearchConfig:
     if not isinstance(doc, dict) or not isinstance(doc.get("settings"), dict):
         raise ValueError(f"{path} has no 'settings' mapping; it was not written by nas_prune.search")
     return config_from_mapping(SearchConfig, doc["settings"], str(path), retired=RETIRED_SETTINGS)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Dense training: python -m nas_prune.train
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every setting of ``python -m nas_prune.train`` (dense training), one flag each."""
+
+    model: str = option("convnet", "zoo model (listed above) or pkg.module:factory")
+    dataset: str = option("fashion-mnist", "dataset (listed above) or pkg.module:factory")
+    epochs: float = option(10.0, "training epochs, fractions allowed")
+    output: str | None = option(None, "checkpoint to write (default: results/dense-<model>-<dataset>.pt)")
+    data_dir: str | None = option(
+        None, "folder searched first for the dataset (then $NAS_PRUNE_DATA, ./data, /usr/share/datasets)"
+    )
+    batch_size: int = option(128, "training batch size")
+    lr: float = option(0.1, "peak SGD learning rate, cosine decay to 0")
+    weight_decay: float = option(5e-4, "weight decay on conv/linear weights, not on BN or biases")
+    label_smoothing: float = option(0.0, "label smoothing in [0, 1)")
+    seed: int = option(0, "seed of initialisation, shuffling and augmentation")
+    device: str = option("auto", "auto, cpu or cuda (auto = cuda if available)")
+    amp: str = option("off", "mixed precision on CUDA (ignored on CPU)", choices=["off", "bf16", "fp16"])
+    subset: int | None = option(
+        None, "use a fixed random subset of N training images (before the val split) and N test images"
+    )
+    val_fraction: float = option(0.1, "share of the training set held out for validation, split with seed 0")
+    progress: bool = option(True, "the per-batch progress bar")
+
+    def validate(self) -> TrainConfig:
+        """Cheap checks before any data is read or model built; returns a copy with the dataset name
+        resolved. Raises NasPruneError naming the flag."""
+        import math
+
+        from .data import check_dataset_name
+        from .errors import NasPruneError
+        from .models import model_names
+
+        if not (self.epochs > 0 and math.isfinite(self.epochs)):
+            raise NasPruneError(f"--epochs must be a positive number, got {self.epochs}")
+        if self.batch_size < 1:
+            raise NasPruneError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise NasPruneError(f"--lr must be a positive number, got {self.lr}")
+        if not self.weight_decay >= 0:
+            raise NasPruneError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        if not 0 <= self.label_smoothing < 1:
+            raise NasPruneError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not 0 < self.val_fraction < 1:
+            raise NasPruneError(f"--val-fraction must be in (0, 1), got {self.val_fraction}")
+        if self.subset is not None and self.subset < 2:
+            raise NasPruneError(f"--subset must be at least 2 images, got {self.subset}")
+        if ":" not in self.model and self.model not in model_names():
+            raise NasPruneError(
+                f"unknown model {self.model!r}; choose {', '.join(model_names())} or pkg.module:factory"
+            )
+        return dataclasses.replace(self, dataset=check_dataset_name(self.dataset))

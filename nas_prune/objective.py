@@ -22,7 +22,6 @@ call it directly.
 from __future__ import annotations
 
 import copy
-import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -33,7 +32,7 @@ import torch.nn as nn
 from .data import DataSplits, load_dataset
 from .models import build_from_spec
 from .prune import prune
-from .train import make_optimizer, make_scheduler, resolve_device, seed_everything, train_one_epoch
+from .train import fit, resolve_device, seed_everything
 
 __all__ = ["CandidateEvaluator", "TrialSettings", "adapt_batchnorm", "evaluate_candidate"]
 
@@ -144,28 +143,14 @@ class CandidateEvaluator:
         return correct / max(1, sum(len(y) for _, y in self.val))
 
     def fine_tune(self, model: nn.Module, epochs: float, seed: int) -> float:
-        """Train ``epochs`` (fractions allowed) with a cosine schedule; returns the epochs done."""
+        """Train ``epochs`` (fractions allowed) with :func:`nas_prune.train.fit`, without validating after
+        each epoch; returns the epochs done."""
         s = self.settings
-        loader = self.data.loader("train", s.batch_size, train=True, seed=seed, device=self.device)
-        per_epoch = len(loader)
-        steps = max(0, math.ceil(epochs * per_epoch))
-        if steps == 0:
-            return 0.0
-        optimizer = make_optimizer(model, lr=s.lr, weight_decay=s.weight_decay)
-        scheduler = make_scheduler(optimizer, steps)
-        done = 0
-        while done < steps:  # the loader restarts with a new order at each epoch
-            stats = train_one_epoch(
-                model,
-                loader,
-                optimizer,
-                scheduler=scheduler,
-                device=self.device,
-                max_batches=min(steps - done, per_epoch),
-                progress=False,
-            )
-            done += stats["batches"]
-        return done / per_epoch
+        history = fit(
+            model, self.data, epochs=epochs, batch_size=s.batch_size, lr=s.lr, weight_decay=s.weight_decay,
+            device=self.device, seed=seed, progress=False, validate=False,
+        )  # fmt: skip
+        return history[-1]["epoch"]
 
     def __call__(self, widths: dict[str, int], epochs: float = 0.0, seed: int = 0) -> dict[str, Any]:
         """Slim, adapt BN, fine-tune ``epochs``, validate.

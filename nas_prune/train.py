@@ -1,8 +1,9 @@
-"""Training and evaluation shared by dense training, search trials, baselines and retraining.
+"""The one training loop of nas_prune: dense training, search fine-tuning rungs, baselines and retraining.
 
 Read top to bottom: devices and seeds, optimizer and schedule, one epoch of training, evaluation,
-``fit`` (several, possibly fractional, epochs with validation after each), checkpoints, and the CLI
-``python -m nas_prune.train`` that trains a dense model and saves it with its spec.
+``fit`` (several, possibly fractional, epochs with validation and optionally a resumable checkpoint
+after each), and the CLI ``python -m nas_prune.train`` (flags: :class:`nas_prune.config.TrainConfig`)
+that trains a dense model and saves it with its spec (:mod:`nas_prune.checkpoint`).
 
 Example:
     >>> data = load_dataset("synthetic")
@@ -14,12 +15,12 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 import random
 import re
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +30,16 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from nas_prune.atomic import atomic_torch_save
-from nas_prune.cli import ArgumentParser, run_cli
-from nas_prune.data import DataSplits, check_dataset_name, dataset_names, load_dataset
+from nas_prune.checkpoint import load_checkpoint, save_checkpoint, settings_mismatch
+from nas_prune.cli import ArgumentParser, config_flags, given_flags, run_cli, warnings_as_lines
+from nas_prune.config import TrainConfig
+from nas_prune.data import DataSplits, dataset_names, load_dataset
 from nas_prune.errors import NasPruneError
-from nas_prune.plain import check_plain
 
 __all__ = [
-    "CHECKPOINT_SCHEMA_VERSION",
+    "Checkpointing",
+    "epoch_reporter",
+    "epoch_seed",
     "resolve_device",
     "seed_everything",
     "make_optimizer",
@@ -44,13 +47,11 @@ __all__ = [
     "train_one_epoch",
     "evaluate",
     "fit",
-    "save_checkpoint",
-    "load_checkpoint",
-    "load_state_dict_into",
     "main",
+    "resumed_epochs",
+    "steps_for",
 ]
 
-CHECKPOINT_SCHEMA_VERSION = 1
 _NAN_CHECK_EVERY = 20  # batches between loss checks (each check waits for the GPU)
 
 
@@ -281,8 +282,41 @@ def evaluate(
 
 
 # ---------------------------------------------------------------------------------------------------
-# fit: several (possibly fractional) epochs with validation after each
+# fit: several (possibly fractional) epochs, validated and optionally checkpointed after each
 # ---------------------------------------------------------------------------------------------------
+
+
+def steps_for(epochs: float, steps_per_epoch: int) -> list[int]:
+    """Batches of each (possibly partial) epoch: whole epochs, then ``max(1, round(fraction x steps))``.
+
+    The one rounding rule of every training in nas_prune (dense, candidate fine-tuning, retrain,
+    baselines); 0 epochs is no batch at all.
+    """
+    if not (epochs >= 0 and math.isfinite(epochs)):
+        raise ValueError(f"epochs must be a number >= 0, got {epochs}")
+    full, fraction = int(epochs), epochs - int(epochs)
+    last = max(1, round(fraction * steps_per_epoch)) if fraction > 1e-9 else 0
+    return [steps_per_epoch] * full + ([last] if last else [])
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """Seed of epoch ``epoch``'s batch order and augmentation: a resumed run sees the same batches."""
+    return seed + 1_000_003 * epoch
+
+
+@dataclass(frozen=True)
+class Checkpointing:
+    """Make :func:`fit` resumable: a checkpoint at ``path`` after every (partial) epoch.
+
+    A checkpoint already at ``path`` is continued from its last finished epoch if it was written with
+    the same ``settings`` (else a :class:`NasPruneError`). ``before_save(epoch_index, history_row)``
+    may change the model after each epoch's validation; the change is what a resume sees.
+    """
+
+    path: Path
+    settings: dict[str, Any]
+    spec: dict[str, Any]
+    before_save: Callable[[int, dict[str, Any]], Any] | None = None
 
 
 def fit(
@@ -300,184 +334,120 @@ def fit(
     on_epoch_end: Callable[[int, dict[str, float]], Any] | None = None,
     amp: bool | str = False,
     warmup_epochs: float = 0.0,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    validate: bool = True,
+    checkpoint: Checkpointing | None = None,
 ) -> list[dict[str, float]]:
-    """Train ``model`` on ``data.train`` for ``epochs`` (a float: 2.5 = two epochs and half of one),
-    with SGD + Nesterov and a per-step cosine schedule, validating on ``data.val`` after each (partial)
-    epoch. The test split is never touched.
+    """Train ``model`` on ``data.train`` for ``epochs`` (a float: 2.5 = two epochs and half of one,
+    see :func:`steps_for`) with SGD + Nesterov and a per-step cosine schedule, validating on
+    ``data.val`` after each (partial) epoch unless ``validate`` is False. The test split is never touched.
 
-    ``on_epoch_end(epoch_index, metrics)`` is called after each validation, with the metrics of the
-    history row: ``epoch`` (epochs done, a float), ``train_loss``, ``train_accuracy``, ``val_loss``,
-    ``val_accuracy``, ``lr``, ``train_seconds``, ``val_seconds``.
+    Each epoch draws its batch order from :func:`epoch_seed`. ``loss_fn(logits, x, y)`` replaces the
+    cross-entropy (distillation). ``on_epoch_end(epoch_index, row)`` is called after each epoch (and
+    its checkpoint) with the history row: ``epoch`` (epochs done, a float), ``train_loss``,
+    ``train_accuracy``, ``val_loss``, ``val_accuracy``, ``lr``, ``train_seconds``, ``val_seconds``,
+    ``batches``.
 
     Returns:
-        The history: one such dict per (partial) epoch.
+        The history: one such dict per (partial) epoch, including those done before a resume.
     """
     if not epochs > 0 or not math.isfinite(epochs):
         raise ValueError(f"epochs must be a positive number, got {epochs}")
     seed_everything(seed)
     device = torch.device(device)
     model.to(device)
+    drop_last = len(data.train) > batch_size  # a ragged batch of one would break BatchNorm
 
-    # The training loader drops a ragged last batch (a batch of one breaks BatchNorm) unless the whole
-    # set fits in one batch; it reshuffles every epoch from a generator seeded with `seed`.
-    train_loader = data.loader(
-        "train", batch_size, train=True, seed=seed, device=device, drop_last=len(data.train) > batch_size
-    )
-    val_loader = data.loader("val", batch_size, train=False, device=device)
-    steps_per_epoch = len(train_loader)
-    full_epochs, fraction = int(epochs), epochs - int(epochs)
-    last_batches = max(1, round(fraction * steps_per_epoch)) if fraction > 1e-9 else 0
-    total_steps = full_epochs * steps_per_epoch + last_batches
+    def train_loader(epoch: int):
+        seed_ = epoch_seed(seed, epoch)
+        return data.loader("train", batch_size, train=True, seed=seed_, device=device, drop_last=drop_last)
 
+    steps_per_epoch = len(train_loader(0))
+    rounds = steps_for(epochs, steps_per_epoch)
     optimizer = make_optimizer(model, lr=lr, weight_decay=weight_decay)
-    scheduler = make_scheduler(optimizer, total_steps, round(warmup_epochs * steps_per_epoch))
+    scheduler = make_scheduler(optimizer, sum(rounds), round(warmup_epochs * steps_per_epoch))
     scaler = torch.amp.GradScaler("cuda") if _amp_dtype(amp, device) == torch.float16 else None
-
-    history: list[dict[str, float]] = []
-    n_rounds = full_epochs + (1 if last_batches else 0)
-    epochs_done = 0.0
-    for epoch in range(n_rounds):
-        max_batches = None if epoch < full_epochs else last_batches
+    start, history = _resume(checkpoint, model, optimizer, scheduler)
+    val_loader = data.loader("val", max(batch_size, 512), train=False, device=device) if validate else None
+    done = sum(rounds[:start])
+    for epoch in range(start, len(rounds)):
         lr_now = optimizer.param_groups[0]["lr"]
-        start = time.perf_counter()
-        train_metrics = train_one_epoch(
-            model,
-            train_loader,
-            optimizer,
-            scheduler=scheduler,
-            device=device,
-            label_smoothing=label_smoothing,
-            amp=amp,
-            max_batches=max_batches,
-            progress=f"epoch {epoch + 1}/{n_rounds}" if progress else False,
-            scaler=scaler,
-        )
+        tick = time.perf_counter()
+        stats = train_one_epoch(
+            model, train_loader(epoch), optimizer, scheduler=scheduler, device=device,
+            label_smoothing=label_smoothing, amp=amp, max_batches=rounds[epoch],
+            progress=f"epoch {epoch + 1}/{len(rounds)}" if progress else False, scaler=scaler, loss_fn=loss_fn,
+        )  # fmt: skip
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        train_seconds = time.perf_counter() - start
-
-        start = time.perf_counter()
-        val_metrics = evaluate(model, val_loader, device=device)
-        epochs_done += train_metrics["batches"] / steps_per_epoch
-        metrics = {
-            "epoch": round(epochs_done, 6),
-            "train_loss": train_metrics["loss"],
-            "train_accuracy": train_metrics["accuracy"],
-            "val_loss": val_metrics["loss"],
-            "val_accuracy": val_metrics["accuracy"],
-            "lr": lr_now,
-            "train_seconds": train_seconds,
-            "val_seconds": time.perf_counter() - start,
-            "batches": train_metrics["batches"],
-        }
-        history.append(metrics)
+        done += stats["batches"]
+        row = {"epoch": round(done / steps_per_epoch, 6), "train_loss": stats["loss"],
+               "train_accuracy": stats["accuracy"]}  # fmt: skip
+        row["train_seconds"], tick = time.perf_counter() - tick, time.perf_counter()
+        if val_loader is not None:
+            val = evaluate(model, val_loader, device=device)
+            row.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
+            row["val_seconds"] = time.perf_counter() - tick
+        row.update(lr=lr_now, batches=stats["batches"])
+        history.append(row)
+        if checkpoint is not None:
+            if checkpoint.before_save is not None:
+                checkpoint.before_save(epoch, row)
+            save_checkpoint(
+                checkpoint.path, model, checkpoint.spec, settings=checkpoint.settings,
+                optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), rounds_done=epoch + 1,
+                history=history,
+            )  # fmt: skip
         if on_epoch_end is not None:
-            on_epoch_end(epoch, metrics)
+            on_epoch_end(epoch, row)
     return history
 
 
-# ---------------------------------------------------------------------------------------------------
-# Checkpoints
-# ---------------------------------------------------------------------------------------------------
+def epoch_reporter(
+    say: Callable[[str], None] | None,
+    total_epochs: float,
+    then: Callable[[int, dict[str, Any]], Any] | None = None,
+) -> Callable[[int, dict[str, Any]], None]:
+    """An ``on_epoch_end`` that prints one line per epoch with ``say`` (None: silent), then calls ``then``."""
 
-
-def save_checkpoint(path: str | os.PathLike, model: nn.Module, spec: dict[str, Any], **extra: Any) -> Path:
-    """Write ``{"schema_version": 1, "state_dict", "spec", **extra}`` to ``path`` atomically.
-
-    ``extra`` must be plain data (numbers, strings, lists, dicts); the file loads with
-    ``torch.load(path, weights_only=True)``. Parent folders are created.
-
-    Returns:
-        The path written.
-    """
-    path = Path(path)
-    state_dict = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    payload = {"schema_version": CHECKPOINT_SCHEMA_VERSION, "state_dict": state_dict, "spec": spec, **extra}
-    check_plain(payload, "checkpoint", tensors=True)
-    return atomic_torch_save(payload, path)
-
-
-def _torch_load(path: str | os.PathLike) -> Any:
-    path = Path(path)
-    if not path.is_file():
-        raise NasPruneError(f"checkpoint {path} does not exist")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # corrupt zip, truncated file, pickled objects beyond plain data, ...
-        raise NasPruneError(
-            f"checkpoint {path} is unreadable or not a plain-tensor torch file ({type(err).__name__})"
-        ) from err
-
-
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Load a checkpoint written by :func:`save_checkpoint` (on the CPU, ``weights_only=True``).
-
-    Raises:
-        NasPruneError: Missing, unreadable or corrupt file, or a file without ``state_dict``/``spec``.
-    """
-    ckpt = _torch_load(path)
-    if not isinstance(ckpt, dict):
-        raise NasPruneError(
-            f"checkpoint {path} is not a nas_prune checkpoint (it holds a {type(ckpt).__name__})"
-        )
-    for key in ("state_dict", "spec"):
-        if key not in ckpt:
-            raise NasPruneError(f"checkpoint {path} is not a nas_prune checkpoint (no {key!r})")
-    version = ckpt.get("schema_version", CHECKPOINT_SCHEMA_VERSION)
-    if not isinstance(version, int) or version > CHECKPOINT_SCHEMA_VERSION:
-        raise NasPruneError(
-            f"checkpoint {path} has schema_version {version!r}; this nas_prune reads up to "
-            f"{CHECKPOINT_SCHEMA_VERSION}"
-        )
-    return ckpt
-
-
-def load_weights(model: nn.Module, state_dict: dict[str, Any], where: str, detail: str = "") -> None:
-    """Load ``state_dict`` into ``model`` strictly; the first missing, unexpected or misshapen key is
-    one clear :class:`NasPruneError` naming ``where`` (and ``detail``, e.g. the widths)."""
-    expected = model.state_dict()
-    for key, tensor in expected.items():
-        if key not in state_dict:
-            raise NasPruneError(f"{where} does not fit the model: it has no {key!r}")
-        got = state_dict[key]
-        if not isinstance(got, torch.Tensor) or tuple(got.shape) != tuple(tensor.shape):
-            shape = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
-            raise NasPruneError(
-                f"{where} does not fit the model: {key!r} is {shape} in the file but "
-                f"{tuple(tensor.shape)} in the model{detail}"
+    def report(epoch: int, row: dict[str, Any]) -> None:
+        if say is not None:
+            say(
+                f"epoch {row['epoch']:g}/{total_epochs:g}: train loss {row['train_loss']:.4f} "
+                f"acc {row['train_accuracy']:.4f} | val acc {row['val_accuracy']:.4f} | "
+                f"{row['train_seconds']:.1f} s"
             )
-    unexpected = [k for k in state_dict if k not in expected]
-    if unexpected:
-        raise NasPruneError(f"{where} does not fit the model: unexpected key {unexpected[0]!r}")
-    model.load_state_dict(state_dict, strict=True)
+        if then is not None:
+            then(epoch, row)
+
+    return report
 
 
-def load_state_dict_into(model: nn.Module, path: str | os.PathLike) -> dict[str, Any]:
-    """Load weights from a nas_prune checkpoint or a plain ``state_dict`` file into ``model``.
+def _resume(
+    checkpoint: Checkpointing | None, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
+) -> tuple[int, list[dict[str, Any]]]:
+    """(epochs already done, their history) from ``checkpoint``'s file, with the model, optimizer and
+    schedule restored; (0, []) without one."""
+    if checkpoint is None or not checkpoint.path.is_file():
+        return 0, []
+    ckpt = load_checkpoint(checkpoint.path)
+    if ckpt.get("settings") != checkpoint.settings:
+        raise NasPruneError(
+            settings_mismatch(checkpoint.path, "a checkpoint", ckpt.get("settings"), checkpoint.settings,
+                              "delete it to start over")
+        )  # fmt: skip
+    model.load_state_dict(ckpt["state_dict"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    return int(ckpt["rounds_done"]), list(ckpt["history"])
 
-    Prefixes added by ``nn.DataParallel`` (``module.``) or ``torch.compile`` (``_orig_mod.``) are
-    stripped when every key has them.
 
-    Returns:
-        The file's contents (a plain state_dict comes back as ``{"state_dict": ...}``).
-
-    Raises:
-        NasPruneError: Unreadable file, or keys or shapes that do not match the model (naming the
-            first mismatching key).
-    """
-    ckpt = _torch_load(path)
-    if isinstance(ckpt, dict) and isinstance(ckpt.get("state_dict"), dict):
-        state_dict = ckpt["state_dict"]
-    elif isinstance(ckpt, dict) and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
-        state_dict, ckpt = ckpt, {"state_dict": ckpt}
-    else:
-        raise NasPruneError(f"{path} holds neither a nas_prune checkpoint nor a state_dict")
-    for prefix in ("module.", "_orig_mod."):
-        if state_dict and all(k.startswith(prefix) for k in state_dict):
-            state_dict = {k[len(prefix) :]: v for k, v in state_dict.items()}
-
-    load_weights(model, state_dict, f"checkpoint {path}")
-    return ckpt
+def resumed_epochs(path: Path) -> float:
+    """Epochs a :class:`Checkpointing` file at ``path`` has done (0.0 without one)."""
+    if not path.is_file():
+        return 0.0
+    history = load_checkpoint(path).get("history") or []
+    return float(history[-1]["epoch"]) if history else 0.0
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -490,95 +460,10 @@ def _parser() -> ArgumentParser:
 
     parser = ArgumentParser(
         prog="python -m nas_prune.train",
-        description="Train a dense model and save it (weights + spec) as a nas_prune checkpoint.",
+        description="Train a dense model and save it (weights + spec) as a nas_prune checkpoint. "
+        f"Zoo models: {', '.join(model_names())}. Datasets: {', '.join(dataset_names())}.",
     )
-    parser.add_argument(
-        "--model",
-        default="convnet",
-        help=f"zoo model ({', '.join(model_names())}) or pkg.module:factory (default: convnet)",
-    )
-    parser.add_argument(
-        "--dataset",
-        default="fashion-mnist",
-        help=f"{', '.join(dataset_names())} or pkg.module:factory (default: fashion-mnist)",
-    )
-    parser.add_argument(
-        "--epochs", type=float, default=10.0, help="training epochs, fractions allowed (default: 10)"
-    )
-    parser.add_argument(
-        "--output",
-        default=None,
-        help="checkpoint to write (default: results/dense-<model>-<dataset>.pt)",
-    )
-    parser.add_argument(
-        "--data-dir",
-        default=None,
-        help="folder searched first for the dataset (then $NAS_PRUNE_DATA, ./data, /usr/share/datasets)",
-    )
-    parser.add_argument("--batch-size", type=int, default=128, help="training batch size (default: 128)")
-    parser.add_argument(
-        "--lr", type=float, default=0.1, help="peak SGD learning rate, cosine decay to 0 (default: 0.1)"
-    )
-    parser.add_argument(
-        "--weight-decay",
-        type=float,
-        default=5e-4,
-        help="weight decay on conv/linear weights, not on BN or biases (default: 5e-4)",
-    )
-    parser.add_argument(
-        "--label-smoothing", type=float, default=0.0, help="label smoothing in [0, 1) (default: 0)"
-    )
-    parser.add_argument(
-        "--seed", type=int, default=0, help="seed of initialisation, shuffling and augmentation (default: 0)"
-    )
-    parser.add_argument(
-        "--device", default="auto", help="auto, cpu or cuda (default: auto = cuda if available)"
-    )
-    parser.add_argument(
-        "--amp",
-        choices=["off", "bf16", "fp16"],
-        default="off",
-        help="mixed precision on CUDA (ignored on CPU) (default: off)",
-    )
-    parser.add_argument(
-        "--subset",
-        type=int,
-        default=None,
-        help="use a fixed random subset of N training images (before the val split) and N test images",
-    )
-    parser.add_argument(
-        "--val-fraction",
-        type=float,
-        default=0.1,
-        help="share of the training set held out for validation, split with seed 0 (default: 0.1)",
-    )
-    parser.add_argument("--no-progress", action="store_true", help="hide the per-batch progress bar")
-    return parser
-
-
-def _validate(args: Any) -> None:
-    """Cheap checks of the arguments, before any data is read or model built."""
-    from nas_prune.models import model_names
-
-    if not (args.epochs > 0 and math.isfinite(args.epochs)):
-        raise NasPruneError(f"--epochs must be a positive number, got {args.epochs}")
-    if args.batch_size < 1:
-        raise NasPruneError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if not (args.lr > 0 and math.isfinite(args.lr)):
-        raise NasPruneError(f"--lr must be a positive number, got {args.lr}")
-    if not args.weight_decay >= 0:
-        raise NasPruneError(f"--weight-decay must be >= 0, got {args.weight_decay}")
-    if not 0 <= args.label_smoothing < 1:
-        raise NasPruneError(f"--label-smoothing must be in [0, 1), got {args.label_smoothing}")
-    if not 0 < args.val_fraction < 1:
-        raise NasPruneError(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
-    if args.subset is not None and args.subset < 2:
-        raise NasPruneError(f"--subset must be at least 2 images, got {args.subset}")
-    if ":" not in args.model and args.model not in model_names():
-        raise NasPruneError(
-            f"unknown model {args.model!r}; choose {', '.join(model_names())} or pkg.module:factory"
-        )
-    args.dataset = check_dataset_name(args.dataset)
+    return config_flags(parser, TrainConfig)
 
 
 def _check_output(path: Path) -> None:
@@ -593,23 +478,25 @@ def _check_output(path: Path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m nas_prune.train``: train a dense model, test it once, save a checkpoint."""
+    cfg = TrainConfig(**given_flags(_parser().parse_args(argv), TrainConfig)).validate()
+    device = resolve_device(cfg.device)
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{cfg.model}-{cfg.dataset}")
+    output = Path(cfg.output or f"results/dense-{slug}.pt")
+    _check_output(output)
+    with warnings_as_lines():
+        _train_dense(cfg, device, output)
+
+
+def _train_dense(cfg: TrainConfig, device: torch.device, output: Path) -> None:
     from nas_prune.models import build_from_spec, model_spec
 
-    args = _parser().parse_args(argv)
-    _validate(args)
-    device = resolve_device(args.device)
-    if args.output is None:
-        slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{args.model}-{args.dataset}")
-        args.output = f"results/dense-{slug}.pt"
-    _check_output(Path(args.output))
-
-    data = load_dataset(args.dataset, args.data_dir, val_fraction=args.val_fraction, subset=args.subset)
-    spec = model_spec(args.model, data.in_channels, data.num_classes, data.input_shape)
-    seed_everything(args.seed)  # the initial weights depend on the seed too
+    data = load_dataset(cfg.dataset, cfg.data_dir, val_fraction=cfg.val_fraction, subset=cfg.subset)
+    spec = model_spec(cfg.model, data.in_channels, data.num_classes, data.input_shape)
+    seed_everything(cfg.seed)  # the initial weights depend on the seed too
     model = build_from_spec(spec)
     params = sum(p.numel() for p in model.parameters())
     print(
-        f"{args.model} ({params / 1e6:.2f} M params) on {data.name} from {data.source}: "
+        f"{cfg.model} ({params / 1e6:.2f} M params) on {data.name} from {data.source}: "
         f"{len(data.train)} train / {len(data.val)} val / {len(data.test)} test images, device {device}"
     )
 
@@ -621,43 +508,21 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
 
     history = fit(
-        model,
-        data,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        label_smoothing=args.label_smoothing,
-        device=device,
-        seed=args.seed,
-        progress=not args.no_progress,
-        on_epoch_end=report,
-        amp=False if args.amp == "off" else args.amp,
-    )
+        model, data, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
+        label_smoothing=cfg.label_smoothing, device=device, seed=cfg.seed, progress=cfg.progress,
+        on_epoch_end=report, amp=False if cfg.amp == "off" else cfg.amp,
+    )  # fmt: skip
     # Seconds per full epoch of training (validation excluded), also for fractional runs.
     seconds_per_epoch = sum(h["train_seconds"] for h in history) / history[-1]["epoch"]
-    test = evaluate(model, data.loader("test", args.batch_size, train=False, device=device), device=device)
+    test = evaluate(model, data.loader("test", cfg.batch_size, train=False, device=device), device=device)
     path = save_checkpoint(
-        args.output,
-        model,
-        spec,
-        dataset=data.name,
-        epochs=float(args.epochs),
-        val_accuracy=history[-1]["val_accuracy"],
-        test_accuracy=test["accuracy"],
-        seconds_per_epoch=seconds_per_epoch,
-        seed=args.seed,
-        split_seed=0,
-        val_fraction=args.val_fraction,
-        subset=args.subset,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        label_smoothing=args.label_smoothing,
-        device=str(device),
-        history=history,
+        output, model, spec, dataset=data.name, epochs=float(cfg.epochs),
+        val_accuracy=history[-1]["val_accuracy"], test_accuracy=test["accuracy"],
+        seconds_per_epoch=seconds_per_epoch, seed=cfg.seed, split_seed=0, val_fraction=cfg.val_fraction,
+        subset=cfg.subset, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
+        label_smoothing=cfg.label_smoothing, device=str(device), history=history,
         torch_version=str(torch.__version__),
-    )
+    )  # fmt: skip
     print(
         f"test accuracy {test['accuracy']:.4f} | val accuracy {history[-1]['val_accuracy']:.4f} | "
         f"{seconds_per_epoch:.1f} s/epoch | saved {path}"

@@ -60,7 +60,7 @@ import nas_prune  # noqa: E402
 from nas_prune.baselines import (  # noqa: E402
     FINETUNE_SHARE,
     METHODS,
-    BaselineSettings,
+    BaselineConfig,
     iterative_targets,
     run_baseline,
 )
@@ -230,7 +230,7 @@ def baseline_settings(args: argparse.Namespace, method: str, seed: int, checkpoi
         extra = dict(step=args.iterative_step, epochs_between=epochs)
     if method == "lottery-ticket":  # trains its own dense model from theta0: no --checkpoint
         epochs = (args.dense_epochs + args.epochs) / 2
-    return BaselineSettings(
+    return BaselineConfig(
         method=method, budget_flops=args.budget_flops, model=args.model, dataset=args.dataset,
         data_dir=args.data_dir, subset=args.subset, epochs=epochs, seed=seed, device=args.device,
         checkpoint=None if method == "lottery-ticket" else str(checkpoint), output=str(out),

@@ -9,10 +9,11 @@ import math
 import pytest
 import torch
 
-import nas_prune.baselines as baselines
+import nas_prune.baselines.context as context
+import nas_prune.baselines.runner as runner
 from nas_prune.baselines import (
     METHODS,
-    BaselineSettings,
+    BaselineConfig,
     iterative_targets,
     magnitude_prune,
     main,
@@ -25,6 +26,7 @@ from nas_prune.baselines import (
     weight_positions,
     zero_filters,
 )
+from nas_prune.checkpoint import load_pruned, save_checkpoint
 from nas_prune.cli import run_cli
 from nas_prune.cost import count_macs
 from nas_prune.data import load_dataset
@@ -32,8 +34,7 @@ from nas_prune.errors import NasPruneError
 from nas_prune.models import create_model, model_spec
 from nas_prune.objective import adapt_batchnorm
 from nas_prune.prune import channel_importance, prune
-from nas_prune.retrain import load_pruned
-from nas_prune.train import fit, make_optimizer, save_checkpoint
+from nas_prune.train import fit, make_optimizer
 
 X = torch.zeros(2, 1, 28, 28)
 STRUCTURED = [m for m in METHODS if m != "l1-unstructured"]
@@ -53,7 +54,7 @@ def checkpoint(tmp_path_factory):
 
 def _run(method, tmp_path, checkpoint=None, budget=0.5, **kw):
     kw = {"epochs": 0.2, "pretrain_epochs": 0.2, "epochs_between": 0.1, "progress": False, **kw}
-    settings = BaselineSettings(
+    settings = BaselineConfig(
         method=method, budget_flops=budget, dataset="synthetic", checkpoint=checkpoint,
         output=str(tmp_path / method), **kw,
     )  # fmt: skip
@@ -226,7 +227,7 @@ def test_soft_filter_run_cuts_then_fine_tunes(tmp_path, checkpoint):
 
 
 def test_lottery_ticket_warns_that_it_ignores_the_checkpoint(tmp_path, checkpoint, capsys, monkeypatch):
-    monkeypatch.setattr(baselines, "measure_latency", _fake_latency)
+    monkeypatch.setattr(runner, "measure_latency", _fake_latency)
     out = tmp_path / "lt"
     argv = ["lottery-ticket", "--budget-flops", "0.5", "--dataset", "synthetic", "--epochs", "0.2",
             "--checkpoint", checkpoint, "--output", str(out), "--no-progress"]  # fmt: skip
@@ -249,13 +250,13 @@ def test_finished_run_is_not_recomputed(tmp_path, checkpoint, monkeypatch):
         raise AssertionError("a finished run was trained again")
 
     with monkeypatch.context() as patch:
-        patch.setattr(baselines, "train_resumable", boom)
+        patch.setattr(context, "fit", boom)
         again = _run("l2-structured", tmp_path, checkpoint, progress=True)  # display flags do not count
         assert again == first
         with pytest.raises(NasPruneError, match="other settings.*epochs"):
             _run("l2-structured", tmp_path, checkpoint, epochs=0.4)
     redone = run_baseline(
-        BaselineSettings(method="l2-structured", budget_flops=0.5, dataset="synthetic", checkpoint=checkpoint,
+        BaselineConfig(method="l2-structured", budget_flops=0.5, dataset="synthetic", checkpoint=checkpoint,
                          epochs=0.4, output=str(tmp_path / "l2-structured"), progress=False),
         latency_fn=_fake_latency, quiet=True, force=True,
     )  # fmt: skip
@@ -267,23 +268,23 @@ def test_interrupted_run_continues_where_it_stopped(method, epochs, tmp_path, ch
     """Killed after the first epoch of its first phase, a rerun continues from that epoch's checkpoint
     (soft-filter: with the zeroing of that epoch) and ends with the weights of an uninterrupted run."""
     whole = _run(method, tmp_path / "whole", checkpoint, epochs=epochs)
-    real = baselines.train_resumable
+    real = context.fit
     calls = []
 
     def interrupted(*args, **kwargs):
-        calls.append(args[4]["phase"])
+        calls.append(kwargs["checkpoint"].settings["phase"])
 
         def stop(_epoch, _row):
             raise KeyboardInterrupt
 
         return real(*args, **{**kwargs, "on_epoch_end": stop})
 
-    monkeypatch.setattr(baselines, "train_resumable", interrupted)
+    monkeypatch.setattr(context, "fit", interrupted)
     with pytest.raises(KeyboardInterrupt):
         _run(method, tmp_path / "cut", checkpoint, epochs=epochs)
     phase = calls[0]
     assert (tmp_path / "cut" / method / "phases" / phase / "checkpoint.pt").is_file()
-    monkeypatch.setattr(baselines, "train_resumable", real)
+    monkeypatch.setattr(context, "fit", real)
     resumed = _run(method, tmp_path / "cut", checkpoint, epochs=epochs)
     assert [row["epoch"] for row in resumed["history"]] == [row["epoch"] for row in whole["history"]]
     a = load_pruned(tmp_path / "whole" / method / "model.pt").state_dict()

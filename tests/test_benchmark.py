@@ -15,6 +15,7 @@ import pytest
 
 import nas_prune
 import nas_prune.baselines
+import nas_prune.baselines.runner
 from nas_prune.cost import count_macs
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
@@ -159,7 +160,7 @@ def fakes(monkeypatch):
     monkeypatch.setattr(nas_prune, "search", f.search)
     monkeypatch.setattr(bench, "retrain", f.retrain)
     monkeypatch.setattr(
-        nas_prune.baselines, "measure_latency", lambda m, x, **kw: 1.0 + count_macs(m, x)[0] / 1e7
+        nas_prune.baselines.runner, "measure_latency", lambda m, x, **kw: 1.0 + count_macs(m, x)[0] / 1e7
     )
     return f
 

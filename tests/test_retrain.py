@@ -14,8 +14,10 @@ import pandas as pd
 import pytest
 import torch
 
-import nas_prune.retrain as retrain_mod
+import nas_prune.retrain.run as retrain_mod
+import nas_prune.train as train_mod
 from nas_prune import channel_groups, count_macs, prune
+from nas_prune.checkpoint import load_pruned, save_checkpoint, save_pruned
 from nas_prune.cli import run_cli
 from nas_prune.config import SearchConfig, write_config
 from nas_prune.errors import NasPruneError
@@ -26,13 +28,10 @@ from nas_prune.retrain import (
     SUMMARY_COLUMNS,
     choose_architecture,
     distillation_loss,
-    load_pruned,
     main,
     output_name,
     retrain,
-    save_pruned,
 )
-from nas_prune.train import save_checkpoint
 
 EXAMPLE = torch.zeros(2, 1, 28, 28)
 CONTRACT_KEYS = (
@@ -194,7 +193,7 @@ def test_cli_rank0_writes_model_export_metrics_and_summary(run_dir, capsys, monk
 
     # a finished retrain is reported, not trained again
     calls = []
-    monkeypatch.setattr(retrain_mod, "train_one_epoch", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(train_mod, "train_one_epoch", lambda *a, **k: calls.append(1))
     assert run_cli(main, argv) == 0 and not calls
     assert "already retrained" in capsys.readouterr().out
 
@@ -251,13 +250,13 @@ def test_interrupted_retrain_resumes_from_the_last_epoch(run_dir, monkeypatch):
         retrain(run_dir, output=run_dir / "retrain" / "cut", **{**args, "lr": 0.05})
 
     epochs_trained = []
-    real = retrain_mod.train_one_epoch
+    real = train_mod.train_one_epoch
 
     def counting(*a, **k):
         epochs_trained.append(1)
         return real(*a, **k)
 
-    monkeypatch.setattr(retrain_mod, "train_one_epoch", counting)
+    monkeypatch.setattr(train_mod, "train_one_epoch", counting)
     resumed = retrain(run_dir, output=run_dir / "retrain" / "cut", **args)
     assert len(epochs_trained) == 1 and resumed["resumed_from_epoch"] == 1.0
     assert [row["epoch"] for row in resumed["history"]] == [1.0, 2.0]

@@ -11,20 +11,20 @@ import pytest
 import torch
 from torch import nn
 
+from nas_prune.checkpoint import load_checkpoint, load_state_dict_into, save_checkpoint
 from nas_prune.cli import run_cli
 from nas_prune.data import TensorSplit, load_dataset, make_loader
 from nas_prune.errors import NasPruneError
 from nas_prune.models import build_from_spec, model_spec
 from nas_prune.train import (
+    Checkpointing,
     evaluate,
     fit,
-    load_checkpoint,
-    load_state_dict_into,
     main,
     make_optimizer,
     make_scheduler,
     resolve_device,
-    save_checkpoint,
+    steps_for,
     train_one_epoch,
 )
 
@@ -96,6 +96,38 @@ def test_fractional_epochs_run_the_right_number_of_batches(synthetic):
     optimizer = make_optimizer(model, lr=0.01)
     metrics = train_one_epoch(model, loader, optimizer, max_batches=3, progress=False)
     assert metrics["batches"] == 3 and metrics["samples"] == 192 and len(calls) == 3
+
+
+def test_steps_for_is_the_one_rounding_rule():
+    assert steps_for(2, 10) == [10, 10]
+    assert steps_for(1.25, 10) == [10, 2]  # round(2.5) = 2
+    assert steps_for(0.01, 10) == [1]  # a fraction trains at least one batch
+    assert steps_for(0, 10) == []
+    with pytest.raises(ValueError):
+        steps_for(float("nan"), 10)
+
+
+def test_fit_resumes_from_its_checkpoint_as_if_never_interrupted(synthetic, tmp_path):
+    def run(path, on_epoch_end=None):
+        torch.manual_seed(0)
+        model = tiny_model()
+        ckpt = Checkpointing(path, {"run": 1}, {"model": "tiny"})
+        kw = {"epochs": 2.5, "batch_size": 64, "progress": False, "checkpoint": ckpt}
+        return model, fit(model, synthetic, on_epoch_end=on_epoch_end, **kw)
+
+    def stop(epoch, row):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "cut.pt", stop)
+    assert load_checkpoint(tmp_path / "cut.pt")["rounds_done"] == 1
+    resumed, history = run(tmp_path / "cut.pt")
+    straight, expected = run(tmp_path / "straight.pt")
+    assert [h["epoch"] for h in history] == [h["epoch"] for h in expected] and len(history) == 3
+    a, b = resumed.state_dict(), straight.state_dict()
+    assert all(torch.allclose(a[k].float(), b[k].float()) for k in a)
+    with pytest.raises(NasPruneError, match="other settings"):
+        fit(tiny_model(), synthetic, epochs=1, checkpoint=Checkpointing(tmp_path / "cut.pt", {"run": 2}, {}))
 
 
 def test_scheduler_is_stepped_per_batch(synthetic):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from ..checkpoint import load_checkpoint, load_weights, save_checkpoint
 from ..cli import ensure_output_dir
 from ..config import SearchConfig, load_config
 from ..cost import CostModel
@@ -23,7 +24,7 @@ from ..graph import channel_groups
 from ..models import create_model, default_model, load_search_space, model_names, model_spec
 from ..seeds import SEEDS
 from ..space import Budget, WidthSpace
-from ..train import fit, load_checkpoint, load_weights, resolve_device, save_checkpoint, seed_everything
+from ..train import fit, resolve_device, seed_everything
 
 __all__ = [
     "SAMPLERS",

@@ -1,0 +1,164 @@
+"""Run one baseline method to its FLOPs budget: :func:`run_baseline`, resumable, reported like a retrain."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..atomic import atomic_write_text
+from ..checkpoint import save_pruned, settings_mismatch
+from ..cli import ensure_output_dir
+from ..cost import measure_latency
+from ..data import load_dataset
+from ..errors import NasPruneError
+from ..final import final_figures, metrics_record, write_metrics
+from ..models import model_spec
+from ..train import resolve_device, seed_everything
+from .config import BaselineConfig
+from .context import PHASES, Context, Outcome, load_dense
+from .methods import RUNNERS, UNSTRUCTURED
+
+__all__ = ["run_baseline"]
+
+_REMEDY = "pass --force to start over or --output DIR"
+
+
+def _resume_key(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings that must match for a rerun to reuse a run's results (not its display or folder)."""
+    return {k: v for k, v in settings.items() if k not in ("progress", "output")}
+
+
+def _claim(out: Path, key: dict[str, Any], force: bool) -> dict[str, Any] | None:
+    """The finished run's metrics if ``out`` holds one with these settings; else prepare ``out``.
+
+    Without ``force``, a finished or interrupted run with other settings is an error (nothing is
+    overwritten); with it, the old results and checkpoints are deleted.
+    """
+    metrics_path, state = out / "metrics.json", out / PHASES / "settings.json"
+    if force:
+        metrics_path.unlink(missing_ok=True)
+        shutil.rmtree(out / PHASES, ignore_errors=True)
+    if metrics_path.is_file():
+        try:
+            done = json.loads(metrics_path.read_text())
+            old = _resume_key(done["settings"])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            raise NasPruneError(f"{metrics_path} is unreadable; pass --force to redo the run") from None
+        if old != key:
+            raise NasPruneError(settings_mismatch(out, "a finished run", old, key, _REMEDY))
+        return done
+    if state.is_file() and any((out / PHASES).glob("*/checkpoint.pt")):  # work that must not be mixed
+        try:
+            old = json.loads(state.read_text())
+        except (OSError, ValueError):
+            old = {}
+        if old != key:
+            raise NasPruneError(settings_mismatch(out, "an interrupted run", old, key, _REMEDY))
+    atomic_write_text(state, json.dumps(key, indent=2) + "\n")
+    return None
+
+
+def run_baseline(
+    config: BaselineConfig,
+    *,
+    latency_fn: Callable[..., float] | None = None,
+    quiet: bool = False,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Run one baseline method to its FLOPs budget and write ``metrics.json`` and ``model.pt``.
+
+    A run interrupted in a training phase continues from its last finished epoch when called again with
+    the same settings; a finished one is not recomputed (its metrics are returned).
+
+    Args:
+        config: the method and its settings (validated here, before any heavy work).
+        latency_fn: ``fn(model, example, device=, batch=, **kw) -> ms`` (default
+            :func:`nas_prune.measure_latency`); tests inject a fake.
+        quiet: print nothing.
+        force: delete the output folder's results and checkpoints and start over.
+
+    Returns:
+        The content of ``metrics.json`` plus ``output`` (the folder).
+    """
+    s = config.validate()
+    say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
+    device = resolve_device(s.device)
+    out = ensure_output_dir(s.output_dir())
+    done = _claim(out, _resume_key(asdict(s)), force)
+    if done is not None:
+        say(f"{out} already holds this run (metrics.json); not recomputing it (--force to redo).")
+        return {**done, "output": str(out)}
+    data = load_dataset(s.dataset, s.data_dir, seed=0, subset=s.subset)
+    spec = model_spec(s.model, data.in_channels, data.num_classes, data.input_shape)
+    example = torch.zeros(2, *data.input_shape, device=device)
+    ctx = Context(s, data, spec, example, device, say, quiet)
+    if s.method == "lottery-ticket" and s.checkpoint:
+        note = (
+            f"--checkpoint {s.checkpoint} is ignored: lottery-ticket trains its own dense model from the "
+            "initialisation theta0 its ticket is reset to"
+        )
+        warnings.warn(note, stacklevel=2)
+        ctx.notes.append(note)
+    try:
+        if s.method != "lottery-ticket":
+            load_dense(ctx)
+        start = time.perf_counter()
+        seed_everything(s.seed)
+        outcome = RUNNERS[s.method](ctx)
+    except KeyboardInterrupt:
+        if not quiet:
+            print(
+                f"Interrupted: rerun the same command to continue from the last finished epoch "
+                f"({ctx.phases}).",
+                file=sys.stderr,
+            )
+        raise
+    return _report(ctx, outcome, out, latency_fn or measure_latency, time.perf_counter() - start)
+
+
+def _report(
+    ctx: Context, outcome: Outcome, out: Path, latency_fn: Callable[..., float], wall: float
+) -> dict[str, Any]:
+    """Final figures (the only use of the test split), the budget check, model.pt and metrics.json."""
+    s = ctx.s
+    slim = outcome.model.to(ctx.device).eval()
+    ctx.say("Measuring test accuracy and latency of the dense and the pruned model ...")
+    figures = final_figures(
+        ctx.dense, slim, ctx.data, ctx.example, ctx.device, latency_fn, s.latency_batch,
+        int(s.latency_batch_large), s.batch_size,
+    )  # fmt: skip
+    if s.method not in UNSTRUCTURED and not (s.method == "lottery-ticket" and s.unstructured):
+        if figures.flops_ratio > s.budget_flops + 1e-9:
+            raise RuntimeError(
+                f"{s.method} left {figures.flops_ratio:.4f} of the FLOPs, over the budget {s.budget_flops}"
+            )
+    save_pruned(out / "model.pt", slim.cpu(), outcome.widths, ctx.spec, "l2")
+    extra = outcome.extra
+    choice = {"widths": outcome.widths, "steps": extra.pop("steps", 1), "sparsity": extra.pop("sparsity", None),
+              "nonzero_macs": extra.pop("nonzero_macs", None), "budget_flops": s.budget_flops}  # fmt: skip
+    rest = {"model": s.model, "dataset": s.dataset, **extra, "notes": ctx.notes, "model_file": "model.pt",
+            "wall_s": wall, "history": outcome.history}  # fmt: skip
+    metrics = metrics_record(
+        out.name, figures, epochs=outcome.epochs, init=outcome.init, seed=s.seed, dense_epochs=ctx.dense_epochs,
+        first={"method": s.method}, choice=choice, rest=rest, settings=asdict(s),
+    )  # fmt: skip
+    if metrics["nonzero_macs"] is not None:
+        metrics["nonzero_flops_ratio"] = metrics["nonzero_macs"] / figures.dense["macs"]
+    write_metrics(out / "metrics.json", metrics)
+    shutil.rmtree(ctx.phases, ignore_errors=True)
+    ratio = metrics.get("nonzero_flops_ratio", figures.flops_ratio)
+    ctx.say(
+        f"{s.method}: test acc {figures.slim['test_accuracy']:.4f} (dense {figures.dense['test_accuracy']:.4f}), "
+        f"{'non-zero ' if 'nonzero_flops_ratio' in metrics else ''}FLOPs ratio {ratio:.3f}, "
+        f"speed-up {metrics['speedup']:.2f}x -> {out}/"
+    )
+    return {**metrics, "output": str(out)}
