@@ -54,16 +54,29 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, spec: dict[str, A
     return atomic_torch_save(payload, path)
 
 
-def _torch_load(path: str | os.PathLike) -> Any:
+def _read(path: str | os.PathLike, what: str, keys: tuple[str, ...], newest: int) -> dict[str, Any]:
+    """The dict a nas_prune ``what`` file holds (on the CPU, ``weights_only=True``), checked for ``keys``
+    and a ``schema_version`` this version reads (up to ``newest``); every problem is one NasPruneError."""
     path = Path(path)
     if not path.is_file():
-        raise NasPruneError(f"checkpoint {path} does not exist")
+        raise NasPruneError(f"{what} {path} does not exist")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        content = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # corrupt zip, truncated file, pickled objects beyond plain data, ...
         raise NasPruneError(
-            f"checkpoint {path} is unreadable or not a plain-tensor torch file ({type(err).__name__})"
+            f"{what} {path} is unreadable or not a plain-tensor torch file ({type(err).__name__})"
         ) from err
+    if not isinstance(content, dict):
+        raise NasPruneError(f"{what} {path} is not a nas_prune {what} (it holds a {type(content).__name__})")
+    for key in keys:
+        if key not in content:
+            raise NasPruneError(f"{what} {path} is not a nas_prune {what} (no {key!r})")
+    version = content.get("schema_version", newest)
+    if not isinstance(version, int) or version > newest:
+        raise NasPruneError(
+            f"{what} {path} has schema_version {version!r}; this nas_prune reads up to {newest}"
+        )
+    return content
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -72,20 +85,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     Raises:
         NasPruneError: Missing, unreadable or corrupt file, or a file without ``state_dict``/``spec``.
     """
-    ckpt = _torch_load(path)
-    if not isinstance(ckpt, dict):
-        raise NasPruneError(
-            f"checkpoint {path} is not a nas_prune checkpoint (it holds a {type(ckpt).__name__})"
-        )
-    for key in ("state_dict", "spec"):
-        if key not in ckpt:
-            raise NasPruneError(f"checkpoint {path} is not a nas_prune checkpoint (no {key!r})")
-    version = ckpt.get("schema_version", CHECKPOINT_SCHEMA_VERSION)
-    if not isinstance(version, int) or version > CHECKPOINT_SCHEMA_VERSION:
-        raise NasPruneError(
-            f"checkpoint {path} has schema_version {version!r}; this nas_prune reads up to "
-            f"{CHECKPOINT_SCHEMA_VERSION}"
-        )
+    ckpt = _read(path, "checkpoint", ("state_dict", "spec"), CHECKPOINT_SCHEMA_VERSION)
     return ckpt
 
 
@@ -122,10 +122,10 @@ def load_state_dict_into(model: nn.Module, path: str | os.PathLike) -> dict[str,
         NasPruneError: Unreadable file, or keys or shapes that do not match the model (naming the
             first mismatching key).
     """
-    ckpt = _torch_load(path)
-    if isinstance(ckpt, dict) and isinstance(ckpt.get("state_dict"), dict):
+    ckpt = _read(path, "checkpoint", (), CHECKPOINT_SCHEMA_VERSION)
+    if isinstance(ckpt.get("state_dict"), dict):
         state_dict = ckpt["state_dict"]
-    elif isinstance(ckpt, dict) and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+    elif ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
         state_dict, ckpt = ckpt, {"state_dict": ckpt}
     else:
         raise NasPruneError(f"{path} holds neither a nas_prune checkpoint nor a state_dict")
@@ -195,25 +195,7 @@ def load_pruned(path: str | os.PathLike) -> nn.Module:
         NasPruneError: missing, unreadable or corrupt file, a dict that is not a pruned model, or
             weights whose keys or shapes do not fit the architecture.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise NasPruneError(f"pruned model {path} does not exist")
-    try:
-        content = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated zip, not a torch file, pickled objects beyond plain data, ...
-        raise NasPruneError(
-            f"{path} is unreadable or not a plain-tensor torch file ({type(err).__name__})"
-        ) from err
-    if not isinstance(content, dict):
-        raise NasPruneError(f"{path} is not a nas_prune pruned model (it holds a {type(content).__name__})")
-    for key in ("state_dict", "widths", "spec"):
-        if key not in content:
-            raise NasPruneError(f"{path} is not a nas_prune pruned model (no {key!r})")
-    version = content.get("schema_version", MODEL_SCHEMA_VERSION)
-    if not isinstance(version, int) or version > MODEL_SCHEMA_VERSION:
-        raise NasPruneError(
-            f"{path} has schema_version {version!r}; this nas_prune reads up to {MODEL_SCHEMA_VERSION}"
-        )
+    content = _read(path, "pruned model", ("state_dict", "widths", "spec"), MODEL_SCHEMA_VERSION)
     spec, state_dict = content["spec"], content["state_dict"]
     if not isinstance(spec, dict) or not isinstance(state_dict, dict):
         raise NasPruneError(f"{path} is not a nas_prune pruned model ('spec' or 'state_dict' is not a dict)")

@@ -11,24 +11,7 @@ rounds), ``estimate`` (entries without timing), ``grid`` (what to measure before
 :class:`LatencyLUT` facade).
 """
 
-from .calibration import (
-    KINDS,
-    MAX_MEDIAN_ERROR,
-    MIN_SPEARMAN,
-    Calibration,
-    LatencyFit,
-    bisect_to_latency,
-    fit_calibration,
-)
+from .calibration import KINDS, Calibration, bisect_to_latency, fit_calibration
 from .lut import LatencyLUT
 
-__all__ = [
-    "KINDS",
-    "MAX_MEDIAN_ERROR",
-    "MIN_SPEARMAN",
-    "Calibration",
-    "LatencyFit",
-    "LatencyLUT",
-    "bisect_to_latency",
-    "fit_calibration",
-]
+__all__ = ["KINDS", "Calibration", "LatencyLUT", "bisect_to_latency", "fit_calibration"]
