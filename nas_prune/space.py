@@ -71,6 +71,35 @@ class WidthSpace:
                 choices[g.name] = tuple(widths)
         return cls(choices=choices, fixed=fixed, round_to=round_to)
 
+    @classmethod
+    def of_model(
+        cls,
+        name: str,
+        model,
+        example_inputs,
+        *,
+        round_to: int | None = None,
+        min_fraction: float | None = None,
+        freeze: Iterable[str] = (),
+    ) -> tuple[list[ChannelGroup], WidthSpace]:
+        """Channel groups and space of ``model``: the settings of its ``search_spaces/<name>.yaml`` (a zoo
+        model; defaults otherwise), overridden by ``round_to``/``min_fraction`` when given, and the YAML's
+        frozen groups plus ``freeze`` at full width. The one place a space is read from YAML."""
+        from .graph import channel_groups
+        from .models import load_search_space
+
+        yaml_space = load_search_space(name) or {}
+        frozen = (*yaml_space.get("frozen", ()), *freeze)
+        groups = channel_groups(model, example_inputs, frozen=frozen)
+        space = cls.build(
+            groups,
+            round_to=round_to or yaml_space.get("round_to", 1),
+            min_fraction=min_fraction or yaml_space.get("min_fraction", 0.1),
+            grid=yaml_space.get("grid"),
+            frozen=frozen,
+        )
+        return groups, space
+
     @property
     def names(self) -> list[str]:
         """Searched group names, in model order."""

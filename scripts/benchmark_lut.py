@@ -33,10 +33,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from nas_prune import channel_groups, create_model, model_names, prune
+from nas_prune import create_model, model_names, prune
 from nas_prune.cost import measure_latency
 from nas_prune.latency import LatencyLUT
-from nas_prune.models import load_search_space
 from nas_prune.space import WidthSpace
 
 INPUT_SHAPE = (1, 28, 28)
@@ -45,14 +44,7 @@ NUM_CLASSES = 10
 
 def width_space(name: str, model: torch.nn.Module, example: torch.Tensor) -> WidthSpace:
     """The model's search space, built as ``search.build_space`` does with default flags."""
-    yaml_space = load_search_space(name) or {}
-    return WidthSpace.build(
-        channel_groups(model, example),
-        round_to=yaml_space.get("round_to", 1),
-        min_fraction=yaml_space.get("min_fraction", 0.1),
-        grid=yaml_space.get("grid"),
-        frozen=yaml_space.get("frozen", ()),
-    )
+    return WidthSpace.of_model(name, model, example)[1]
 
 
 def benchmark(name: str, batch: int, args: argparse.Namespace) -> tuple[dict, list[dict]]:

@@ -62,3 +62,14 @@ def test_budget_validation_and_violations():
     assert budget.violations(30, 40, 100, 100) == pytest.approx({"flops": 0.0, "params": -0.1})
     assert budget.met(30, 50, 100, 100) and not budget.met(31, 10, 100, 100)
     assert budget.label() == "flops0.3-params0.5"
+
+
+def test_of_model_reads_the_zoo_yaml_and_flags_override_it():
+    model, example = create_model("resnet20", in_channels=1), torch.zeros(2, 1, 28, 28)
+    groups, space = WidthSpace.of_model("resnet20", model, example)
+    assert space.round_to == 4 and all(w % 4 == 0 for c in space.choices.values() for w in c)
+    assert {g.name for g in groups} == set(space.choices) | set(space.fixed)
+    _, finer = WidthSpace.of_model("resnet20", model, example, round_to=2, freeze=["conv1"])
+    assert finer.round_to == 2 and "conv1" in finer.fixed and "conv1" in space.choices
+    _, unknown = WidthSpace.of_model("not-a-zoo-model", model, example)
+    assert unknown.round_to == 1  # no YAML: the defaults

@@ -17,7 +17,7 @@ from ..cost import CostModel
 from ..data import DataSplits
 from ..errors import NasPruneError
 from ..graph import channel_groups
-from ..models import build_from_spec, load_search_space
+from ..models import build_from_spec
 from ..objective import adapt_batchnorm
 from ..seeds import SeedContext, l2_seed, uniform_seed
 from ..space import Budget, WidthSpace
@@ -98,14 +98,7 @@ class Context:
 
     def widths_for(self, model: nn.Module, flops: float, uniform: bool = False) -> dict[str, int]:
         """Widths of ``model``'s groups with at most ``flops`` x its MACs (L2 allocation or uniform)."""
-        yaml_space = load_search_space(self.s.model) or {}
-        space = WidthSpace.build(
-            channel_groups(model, self.example),
-            round_to=yaml_space.get("round_to", 1),
-            min_fraction=yaml_space.get("min_fraction", 0.1),
-            grid=yaml_space.get("grid"),
-            frozen=yaml_space.get("frozen", ()),
-        )
+        _, space = WidthSpace.of_model(self.s.model, model, self.example)
         ctx = SeedContext(model, self.example, space, CostModel(model, self.example), Budget(flops=flops))
         widths = (uniform_seed if uniform else l2_seed)(ctx)
         if widths is None:

@@ -20,8 +20,7 @@ from ..config import SearchConfig, load_config
 from ..cost import CostModel
 from ..data import DataSplits, check_dataset_name
 from ..errors import NasPruneError
-from ..graph import channel_groups
-from ..models import create_model, default_model, load_search_space, model_names, model_spec
+from ..models import create_model, default_model, model_names, model_spec
 from ..seeds import SEEDS
 from ..space import Budget, WidthSpace
 from ..train import fit, resolve_device, seed_everything
@@ -143,15 +142,8 @@ def build_space(cfg: SearchConfig, model, example) -> tuple[list, WidthSpace, Co
 
     Only the architecture matters here, not the weights, so this runs before any training.
     """
-    yaml_space = load_search_space(cfg.model) or {}
-    frozen = (*yaml_space.get("frozen", ()), *cfg.freeze)
-    groups = channel_groups(model, example, frozen=frozen)
-    space = WidthSpace.build(
-        groups,
-        round_to=cfg.round_to or yaml_space.get("round_to", 1),
-        min_fraction=cfg.min_fraction or yaml_space.get("min_fraction", 0.1),
-        grid=yaml_space.get("grid"),
-        frozen=frozen,
+    groups, space = WidthSpace.of_model(
+        cfg.model, model, example, round_to=cfg.round_to, min_fraction=cfg.min_fraction, freeze=cfg.freeze
     )
     return groups, space, CostModel(model, example)
 
