@@ -3,7 +3,7 @@
 Each entry point has a typed, frozen config dataclass whose fields carry their help text (:func:`option`);
 :func:`config_flags` generates the parser from it, so a default is written once, in the dataclass.
 
-Bad input must end with one clear line on stderr and exit code 2, never a traceback (DESIGN.md).
+Bad input must end with one clear line on stderr and exit code 2, never a traceback.
 Library code raises :class:`NasPruneError` for such input; :func:`run_cli` turns it into that line.
 """
 

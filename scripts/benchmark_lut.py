@@ -16,7 +16,7 @@ what a search's budget projection needs).
 
 CPU latency on a shared machine is noisy, and cached entries keep whatever noise they were measured with
 (a new --cache-dir starts afresh). Writes --output (one row per model and batch) and
-<output stem>_samples.csv (one row per held-out sample), and prints a markdown table. DESIGN.md: the LUT
+<output stem>_samples.csv (one row per held-out sample), and prints a markdown table. The LUT
 may reject candidates on a device only when trusted there (median error <= 15% and Spearman >= 0.9).
 """
 

@@ -1,6 +1,6 @@
 """Calibrated latency LUT, latency seeds by bisection, and the never-rejecting untrusted LUT.
 
-DESIGN.md: tests of latency logic inject latency instead of timing. ``ContextTimer`` times a layer alone
+Tests of latency logic inject latency instead of timing. ``ContextTimer`` times a layer alone
 as the sum of a per-call overhead and a size term, and a whole model as less than the sum of its layers
 (overheads overlap in a real forward pass): the situation that made uncalibrated predictions negative.
 """

@@ -12,7 +12,7 @@ fitted to a handful of whole-model measurements by non-negative least squares on
 (:func:`fit_calibration`). Scales and constant are never negative, so neither is a prediction.
 Before a fit, only the dense model is measured (:meth:`Calibration.from_dense`).
 
-:func:`agreement` judges predictions against measurement: DESIGN.md lets the LUT reject candidates only
+:func:`agreement` judges predictions against measurement: the LUT may reject candidates only
 once it is trusted on the device (median error <= 15% and Spearman >= 0.9 on random widths).
 
 :func:`bisect_to_latency` finds, by bisection over a global width scale, the widest architecture whose

@@ -1,6 +1,6 @@
 """Which entries to measure before a search: every entry its width grid can reach, or a sub-grid.
 
-During a search nothing may be timed while trials train on the same device (DESIGN.md), and timed
+During a search nothing may be timed while trials train on the same device (it would time the contention), and timed
 entries are cached for later runs. So the search calls :meth:`LatencyLUT.prepare` before any trial
 starts: it measures every entry the space's grid can reach (or, past ``max_entries``, an evenly spaced
 sub-grid per layer) and the constant; missing entries are then estimated

@@ -12,7 +12,7 @@ constant is measured once per model (fingerprint: the dense layer keys and the m
 with the entries, so every process predicts the same numbers from the same table. Delete the cache file
 to re-measure everything.
 
-DESIGN.md: the LUT may reject candidates only once :meth:`LatencyLUT.validate` finds it trusted on the
+The LUT may reject candidates only once :meth:`LatencyLUT.validate` finds it trusted on the
 device; otherwise it only orders candidates.
 """
 
@@ -161,7 +161,7 @@ class LatencyLUT:
     def rejects(self, widths: Mapping[str, int], limit_ms: float) -> bool:
         """Whether the LUT may reject ``widths`` at ``limit_ms``: only a trusted LUT predicting it over the limit.
 
-        DESIGN.md: an untrusted LUT only orders candidates, seeds included; it never rejects. Never times.
+        An untrusted LUT only orders candidates, seeds included; it never rejects. Never times.
         """
         return self.trusted and self.predict(widths, measure_missing=False) > limit_ms
 
