@@ -7,6 +7,7 @@ machine (CPU model, GPU name). ``--resume`` reads the settings back from the sam
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import platform
 import sys
@@ -19,6 +20,7 @@ import yaml
 
 from .atomic import atomic_write_text
 from .cli import config_from_mapping, option
+from .errors import NasPruneError
 
 __all__ = [
     "RETIRED_SETTINGS",
@@ -254,10 +256,7 @@ class TrainConfig:
     def validate(self) -> TrainConfig:
         """Cheap checks before any data is read or model built; returns a copy with the dataset name
         resolved. Raises NasPruneError naming the flag."""
-        import math
-
-        from .data import check_dataset_name
-        from .errors import NasPruneError
+        from .data import check_dataset_name  # here: the settings module must not load datasets/models
         from .models import model_names
 
         if not (self.epochs > 0 and math.isfinite(self.epochs)):
