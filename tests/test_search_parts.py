@@ -13,6 +13,7 @@ from nas_prune.config import SearchConfig
 from nas_prune.search.inputs import build_space
 from nas_prune.search.journal import Journal
 from nas_prune.search.ladder import Ladder, correlations, fidelity_warning
+from nas_prune.search.latency import MAX_MARGIN, LatencyGuard
 from nas_prune.search.projection import KEEP_MIN, Projector, level_schedule, scores_of
 from nas_prune.space import Budget
 
@@ -152,3 +153,22 @@ def test_journal_survives_a_torn_last_line(tmp_path):
     assert again.score(0, 1) == 0.6 and len(again.results) == 2
     lines = journal.path.read_text().splitlines()
     assert json.loads(lines[0])["kind"] == "candidate"
+
+
+def test_proposals_aimed_at_the_limit_less_the_lut_error_measure_under_it(resnet20):
+    """A LUT that predicts 6% low, with that median error on held-out architectures: proposals aimed at
+    the limit itself measure over it; aimed at ``LatencyGuard.aim_ms`` they all measure under it."""
+    space, cost = resnet20
+    measured = lambda widths: 0.3 + cost.cost(widths)[0] / cost.dense[0] * 10.0  # noqa: E731
+    predict = lambda widths: measured(widths) / 1.06  # noqa: E731
+    guard = LatencyGuard(None, measured(space.dense()), 4.0, True, None, space, None, margin=0.06)
+    rng = random.Random(0)
+    proposals = [{n: rng.uniform(KEEP_MIN, 1.0) for n in space.names} for _ in range(20)]
+    at_limit = Projector(space, cost, Budget(latency_ms=4.0), (predict, guard.limit_ms))
+    aimed = Projector(space, cost, Budget(latency_ms=4.0), (predict, guard.aim_ms()))
+    assert all(measured(at_limit.project(p)) > guard.limit_ms for p in proposals)
+    assert all(measured(aimed.project(p)) <= guard.limit_ms for p in proposals)
+    assert guard.aim_ms() == pytest.approx(4.0 * 0.94)
+    assert LatencyGuard(None, 1.0, 4.0, False, None, space, None, margin=0.9).aim_ms() == pytest.approx(
+        4.0 * (1 - MAX_MARGIN)
+    )

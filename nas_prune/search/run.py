@@ -207,7 +207,7 @@ def _prepare(cfg: SearchConfig, run_dir: Path, resume: bool, latency_fn, quiet: 
     info = {"groups": len(space.choices), "size": space.size, "fixed": space.fixed}
     write_config(run_dir / "config.yaml", cfg, dense=dict(dense), space=info)
     seeds = load_or_make_seeds(cfg, model, example, space, cost, budget, data, device, run_dir, guard, quiet)
-    latency = None if guard is None else (lambda w: guard.violation(w)[0], guard.limit_ms)
+    latency = None if guard is None else (lambda w: guard.violation(w)[0], guard.aim_ms())
     projector = Projector(space, cost, budget, latency, latency_binding=guard is not None and guard.trusted)
     levels = _levels(cfg, projector, quiet)
     settings = TrialSettings(
