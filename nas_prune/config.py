@@ -53,7 +53,10 @@ class SearchConfig:
         None, "keep at most this fraction of the dense parameters", group=_BUDGETS
     )
     budget_latency: str | None = option(
-        None, "0.8 = fraction of the dense model's measured latency; 12ms = absolute", group=_BUDGETS
+        None,
+        "0.8 = fraction of the dense model's measured latency; 12ms = absolute (proposals aim under it by "
+        "the latency LUT's measured error)",
+        group=_BUDGETS,
     )
     latency_batch: int = option(1, "batch size latency is measured at", group=_BUDGETS)
     lut_dir: str = option(
