@@ -41,7 +41,8 @@ INPUT_SHAPE = (1, 28, 28)
 
 
 def run_search(folder: Path, args: argparse.Namespace, **settings) -> pd.DataFrame:
-    """One search into ``folder`` (resumed when it exists), with the benchmark's common settings."""
+    """One search into ``folder`` with the benchmark's common settings: reused when finished, resumed
+    when started."""
     if (folder / "best_arch.json").exists():  # finished: reused as it is
         return read_trials(folder / "trials.csv")
     common = dict(time_budget=args.time_budget, workers=args.workers)
@@ -49,8 +50,7 @@ def run_search(folder: Path, args: argparse.Namespace, **settings) -> pd.DataFra
         return nas_prune.search(resume=folder, **common)
     return nas_prune.search(
         dataset="fashion-mnist", subset=args.subset, gate_epochs=0, seeds=tuple(args.seeds), seed=args.seed,
-        output=str(folder),
-        **common, **settings,
+        output=str(folder), **common, **settings,
     )  # fmt: skip
 
 
@@ -69,7 +69,7 @@ def searches(name: str, args: argparse.Namespace) -> list[tuple[str, pd.Series]]
                 budget_latency=f"{1 / goal:.4g}", latency_batch=batch, round_to=args.round_to,
             )  # fmt: skip
         except NasPruneError as error:  # e.g. even the narrowest architecture is over the limit
-            print(f"{name}, {label}: {error}", flush=True)
+            print(f"| {name} | {label}: unreachable ({error}) | | | | | | |", flush=True)
             found.append((f"{label}: unreachable", None))
             continue
         limit = json.loads((root / f"latency-b{batch}" / "latency.json").read_text())
