@@ -29,13 +29,14 @@ from ..config import device_label
 from ..cost import measure_latency
 from ..errors import NasPruneError
 from ..latency import LatencyLUT, bisect_to_latency
+from ..latency.calibration import MAX_MEDIAN_ERROR
 from ..prune import prune
 from ..results import write_trials
 from ..space import WidthSpace
 
 __all__ = ["MAX_MARGIN", "LatencyGuard", "latency_guard", "measure_latencies"]
 
-MAX_MARGIN = 0.15  # a LUT this far off is not trusted (median error <= 15%); aiming lower wastes budget
+MAX_MARGIN = MAX_MEDIAN_ERROR  # a LUT further off is not trusted; aiming lower would waste budget
 
 
 @dataclass
