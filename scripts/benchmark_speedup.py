@@ -93,13 +93,14 @@ def measure(name: str, args: argparse.Namespace) -> list[dict]:
             rows.append({"model": name, "architecture": label, "batch": None, "speedup": None})
             continue
         slim = prune(model, example, widths)
+        flops_ratio = count_macs(slim, example)[0] / dense_macs
         for batch in args.time_batch or args.batch:
             timing = {"threads": args.threads, "warmup": 3, "repeats": 10 if batch > 32 else 30}
             speed = measure_speedup(model, slim, example, "cpu", batch, args.rounds, **timing)
             rows.append(
                 {
                     "model": name, "architecture": label, "batch": batch, "val_accuracy": accuracy,
-                    "flops_ratio": count_macs(slim, example)[0] / dense_macs, "speedup": speed.ratio,
+                    "flops_ratio": flops_ratio, "speedup": speed.ratio,
                     "speedup_low": speed.low, "speedup_high": speed.high, "dense_ms": speed.dense_ms,
                     "pruned_ms": speed.pruned_ms, "widths": json.dumps(widths) if isinstance(widths, dict) else "",
                 }
