@@ -1,4 +1,8 @@
 import copy
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -44,6 +48,42 @@ def test_measure_latency_is_a_positive_median_and_side_effect_free():
     assert ms > 0
     assert model.training and torch.get_num_threads() == threads
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mallopt/mallinfo2 are glibc's")
+def test_timing_keeps_freed_activations_in_the_heap_instead_of_fresh_page_faults():
+    """A 64 MiB activation is mmap-ed (fresh page faults every pass) under glibc's defaults, and served
+    from the heap once a model has been timed: the heap setting must take effect in a new process."""
+    script = textwrap.dedent(
+        """
+        import ctypes, torch
+        from conftest import TwoLayer
+        from nas_prune import measure_latency
+
+        class Info(ctypes.Structure):
+            _fields_ = [(n, ctypes.c_size_t) for n in
+                        "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallinfo2.restype = Info
+
+        def mmapped_while_alive():
+            before = libc.mallinfo2().hblkhd
+            big = torch.ones(16 << 20)  # 64 MiB
+            grew = libc.mallinfo2().hblkhd - before
+            del big
+            return grew
+
+        default = mmapped_while_alive()
+        measure_latency(TwoLayer(), torch.randn(2, 1, 8, 8), warmup=1, repeats=2, threads=1)
+        print(default, mmapped_while_alive())
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=Path(__file__).parent, capture_output=True, text=True, check=True
+    ).stdout.split()
+    default, steady = map(int, out)
+    assert default >= 64 << 20, "glibc's default mmaps a 64 MiB block (the test's premise)"
+    assert steady == 0
 
 
 class DriftingClock:
