@@ -95,7 +95,7 @@ def steady_heap() -> bool:
     depends on the machine's memory state, not on the model: on a 2-vCPU VM the same mobilenetv2 at
     batch 32 timed 81 to 157 ms between rounds (spread 13-77% per model), and a sum of per-layer entries
     (small tensors, no faults) could not predict it. With allocations served from the heap and freed
-    memory kept (no mmap, no trimming) the spread fell to 16-37% and the timings by up to 30%; this is
+    memory kept (no mmap, no trimming) the spread fell to 16-37% and the timings by up to 27%; this is
     also what a long-running server settles into. Applied once per process, on first timing; it stays
     (a process keeps its peak heap). Returns whether it could be applied (glibc on Linux only).
     """
