@@ -10,7 +10,8 @@ device (entries cached in --cache-dir and reused by later runs), calibrates it o
 architectures of the space (uniform 1/4, 1/2, 3/4 and random; the dense model is always one) and then
 validates it on --samples *other* random architectures (fixed --seed): the errors reported are on
 architectures the fit did not see. A pruned model is measured with nas_prune.prune + measure_latency
-(torch.utils.benchmark), in --rounds rounds over all samples, the fastest kept: the estimator the LUT's
+(torch.utils.benchmark), in --rounds rounds over all samples (the dense model, the fit's and the
+held-out ones together, each round in a new random order), the fastest kept: the estimator the LUT's
 entries use. It also times ``predict(widths, measure_missing=False)`` on the grid (predictions per second,
 what a search's budget projection needs).
 
@@ -47,6 +48,30 @@ def width_space(name: str, model: torch.nn.Module, example: torch.Tensor) -> Wid
     return WidthSpace.of_model(name, model, example)[1]
 
 
+def measure_all(
+    model: torch.nn.Module,
+    example: torch.Tensor,
+    samples: list[dict],
+    batch: int,
+    args: argparse.Namespace,
+    rng: random.Random,
+) -> dict[str, float]:
+    """``json.dumps(widths) -> ms`` of every sample pruned, the fastest of ``--rounds`` rounds over all.
+
+    The fit's and the held-out architectures are timed in the same rounds, each round in a new random
+    order: a shared machine's speed drifts by more than the LUT's error over a few minutes (the held-out
+    models, timed after the fit's, once measured 5-17% slower than predicted, every one of them), and
+    what is compared must be measured under the same conditions.
+    """
+    models = [prune(model, example, w) for w in samples]
+    best = [float("inf")] * len(models)
+    for _ in range(args.rounds):
+        for i in rng.sample(range(len(models)), len(models)):
+            ms = measure_latency(models[i], example, device=args.device, batch=batch, threads=args.threads)
+            best[i] = min(best[i], ms)
+    return dict(zip(map(json.dumps, samples), best, strict=True))
+
+
 def benchmark(name: str, batch: int, args: argparse.Namespace) -> tuple[dict, list[dict]]:
     """Calibrate the LUT of ``name`` at ``batch`` and validate it on held-out widths."""
     start = time.perf_counter()
@@ -71,24 +96,11 @@ def benchmark(name: str, batch: int, args: argparse.Namespace) -> tuple[dict, li
         rounds=args.rounds,
     )
     cached = set(lut.table)
-
-    def measure_all(samples: list[dict]) -> list[float]:
-        models = [prune(model, example, w) for w in samples]
-        rounds = [
-            [
-                measure_latency(m, example, device=args.device, batch=batch, threads=args.threads)
-                for m in models
-            ]
-            for _ in range(args.rounds)
-        ]
-        return [min(column) for column in zip(*rounds, strict=True)]
-
-    fit_ms = dict(zip(map(json.dumps, fit), measure_all(fit), strict=True))
-    calibration = lut.calibrate(fit, lambda w: fit_ms[json.dumps(w)])
-    for widths in held_out:
-        lut.kind_sums(widths)  # time the held-out entries before timing the models
-    held_ms = dict(zip(map(json.dumps, held_out), measure_all(held_out), strict=True))
-    result = lut.validate(held_out, lambda w: held_ms[json.dumps(dict(w))])
+    for widths in fit + held_out:
+        lut.kind_sums(widths)  # time every entry before timing the models
+    measured = measure_all(model, example, [{}, *fit, *held_out], batch, args, rng)
+    calibration = lut.calibrate(fit, lambda w: measured[json.dumps(dict(w))])
+    result = lut.validate(held_out, lambda w: measured[json.dumps(dict(w))])
     fresh = draw(200)  # never seen: entries off the table are estimated, as in a search's projection
     t0 = time.perf_counter()
     for widths in fresh:

@@ -168,6 +168,26 @@ def prune_model(model, x, widths):
     return prune(model, x, widths)
 
 
+def test_a_machine_that_slowed_since_the_table_was_built_still_gets_a_consistent_fit(tmp_path):
+    """Every whole-model point of a fit, the dense one included, is timed at calibration time: the dense
+    latency cached when the table was built would be one point from another machine state."""
+    model, x = _model("deep_residual")
+    space = _space(model, x)
+    timer = ContextTimer()
+    lut = LatencyLUT(model, x, cache_dir=tmp_path, measure_fn=timer, rounds=1)
+    lut.predict({})  # the table and the dense latency, measured now
+
+    def slower(widths):  # the same machine, 30% slower by the time the fit is measured
+        return 1.3 * timer(prune_model(model, x, widths), (1, *x.shape[1:]), "cpu")
+
+    rng = random.Random(2)
+    fit = [space.uniform(f) for f in (0.25, 0.5, 0.75)] + [_random(space, rng) for _ in range(4)]
+    fitted = lut.calibrate(fit, measure=slower)
+    assert fitted.samples == 8 and fitted.worst_error < 0.05
+    for widths in [{}, space.smallest(), _random(space, rng)]:
+        assert lut.predict(widths) == pytest.approx(slower(widths), rel=0.05), widths
+
+
 def test_a_deep_model_whose_entries_exceed_it_predicts_positive_before_and_after_calibration(tmp_path):
     model, x = _model("deep_residual")
     space = _space(model, x)

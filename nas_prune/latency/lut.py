@@ -185,14 +185,18 @@ class LatencyLUT:
     ) -> Calibration:
         """Fit the per-kind scales and the constant to whole-model measurements, and cache the fit.
 
-        The dense model is always one of the samples. Missing entries of the samples are timed first.
+        The dense model is always one of the samples, timed again with the others: every whole-model
+        point of one fit comes from the same moment of the machine, so a machine that got faster or
+        slower since the table was built shifts them all alike instead of bending the fit. Missing
+        entries of the samples are timed first.
 
         Args:
             samples: architectures to time (``{group: channels}``); default: uniform 1/4, 1/2 and 3/4
                 plus random widths (each group between 10% and all of its channels), ``count`` in all.
                 A search should pass architectures of its grid.
-            measure: ``widths -> ms`` of the whole pruned model; default: the LUT's ``measure_fn`` on
-                ``prune(model, ..., widths)``, :attr:`rounds` rounds over all samples, fastest kept.
+            measure: ``widths -> ms`` of the whole pruned model (``{}``: the dense one); default: the
+                LUT's ``measure_fn`` on ``prune(model, ..., widths)``, :attr:`rounds` rounds over all
+                samples and the dense model, fastest kept.
             count: number of default samples.
             seed: seed of the default samples.
 
@@ -206,11 +210,11 @@ class LatencyLUT:
         )
         sums = [self.kind_sums(w) for w in samples]
         measured = (
-            [float(measure(w)) for w in samples]
+            [float(measure(w)) for w in [{}, *samples]]
             if measure
-            else self._timer.pruned(self._dense, self._sample_shape, samples)
+            else self._timer.pruned(self._dense, self._sample_shape, [{}, *samples])
         )
-        fitted = fit_calibration([record["sums"], *sums], [record["dense_ms"], *measured])
+        fitted = fit_calibration([record["sums"], *sums], measured)
         record["calibration"] = fitted.to_json()
         self._cache.save()
         return fitted
