@@ -59,9 +59,8 @@ def measure_all(
     """``json.dumps(widths) -> ms`` of every sample pruned, the fastest of ``--rounds`` rounds over all.
 
     The fit's and the held-out architectures are timed in the same rounds, each round in a new random
-    order: a shared machine's speed drifts by more than the LUT's error over a few minutes (the held-out
-    models, timed after the fit's, once measured 5-17% slower than predicted, every one of them), and
-    what is compared must be measured under the same conditions.
+    order: a shared machine's speed can drift by more than the LUT's error within minutes, and what is
+    compared must be measured under the same conditions, or the drift is reported as the LUT's error.
     """
     models = [prune(model, example, w) for w in samples]
     best = [float("inf")] * len(models)
