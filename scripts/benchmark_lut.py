@@ -7,7 +7,7 @@
 For each model (Fashion-MNIST-shaped input 1x28x28, 10 classes; the width space of
 nas_prune/search_spaces/<model>.yaml, as a search builds it) and each batch size this builds a LatencyLUT on this
 device (entries cached in --cache-dir and reused by later runs), calibrates it on --fit-samples
-architectures of the space (uniform 1/4, 1/2, 3/4 and random; the dense model is always one) and then
+random architectures of the space (the dense model is always one more) and then
 validates it on --samples *other* random architectures (fixed --seed): the errors reported are on
 architectures the fit did not see. A pruned model is measured with nas_prune.prune + measure_latency
 (torch.utils.benchmark), in --rounds rounds over all samples (the dense model, the fit's and the
@@ -82,8 +82,7 @@ def benchmark(name: str, batch: int, args: argparse.Namespace) -> tuple[dict, li
     def draw(n: int) -> list[dict]:
         return [space.decode({g: rng.randrange(len(c)) for g, c in space.choices.items()}) for _ in range(n)]
 
-    fit = [space.uniform(f) for f in (0.25, 0.5, 0.75)][: args.fit_samples]
-    fit += draw(args.fit_samples - len(fit))
+    fit = draw(args.fit_samples)  # random, like the held-out ones and a search's proposals
     held_out = draw(args.samples)
     lut = LatencyLUT(
         model,

@@ -5,6 +5,7 @@ as the sum of a per-call overhead and a size term, and a whole model as less tha
 (overheads overlap in a real forward pass): the situation that made uncalibrated predictions negative.
 """
 
+import json
 import math
 import random
 
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 from nas_prune import channel_groups, create_model, model_names
 from nas_prune.cost import CostModel
 from nas_prune.latency import KINDS, Calibration, LatencyLUT, bisect_to_latency, fit_calibration
+from nas_prune.latency.calibration import default_samples
 from nas_prune.space import WidthSpace
 
 IN_CONTEXT = {"Conv2d": 0.45, "BatchNorm2d": 0.2, "Linear": 0.5}  # whole-model share of a layer's time
@@ -186,6 +188,17 @@ def test_a_machine_that_slowed_since_the_table_was_built_still_gets_a_consistent
     assert fitted.samples == 8 and fitted.worst_error < 0.05
     for widths in [{}, space.smallest(), _random(space, rng)]:
         assert lut.predict(widths) == pytest.approx(slower(widths), rel=0.05), widths
+
+
+def test_default_calibration_samples_are_irregular_like_proposals():
+    """Fitted on uniform fractions, the calibration under-predicts the irregular widths a search proposes."""
+    groups = {"a": 16, "b": 32, "c": 64, "d": 128}
+    samples = default_samples(groups, count=8, seed=0)
+    assert len(samples) == 8 and len({json.dumps(s, sort_keys=True) for s in samples}) == 8
+    for widths in samples:
+        fractions = {round(widths[g] / c, 2) for g, c in groups.items()}
+        assert len(fractions) > 1, widths  # not one fraction of every group
+        assert all(max(1, round(0.1 * c)) <= widths[g] <= c for g, c in groups.items())
 
 
 def test_a_deep_model_whose_entries_exceed_it_predicts_positive_before_and_after_calibration(tmp_path):

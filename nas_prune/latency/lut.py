@@ -191,8 +191,8 @@ class LatencyLUT:
         entries of the samples are timed first.
 
         Args:
-            samples: architectures to time (``{group: channels}``); default: uniform 1/4, 1/2 and 3/4
-                plus random widths (each group between 10% and all of its channels), ``count`` in all.
+            samples: architectures to time (``{group: channels}``); default: ``count`` random widths (each group
+                between 10% and all of its channels; see :func:`default_samples`).
                 A search should pass architectures of its grid.
             measure: ``widths -> ms`` of the whole pruned model (``{}``: the dense one); default: the
                 LUT's ``measure_fn`` on ``prune(model, ..., widths)``, :attr:`rounds` rounds over all

@@ -105,7 +105,7 @@ def _validate(lut: LatencyLUT, space: WidthSpace, cfg, measured) -> dict:
     report = lut.validate(held_out, measured)
     if report["trusted"]:
         return {**report, "calibrated": False}
-    fit = [space.uniform(f) for f in (0.25, 0.5, 0.75)] + _grid_samples(space, 3, cfg.seed + 1)
+    fit = _grid_samples(space, 6, cfg.seed + 1)  # random, like proposals: uniform ones bias the fit
     lut.calibrate(fit, measure=measured)
     calibrated = lut.validate(held_out, measured)
     return (
