@@ -11,6 +11,7 @@ one integer index per group (:meth:`WidthSpace.encode` / :meth:`WidthSpace.decod
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -117,6 +118,11 @@ class WidthSpace:
     def smallest(self) -> dict[str, int]:
         """Every searched group at its narrowest choice."""
         return self.decode({n: 0 for n in self.choices})
+
+    def random(self, rng: random.Random) -> dict[str, int]:
+        """A uniformly random architecture of the grid: an independent choice per searched group, the
+        irregular kind of allocation a search proposes (used to time, calibrate and test on)."""
+        return self.decode({n: rng.randrange(len(c)) for n, c in self.choices.items()})
 
     def decode(self, indices: Mapping[str, int]) -> dict[str, int]:
         """Widths of every group (fixed ones included) from one choice index per searched group."""

@@ -9,10 +9,10 @@ nas_prune/search_spaces/<model>.yaml, as a search builds it) and each batch size
 device (entries cached in --cache-dir and reused by later runs), calibrates it on --fit-samples
 random architectures of the space (the dense model is always one more) and then
 validates it on --samples *other* random architectures (fixed --seed): the errors reported are on
-architectures the fit did not see. A pruned model is measured with nas_prune.prune + measure_latency
-(torch.utils.benchmark), in --rounds rounds over all samples (the dense model, the fit's and the
-held-out ones together, each round in a new random order), the fastest kept: the estimator the LUT's
-entries use. It also times ``predict(widths, measure_missing=False)`` on the grid (predictions per second,
+architectures the fit did not see. The pruned models are measured by ``LatencyLUT.time_pruned``
+(nas_prune.prune + measure_latency, i.e. torch.utils.benchmark), in --rounds rounds over all samples
+(the dense model, the fit's and the held-out ones together, each round in a new random order), the
+fastest kept: the estimator the LUT's entries use, and the one its calibration uses. It also times ``predict(widths, measure_missing=False)`` on the grid (predictions per second,
 what a search's budget projection needs).
 
 CPU latency on a shared machine is noisy, and cached entries keep whatever noise they were measured with
@@ -34,8 +34,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from nas_prune import create_model, model_names, prune
-from nas_prune.cost import measure_latency
+from nas_prune import create_model, model_names
 from nas_prune.latency import LatencyLUT
 from nas_prune.space import WidthSpace
 
@@ -48,29 +47,6 @@ def width_space(name: str, model: torch.nn.Module, example: torch.Tensor) -> Wid
     return WidthSpace.of_model(name, model, example)[1]
 
 
-def measure_all(
-    model: torch.nn.Module,
-    example: torch.Tensor,
-    samples: list[dict],
-    batch: int,
-    args: argparse.Namespace,
-    rng: random.Random,
-) -> dict[str, float]:
-    """``json.dumps(widths) -> ms`` of every sample pruned, the fastest of ``--rounds`` rounds over all.
-
-    The fit's and the held-out architectures are timed in the same rounds, each round in a new random
-    order: a shared machine's speed can drift by more than the LUT's error within minutes, and what is
-    compared must be measured under the same conditions, or the drift is reported as the LUT's error.
-    """
-    models = [prune(model, example, w) for w in samples]
-    best = [float("inf")] * len(models)
-    for _ in range(args.rounds):
-        for i in rng.sample(range(len(models)), len(models)):
-            ms = measure_latency(models[i], example, device=args.device, batch=batch, threads=args.threads)
-            best[i] = min(best[i], ms)
-    return dict(zip(map(json.dumps, samples), best, strict=True))
-
-
 def benchmark(name: str, batch: int, args: argparse.Namespace) -> tuple[dict, list[dict]]:
     """Calibrate the LUT of ``name`` at ``batch`` and validate it on held-out widths."""
     start = time.perf_counter()
@@ -80,7 +56,7 @@ def benchmark(name: str, batch: int, args: argparse.Namespace) -> tuple[dict, li
     rng = random.Random(args.seed)
 
     def draw(n: int) -> list[dict]:
-        return [space.decode({g: rng.randrange(len(c)) for g, c in space.choices.items()}) for _ in range(n)]
+        return [space.random(rng) for _ in range(n)]
 
     fit = draw(args.fit_samples)  # random, like the held-out ones and a search's proposals
     held_out = draw(args.samples)
@@ -96,7 +72,9 @@ def benchmark(name: str, batch: int, args: argparse.Namespace) -> tuple[dict, li
     cached = set(lut.table)
     for widths in fit + held_out:
         lut.kind_sums(widths)  # time every entry before timing the models
-    measured = measure_all(model, example, [{}, *fit, *held_out], batch, args, rng)
+    # the fit's and the held-out models in the same rounds: what is compared is timed alike
+    timed = [{}, *fit, *held_out]
+    measured = dict(zip(map(json.dumps, timed), lut.time_pruned(timed, args.seed), strict=True))
     calibration = lut.calibrate(fit, lambda w: measured[json.dumps(dict(w))])
     result = lut.validate(held_out, lambda w: measured[json.dumps(dict(w))])
     fresh = draw(200)  # never seen: entries off the table are estimated, as in a search's projection

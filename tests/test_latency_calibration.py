@@ -8,6 +8,7 @@ as the sum of a per-call overhead and a size term, and a whole model as less tha
 import json
 import math
 import random
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -16,9 +17,17 @@ import torch.nn.functional as F
 
 from nas_prune import channel_groups, create_model, model_names
 from nas_prune.cost import CostModel
-from nas_prune.latency import KINDS, Calibration, LatencyLUT, bisect_to_latency, fit_calibration
+from nas_prune.latency import (
+    KINDS,
+    Calibration,
+    LatencyLUT,
+    bisect_to_latency,
+    fit_calibration,
+    in_rounds,
+)
 from nas_prune.latency.calibration import default_samples
-from nas_prune.space import WidthSpace
+from nas_prune.search.latency import latency_guard
+from nas_prune.space import Budget, WidthSpace
 
 IN_CONTEXT = {"Conv2d": 0.45, "BatchNorm2d": 0.2, "Linear": 0.5}  # whole-model share of a layer's time
 
@@ -102,10 +111,6 @@ def _space(model, x):
     return WidthSpace.build(channel_groups(model, x), round_to=1, min_fraction=0.1)
 
 
-def _random(space, rng):
-    return space.decode({n: rng.randrange(len(c)) for n, c in space.choices.items()})
-
-
 # ---------------------------------------------------------------------------------------------------
 # The fit
 # ---------------------------------------------------------------------------------------------------
@@ -153,10 +158,10 @@ def test_calibrated_predictions_are_positive_and_within_the_fit_error(name, tmp_
     lut = LatencyLUT(model, x, cache_dir=tmp_path, measure_fn=timer, rounds=1)
     rng = random.Random(1)
     fitted = lut.calibrate(
-        [space.uniform(f) for f in (0.25, 0.5, 0.75)] + [_random(space, rng) for _ in range(4)]
+        [space.uniform(f) for f in (0.25, 0.5, 0.75)] + [space.random(rng) for _ in range(4)]
     )
     assert fitted.samples == 8 and lut.calibration == fitted  # the dense model is always a sample
-    held_out = [space.smallest()] + [_random(space, rng) for _ in range(4)]
+    held_out = [space.smallest()] + [space.random(rng) for _ in range(4)]
     for widths in held_out:
         predicted = lut.predict(widths)
         truth = timer(prune_model(model, x, widths), (1, *x.shape[1:]), "cpu")
@@ -183,11 +188,53 @@ def test_a_machine_that_slowed_since_the_table_was_built_still_gets_a_consistent
         return 1.3 * timer(prune_model(model, x, widths), (1, *x.shape[1:]), "cpu")
 
     rng = random.Random(2)
-    fit = [space.uniform(f) for f in (0.25, 0.5, 0.75)] + [_random(space, rng) for _ in range(4)]
+    fit = [space.uniform(f) for f in (0.25, 0.5, 0.75)] + [space.random(rng) for _ in range(4)]
     fitted = lut.calibrate(fit, measure=slower)
     assert fitted.samples == 8 and fitted.worst_error < 0.05
-    for widths in [{}, space.smallest(), _random(space, rng)]:
+    for widths in [{}, space.smallest(), space.random(rng)]:
         assert lut.predict(widths) == pytest.approx(slower(widths), rel=0.05), widths
+
+
+def test_models_are_timed_in_rounds_over_all_each_round_in_a_new_order():
+    calls, times = [], iter([5.0, 4.0, 6.0, 3.0, 7.0, 2.0, 1.0, 9.0] * 3)
+
+    def measure(model):
+        calls.append(model)
+        return next(times)
+
+    best = in_rounds(list("abcdefgh"), measure, rounds=3, seed=1)
+    rounds = [calls[i : i + 8] for i in (0, 8, 16)]
+    assert all(sorted(r) == list("abcdefgh") for r in rounds)  # every model once in every round
+    assert len({tuple(r) for r in rounds}) == 3  # a new order each round: drift spreads over all
+    timed = {}
+    for model, ms in zip(calls, [5.0, 4.0, 6.0, 3.0, 7.0, 2.0, 1.0, 9.0] * 3, strict=True):
+        timed.setdefault(model, []).append(ms)
+    assert best == [min(timed[m]) for m in "abcdefgh"]  # the fastest round of each model
+
+
+def test_a_latency_search_times_the_dense_fit_and_held_out_models_in_the_same_rounds(tmp_path):
+    """What the LUT's validation compares must be timed alike: a machine that drifts between the dense
+    model, the fit and the held-out architectures would otherwise show its drift as the LUT's error."""
+    model, x = _model("deep_residual")
+    timer, log = ContextTimer(), []
+
+    def latency_fn(net, example, device, batch):
+        if any(net.children()):  # a whole model: record its architecture
+            log.append(tuple(m.out_channels for m in net.modules() if isinstance(m, nn.Conv2d)))
+        return timer(net, (batch, *example.shape[1:]), device)
+
+    cfg = SimpleNamespace(latency_batch=1, lut_dir=str(tmp_path), lut_samples=4, seed=0, importance="l2")
+    space = _space(model, x)
+    guard = latency_guard(
+        cfg, Budget(latency_fraction=0.8), model, x, space, tmp_path, torch.device("cpu"), latency_fn,
+        resume=False, quiet=True,
+    )  # fmt: skip
+    rounds, models = guard.lut.rounds, 1 + 5 + 6  # dense, smallest + 4 held out, 6 to fit on
+    dense = tuple(m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d))
+    assert rounds >= 2 and log[: -rounds * models] == [dense] * rounds  # the table's own dense timing
+    first, *others = [sorted(log[-(i + 1) * models :][:models]) for i in range(rounds)]
+    assert len(set(first)) == models and all(other == first for other in others)  # all, every round
+    assert dense in first and guard.dense_ms == pytest.approx(timer(model, (1, *x.shape[1:]), "cpu"))
 
 
 def test_default_calibration_samples_are_irregular_like_proposals():
@@ -216,7 +263,7 @@ def test_the_calibrated_prediction_is_the_formula(tmp_path):
     lut = LatencyLUT(model, x, cache_dir=tmp_path, measure_fn=ContextTimer(), rounds=1)
     space = _space(model, x)
     fitted = lut.calibrate(count=6)
-    widths = _random(space, random.Random(3))
+    widths = space.random(random.Random(3))
     formula = sum(fitted.scales[k] * ms for k, ms in lut.kind_sums(widths).items()) + fitted.constant_ms
     assert lut.predict(widths) == pytest.approx(formula)
     assert sum(lut.kind_sums(widths).values()) == pytest.approx(sum(lut.layer_ms(widths)))

@@ -167,7 +167,7 @@ def test_resnet20_on_random_widths_of_its_space(tmp_path):
     model, x = create_model("resnet20", in_channels=1), torch.randn(2, 1, 28, 28)
     space = WidthSpace.build(channel_groups(model, x), round_to=4, min_fraction=0.1)
     rng = random.Random(0)
-    widths = space.decode({n: rng.randrange(len(c)) for n, c in space.choices.items()})
+    widths = space.random(rng)
     lut = LatencyLUT(model, x, cache_dir=tmp_path, measure_fn=FakeTimer(), rounds=1)
     slim = LatencyLUT(prune(model, x, widths), x, cache_dir=tmp_path, measure_fn=FakeTimer(), rounds=1)
     assert lut.layer_keys(widths) == slim.layer_keys({})
@@ -286,10 +286,6 @@ def _space(model, x, round_to=1):
     return WidthSpace.build(channel_groups(model, x), round_to=round_to, min_fraction=0.1)
 
 
-def _random_widths(space, rng):
-    return space.decode({n: rng.randrange(len(c)) for n, c in space.choices.items()})
-
-
 @pytest.mark.parametrize(
     "name", ["two_layer", "residual", "dense_concat", "depthwise", "grouped", "shuffle", "squeeze_excite"]
 )
@@ -313,7 +309,7 @@ def test_prepare_measures_every_reachable_entry_then_predict_never_times(name, t
     calls = len(timer.calls)
     reference = LatencyLUT(model, x, cache_dir=tmp_path / "b", measure_fn=FakeTimer(), rounds=1)
     rng = random.Random(0)
-    for widths in [space.smallest(), space.dense()] + [_random_widths(space, rng) for _ in range(10)]:
+    for widths in [space.smallest(), space.dense()] + [space.random(rng) for _ in range(10)]:
         assert lut.predict(widths, measure_missing=False) == pytest.approx(reference.predict(widths))
     assert len(timer.calls) == calls
     assert lut.prepare(space, progress=False)["timed"] == 0 and len(timer.calls) == calls  # all cached
@@ -345,7 +341,7 @@ def test_a_subgrid_within_max_entries_interpolates_without_timing(tmp_path):
     truth = LatencyLUT(model, x, cache_dir=tmp_path / "b", measure_fn=macs_timer([]), rounds=1)
     rng = random.Random(1)
     before = len(calls)
-    for widths in [space.smallest(), space.uniform(0.5)] + [_random_widths(space, rng) for _ in range(20)]:
+    for widths in [space.smallest(), space.uniform(0.5)] + [space.random(rng) for _ in range(20)]:
         predicted = lut.predict(widths, measure_missing=False)
         assert predicted == pytest.approx(truth.predict(widths), rel=0.03)
         assert len(lut.layer_ms(widths, measure_missing=False)) == len(lut.layer_keys(widths))

@@ -1,3 +1,5 @@
+import random
+
 import pytest
 import torch
 from conftest import Grouped, ShuffleUnit, TwoLayer
@@ -33,6 +35,21 @@ def test_encode_decode_round_trip_and_snap():
     with pytest.raises(NasPruneError, match="not on the search grid"):
         space.encode({**widths, "conv1": 13})
     assert space.dense()["conv1"] == 16 and space.smallest()["conv1"] == 4
+
+
+def test_random_architectures_lie_on_the_grid_vary_per_group_and_repeat_by_seed():
+    frozen = _space(ShuffleUnit(), torch.randn(1, 3, 16, 16), frozen=["branch.0.0"])
+    assert frozen.random(random.Random(0)).items() >= frozen.fixed.items()  # fixed groups kept
+    space = _space(round_to=4)
+    draws = [space.random(random.Random(7)) for _ in range(2)]
+    assert draws[0] == draws[1]  # the same generator state, the same architecture
+    rng = random.Random(0)
+    samples = [space.random(rng) for _ in range(20)]
+    for widths in samples:
+        assert space.decode(space.encode(widths)) == widths  # on the grid, fixed groups included
+    fractions = {n: widths[n] / space.choices[n][-1] for widths in samples[:1] for n in space.names}
+    assert len(set(fractions.values())) > 1  # groups drawn apart, not one fraction of every group
+    assert len({tuple(sorted(w.items())) for w in samples}) == 20
 
 
 def test_frozen_and_unprunable_groups_stay_fixed():

@@ -5,13 +5,14 @@ candidates than it can time. The LUT times each *layer shape* once instead, on t
 predicts a network as the sum of its layers' entries, calibrated, plus one measured constant.
 
 Modules: ``slots`` (a layer call with an entry, and its channels at any widths), ``trace`` (which calls
-of a model get entries), ``table`` (keys and the per-device cache file), ``timing`` (timing entries in
-rounds), ``estimate`` (entries without timing), ``grid`` (what to measure before a search),
+of a model get entries), ``table`` (keys and the per-device cache file), ``timing`` (timing entries and
+whole models in rounds), ``estimate`` (entries without timing), ``grid`` (what to measure before a search),
 ``calibration`` (entries -> prediction, trust, bisection to a latency limit) and ``lut`` (the
 :class:`LatencyLUT` facade).
 """
 
 from .calibration import KINDS, Calibration, bisect_to_latency, fit_calibration
 from .lut import LatencyLUT
+from .timing import in_rounds
 
-__all__ = ["KINDS", "Calibration", "LatencyLUT", "bisect_to_latency", "fit_calibration"]
+__all__ = ["KINDS", "Calibration", "LatencyLUT", "bisect_to_latency", "fit_calibration", "in_rounds"]

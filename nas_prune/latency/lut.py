@@ -194,11 +194,10 @@ class LatencyLUT:
             samples: architectures to time (``{group: channels}``); default: ``count`` random widths (each group
                 between 10% and all of its channels; see :func:`default_samples`).
                 A search should pass architectures of its grid.
-            measure: ``widths -> ms`` of the whole pruned model (``{}``: the dense one); default: the
-                LUT's ``measure_fn`` on ``prune(model, ..., widths)``, :attr:`rounds` rounds over all
-                samples and the dense model, fastest kept.
+            measure: ``widths -> ms`` of the whole pruned model (``{}``: the dense one); default:
+                :meth:`time_pruned` on the samples and the dense model together.
             count: number of default samples.
-            seed: seed of the default samples.
+            seed: seed of the default samples and of the timing order.
 
         Returns:
             The :class:`Calibration` (also :attr:`calibration` from now on, in every process sharing the
@@ -210,14 +209,19 @@ class LatencyLUT:
         )
         sums = [self.kind_sums(w) for w in samples]
         measured = (
-            [float(measure(w)) for w in [{}, *samples]]
-            if measure
-            else self._timer.pruned(self._dense, self._sample_shape, [{}, *samples])
+            [float(measure(w)) for w in [{}, *samples]] if measure else self.time_pruned([{}, *samples], seed)
         )
         fitted = fit_calibration([record["sums"], *sums], measured)
         record["calibration"] = fitted.to_json()
         self._cache.save()
         return fitted
+
+    def time_pruned(self, samples: Sequence[Mapping[str, int]], seed: int = 0) -> list[float]:
+        """Measured ms of the model pruned to each of ``samples`` (``{}``: the dense model) with the LUT's
+        ``measure_fn``: the fastest of :attr:`rounds` rounds over all samples, each round in a new
+        random order (:func:`~nas_prune.latency.timing.in_rounds`), so that what is compared is timed
+        under the same conditions."""
+        return self._timer.pruned(self._dense, self._sample_shape, samples, seed)
 
     def validate(
         self, samples: Sequence[Mapping[str, int]], measure: Callable[[Mapping[str, int]], float]

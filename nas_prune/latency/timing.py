@@ -4,11 +4,14 @@ Each entry times a fresh module (or op) of the key's shape alone with
 :func:`~nas_prune.cost.measure_latency` (warm-up, then the median of the repeats); a call's Python
 overhead is in its entry because every call in the network pays it too. Everything is timed
 ``rounds`` times, in rounds over all that is to be timed, and the fastest round kept: a busy moment on a
-shared machine only ever adds time, and it then spoils one round of an entry, not the entry.
+shared machine only ever adds time, and it then spoils one round of an entry, not the entry. Whole
+models are timed the same way, each round in a new random order (:func:`in_rounds`).
 """
 
 from __future__ import annotations
 
+import math
+import random
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
@@ -18,6 +21,25 @@ from ..cost import measure_latency
 from .slots import Slot, build
 
 MeasureFn = Callable[[nn.Module, tuple[int, ...], torch.device], float]
+
+
+def in_rounds(
+    models: Sequence[nn.Module], measure: Callable[[nn.Module], float], rounds: int, seed: int = 0
+) -> list[float]:
+    """The fastest of ``rounds`` timings of each model by ``measure(model) -> ms``, timed in rounds over
+    all of them, each round in a new random order.
+
+    What is compared (a fit and the architectures held out from it, a candidate and the dense model) must
+    be timed under the same conditions: a shared machine's speed drifts by more than a LUT's error within
+    minutes, and models timed one after the other in a fixed order would carry that drift as their
+    difference.
+    """
+    rng = random.Random(seed)
+    best = [math.inf] * len(models)
+    for _ in range(rounds):
+        for i in rng.sample(range(len(models)), len(models)):
+            best[i] = min(best[i], float(measure(models[i])))
+    return best
 
 
 class Timer:
@@ -73,13 +95,16 @@ class Timer:
         return {key: min(t) for key, t in times.items()}, also_times
 
     def pruned(
-        self, dense: nn.Module, sample_shape: tuple[int, ...], samples: Sequence[Mapping[str, int]]
+        self,
+        dense: nn.Module,
+        sample_shape: tuple[int, ...],
+        samples: Sequence[Mapping[str, int]],
+        seed: int = 0,
     ) -> list[float]:
-        """``dense`` pruned to each of ``samples``, timed in :attr:`rounds` rounds over all; fastest kept."""
+        """``dense`` pruned to each of ``samples`` (``{}``: the dense model), timed by :func:`in_rounds`."""
         from ..prune import prune  # prune imports the graph; keep this package importable on its own
 
         example = torch.zeros((2, *sample_shape), dtype=self.dtype)
         models = [prune(dense, example, dict(w)) for w in samples]
         shape = (self.batch, *sample_shape)
-        times = [[self.measure(m, shape, self.device) for m in models] for _ in range(self.rounds)]
-        return [min(column) for column in zip(*times, strict=True)]
+        return in_rounds(models, lambda m: self.measure(m, shape, self.device), self.rounds, seed)

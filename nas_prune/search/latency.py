@@ -4,8 +4,8 @@
 and kept in ``latency.json`` so a resumed run judges by the same limit. The LUT's entries for the whole
 width grid are measured before any evaluation starts, so nothing is timed while workers train; when the
 plain table fails validation it is calibrated (per-kind scales fitted to whole-model timings) and
-validated again on architectures the fit did not see. The
-projection aims every proposal, by the LUT's prediction, at the limit less the LUT's median error on
+validated again on architectures the fit did not see; the dense model, the fit's and the held-out
+architectures are timed in the same rounds. The projection aims every proposal, by the LUT's prediction, at the limit less the LUT's median error on
 those architectures (``LatencyGuard.aim_ms``), so proposals measure under the limit. Only a LUT that passed validation
 on this device (median error <= 15% and Spearman >= 0.9 on random widths) may reject anything
 (proposals the projection cannot fit, seeds); an untrusted LUT only aims and orders. Feasibility in
@@ -28,7 +28,7 @@ from ..atomic import atomic_write_text
 from ..config import device_label
 from ..cost import measure_latency
 from ..errors import NasPruneError
-from ..latency import LatencyLUT, bisect_to_latency
+from ..latency import LatencyLUT, bisect_to_latency, in_rounds
 from ..latency.calibration import MAX_MEDIAN_ERROR
 from ..prune import prune
 from ..results import write_trials
@@ -95,22 +95,34 @@ def measure_fn(latency_fn: Callable | None) -> Callable:
 
 def _grid_samples(space: WidthSpace, count: int, seed: int) -> list[dict[str, int]]:
     rng = random.Random(seed)
-    return [space.decode({n: rng.randrange(len(c)) for n, c in space.choices.items()}) for _ in range(count)]
+    return [space.random(rng) for _ in range(count)]
 
 
-def _validate(lut: LatencyLUT, space: WidthSpace, cfg, measured) -> dict:
-    """Validate the LUT on held-out architectures; if the plain table is not trusted, calibrate it on
-    other architectures of the grid (per-kind scales, issue 12) and validate again; keep the better."""
+def _validate(lut: LatencyLUT, space: WidthSpace, cfg, time_models) -> tuple[float, dict]:
+    """The dense latency, and the LUT validated on held-out architectures; if the plain table is not
+    trusted, it is calibrated on other architectures of the grid (per-kind scales, issue 12) and
+    validated again, and the better kept.
+
+    ``time_models(list of widths) -> ms each`` times the dense model, the held-out and the fit's
+    architectures in the same rounds (:func:`~nas_prune.latency.timing.in_rounds`): a machine whose
+    speed drifts between the fit and its validation would otherwise show the drift as the LUT's error.
+    """
     held_out = [space.smallest(), *_grid_samples(space, cfg.lut_samples, cfg.seed)]
+    fit = _grid_samples(space, 6, cfg.seed + 1)  # random, like proposals: uniform ones bias the fit
+    timed = [{}, *held_out, *fit]
+    times = dict(zip(map(_key, timed), time_models(timed), strict=True))
+    measured = lambda widths: times[_key(widths)]  # noqa: E731
     report = lut.validate(held_out, measured)
     if report["trusted"]:
-        return {**report, "calibrated": False}
-    fit = _grid_samples(space, 6, cfg.seed + 1)  # random, like proposals: uniform ones bias the fit
+        return measured({}), {**report, "calibrated": False}
     lut.calibrate(fit, measure=measured)
     calibrated = lut.validate(held_out, measured)
-    return (
-        {**calibrated, "calibrated": True} if calibrated["median_error"] <= report["median_error"] else report
-    )
+    better = calibrated["median_error"] <= report["median_error"]
+    return measured({}), ({**calibrated, "calibrated": True} if better else report)
+
+
+def _key(widths: dict[str, int]) -> str:
+    return json.dumps(dict(widths), sort_keys=True)
 
 
 def latency_guard(
@@ -137,8 +149,11 @@ def latency_guard(
         model, example, device=device, batch=cfg.latency_batch, cache_dir=cfg.lut_dir, measure_fn=layer_fn
     )
 
+    def once(net):
+        return timed(net, example, device, cfg.latency_batch)
+
     def measure(net):  # the LUT's own estimator: the fastest of its rounds
-        return min(timed(net, example, device, cfg.latency_batch) for _ in range(lut.rounds))
+        return min(once(net) for _ in range(lut.rounds))
 
     prune_to = lambda w: prune(model, example, w, cfg.importance)  # noqa: E731
     key = {"device": device_label(device), "batch": cfg.latency_batch, "budget": budget.label()}
@@ -156,9 +171,10 @@ def latency_guard(
         print(
             f"warning: {saved} was made for {[info.get(k) for k in key]}; validating again", file=sys.stderr
         )
-    dense_ms = measure(model)
+    dense_ms, report = _validate(
+        lut, space, cfg, lambda archs: in_rounds([prune_to(w) for w in archs], once, lut.rounds, cfg.seed)
+    )
     limit_ms = budget.latency_ms or budget.latency_fraction * dense_ms
-    report = _validate(lut, space, cfg, lambda w: measure(prune_to(w)))
     guard = LatencyGuard(
         lut, dense_ms, limit_ms, bool(report["trusted"]), measure, space, prune_to, report["median_error"]
     )
