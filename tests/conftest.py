@@ -288,6 +288,17 @@ def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
     return model
 
 
+def random_widths(groups, seed: int) -> dict[str, int]:
+    """Random widths of every prunable group, from one channel (or one per group of a grouped conv,
+    which keeps whole positions: multiples of ``multiple``) to all of them."""
+    gen = torch.Generator().manual_seed(seed)
+    return {
+        g.name: g.multiple * int(torch.randint(1, g.channels // g.multiple + 1, (1,), generator=gen))
+        for g in groups
+        if g.prunable
+    }
+
+
 @pytest.fixture(params=sorted(COUPLING_MODELS))
 def coupling_model(request):
     """(name, model in eval mode with random BN statistics, example input batch)."""

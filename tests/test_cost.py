@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TwoLayer
+from conftest import TwoLayer, random_widths
 from torch.utils.flop_counter import FlopCounterMode
 
 from nas_prune import channel_groups, count_macs, create_model, measure_latency, model_names, prune
@@ -144,15 +144,6 @@ def test_cost_model_layer_table_names_the_groups_that_cut_each_layer():
     assert cost.drop_fractions({"conv1": 2}) == {"conv1": 0.75, "conv2": 0.0}
 
 
-def _random_widths(groups, seed):
-    gen = torch.Generator().manual_seed(seed)
-    return {  # grouped layers' groups keep whole positions: multiples of g.multiple
-        g.name: g.multiple * int(torch.randint(1, g.channels // g.multiple + 1, (1,), generator=gen))
-        for g in groups
-        if g.prunable
-    }
-
-
 def _cost_model_cases():
     from conftest import COUPLING_MODELS
 
@@ -168,5 +159,5 @@ def test_cost_model_is_exact_on_random_widths(factory, shape):
     cost = CostModel(model, x)
     assert cost.dense == count_macs(model, x)
     for seed in range(2):
-        widths = _random_widths(channel_groups(model, x), seed)
+        widths = random_widths(channel_groups(model, x), seed)
         assert cost.cost(widths) == count_macs(prune(model, x, widths), x)

@@ -2,7 +2,7 @@ import copy
 
 import pytest
 import torch
-from conftest import TwoLayer, randomize_bn
+from conftest import TwoLayer, random_widths, randomize_bn
 
 from nas_prune import NasPruneError, channel_groups, create_model, model_names, prune
 from nas_prune.prune import mask, round_width
@@ -18,22 +18,13 @@ def _assert_unchanged(model, state):
     assert all(torch.equal(state[k], now[k]) for k in state)
 
 
-def _random_widths(groups, seed):
-    gen = torch.Generator().manual_seed(seed)
-    return {  # grouped layers' groups keep whole positions: multiples of g.multiple
-        g.name: g.multiple * int(torch.randint(1, g.channels // g.multiple + 1, (1,), generator=gen))
-        for g in groups
-        if g.prunable
-    }
-
-
 def test_coupling_models_prune_equals_mask(coupling_model):
     _, model, x = coupling_model
     model, x = _double(model, x)
     state = copy.deepcopy(model.state_dict())
     dense = model(x)
     assert torch.allclose(prune(model, x, 1.0)(x), dense, atol=1e-12)
-    for widths in (0.5, _random_widths(channel_groups(model, x), seed=1)):
+    for widths in (0.5, random_widths(channel_groups(model, x), seed=1)):
         slim = prune(model, x, widths)
         out = slim(x)
         assert out.shape == dense.shape
@@ -49,7 +40,7 @@ def test_zoo_prune_equals_mask(name):
     state = copy.deepcopy(model.state_dict())
     dense = model(x)
     assert torch.allclose(prune(model, x, 1.0)(x), dense, atol=1e-10)
-    widths = _random_widths(channel_groups(model, x), seed=0)
+    widths = random_widths(channel_groups(model, x), seed=0)
     slim = prune(model, x, widths, round_to=1)
     assert slim(x).shape == dense.shape
     assert torch.allclose(slim(x), mask(model, x, widths)(x), atol=1e-5)
