@@ -5,11 +5,12 @@ and kept in ``latency.json`` so a resumed run judges by the same limit. The LUT'
 width grid are measured before any evaluation starts, so nothing is timed while workers train; when the
 plain table fails validation it is calibrated (per-kind scales fitted to whole-model timings) and
 validated again on architectures the fit did not see; the dense model, the fit's and the held-out
-architectures are timed in the same rounds. The projection aims every proposal, by the LUT's prediction, at the limit less the LUT's median error on
-those architectures (``LatencyGuard.aim_ms``), so proposals measure under the limit. Only a LUT that passed validation
-on this device (median error <= 15% and Spearman >= 0.9 on random widths) may reject anything
-(proposals the projection cannot fit, seeds); an untrusted LUT only aims and orders. Feasibility in
-trials.csv is judged on the latency measured after the ladder, one model at a time.
+architectures are timed in the same rounds. The projection aims every proposal, by the LUT's
+prediction, at the limit less the LUT's median error on those architectures
+(``LatencyGuard.aim_ms``), so proposals measure under the limit. Only a LUT that passed validation on
+this device (median error <= 15% and Spearman >= 0.9 on random widths) may reject anything (proposals
+the projection cannot fit, seeds); an untrusted LUT only aims and orders. Feasibility in trials.csv is
+judged on the latency measured after the ladder, one model at a time.
 """
 
 from __future__ import annotations
