@@ -29,7 +29,7 @@ from ..atomic import atomic_write_text
 from ..config import device_label
 from ..cost import measure_latency
 from ..errors import NasPruneError
-from ..latency import LatencyLUT, bisect_to_latency, in_rounds
+from ..latency import LatencyLUT, bisect_to_latency
 from ..latency.calibration import MAX_MEDIAN_ERROR
 from ..prune import prune
 from ..results import write_trials
@@ -99,19 +99,19 @@ def _grid_samples(space: WidthSpace, count: int, seed: int) -> list[dict[str, in
     return [space.random(rng) for _ in range(count)]
 
 
-def _validate(lut: LatencyLUT, space: WidthSpace, cfg, time_models) -> tuple[float, dict]:
+def _validate(lut: LatencyLUT, space: WidthSpace, cfg) -> tuple[float, dict]:
     """The dense latency, and the LUT validated on held-out architectures; if the plain table is not
     trusted, it is calibrated on other architectures of the grid (per-kind scales, issue 12) and
     validated again, and the better kept.
 
-    ``time_models(list of widths) -> ms each`` times the dense model, the held-out and the fit's
-    architectures in the same rounds (:func:`~nas_prune.latency.timing.in_rounds`): a machine whose
-    speed drifts between the fit and its validation would otherwise show the drift as the LUT's error.
+    The dense model, the held-out and the fit's architectures are timed in the same rounds
+    (:meth:`LatencyLUT.time_pruned`): a machine whose speed drifts between the fit and its validation
+    would otherwise show the drift as the LUT's error.
     """
     held_out = [space.smallest(), *_grid_samples(space, cfg.lut_samples, cfg.seed)]
     fit = _grid_samples(space, 6, cfg.seed + 1)  # random, like proposals: uniform ones bias the fit
     timed = [{}, *held_out, *fit]
-    times = dict(zip(map(_key, timed), time_models(timed), strict=True))
+    times = dict(zip(map(_key, timed), lut.time_pruned(timed, cfg.seed), strict=True))
     measured = lambda widths: times[_key(widths)]  # noqa: E731
     report = lut.validate(held_out, measured)
     if report["trusted"]:
@@ -150,11 +150,8 @@ def latency_guard(
         model, example, device=device, batch=cfg.latency_batch, cache_dir=cfg.lut_dir, measure_fn=layer_fn
     )
 
-    def once(net):
-        return timed(net, example, device, cfg.latency_batch)
-
     def measure(net):  # the LUT's own estimator: the fastest of its rounds
-        return min(once(net) for _ in range(lut.rounds))
+        return min(timed(net, example, device, cfg.latency_batch) for _ in range(lut.rounds))
 
     prune_to = lambda w: prune(model, example, w, cfg.importance)  # noqa: E731
     key = {"device": device_label(device), "batch": cfg.latency_batch, "budget": budget.label()}
@@ -172,9 +169,7 @@ def latency_guard(
         print(
             f"warning: {saved} was made for {[info.get(k) for k in key]}; validating again", file=sys.stderr
         )
-    dense_ms, report = _validate(
-        lut, space, cfg, lambda archs: in_rounds([prune_to(w) for w in archs], once, lut.rounds, cfg.seed)
-    )
+    dense_ms, report = _validate(lut, space, cfg)
     limit_ms = budget.latency_ms or budget.latency_fraction * dense_ms
     guard = LatencyGuard(
         lut, dense_ms, limit_ms, bool(report["trusted"]), measure, space, prune_to, report["median_error"]
