@@ -63,7 +63,9 @@ class SearchConfig:
         "results/lut", "cache of the per-layer latency lookup table, one file per device", group=_BUDGETS
     )
     lut_samples: int = option(
-        8, "random architectures the LUT is validated on before it may reject", group=_BUDGETS
+        8,
+        "random architectures, narrow to dense, the LUT is validated on before it may reject",
+        group=_BUDGETS,
     )
     model: str | None = option(
         None, "zoo name or pkg.module:factory (default: convnet for 28x28 data, else resnet20)", group=_MODEL

@@ -124,6 +124,26 @@ class WidthSpace:
         irregular kind of allocation a search proposes (used to time, calibrate and test on)."""
         return self.decode({n: rng.randrange(len(c)) for n, c in self.choices.items()})
 
+    def spanning(self, count: int, rng: random.Random, spread: float = 0.2) -> list[dict[str, int]]:
+        """``count`` random architectures whose overall width spans the grid, from narrow to dense.
+
+        Architecture ``i`` takes a level in the ``i``-th of ``count`` equal strata of [0, 1] and draws
+        every searched group's choice independently around it (a Gaussian of ``spread`` grid lengths),
+        so each is as irregular per group as :meth:`random`, but the set is not clustered: independent
+        uniform choices average out over many groups, and ten :meth:`random` draws of a deep model
+        differ in latency by a few percent, less than a CPU timing repeats to, so they rank nothing.
+        """
+        levels = [(i + rng.random()) / count for i in range(count)]
+        return [
+            self.decode(
+                {
+                    n: round(min(max(level + rng.gauss(0.0, spread), 0.0), 1.0) * (len(c) - 1))
+                    for n, c in self.choices.items()
+                }
+            )
+            for level in levels
+        ]
+
     def decode(self, indices: Mapping[str, int]) -> dict[str, int]:
         """Widths of every group (fixed ones included) from one choice index per searched group."""
         widths = {n: c[int(indices[n])] for n, c in self.choices.items()}

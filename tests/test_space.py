@@ -52,6 +52,28 @@ def test_random_architectures_lie_on_the_grid_vary_per_group_and_repeat_by_seed(
     assert len({tuple(sorted(w.items())) for w in samples}) == 20
 
 
+def test_spanning_architectures_reach_from_narrow_to_dense_irregular_per_group():
+    space = _space(round_to=2)
+    frozen = _space(ShuffleUnit(), torch.randn(1, 3, 16, 16), frozen=["branch.0.0"])
+    assert all(w.items() >= frozen.fixed.items() for w in frozen.spanning(3, random.Random(0)))
+    assert space.spanning(6, random.Random(1)) == space.spanning(6, random.Random(1))
+
+    def level(widths):  # mean position of the groups' choices on their grids, 0 narrowest, 1 dense
+        positions = [space.encode(widths)[n] / (len(c) - 1) for n, c in space.choices.items()]
+        return sum(positions) / len(positions)
+
+    spanning = space.spanning(10, random.Random(0))
+    for widths in spanning:
+        assert space.decode(space.encode(widths)) == widths  # on the grid
+    levels = [level(w) for w in spanning]
+    assert min(levels) < 0.25 and max(levels) > 0.75  # the set spans the grid ...
+    assert sum(len({space.encode(w)[n] for n in space.names}) > 1 for w in spanning) >= 5  # ... irregularly
+    rng = random.Random(0)
+    independent = [level(space.random(rng)) for _ in range(10)]
+    spread = lambda xs: max(xs) - min(xs)  # noqa: E731
+    assert spread(levels) > spread(independent)  # independent choices cluster at mid-width
+
+
 def test_frozen_and_unprunable_groups_stay_fixed():
     x = torch.randn(1, 3, 16, 16)
     space = _space(ShuffleUnit(), x, frozen=["branch.0.0"])

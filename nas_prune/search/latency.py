@@ -8,7 +8,7 @@ validated again on architectures the fit did not see; the dense model, the fit's
 architectures are timed in the same rounds. The projection aims every proposal, by the LUT's
 prediction, at the limit less the LUT's median error on those architectures
 (``LatencyGuard.aim_ms``), so proposals measure under the limit. Only a LUT that passed validation on
-this device (median error <= 15% and Spearman >= 0.9 on random widths) may reject anything (proposals
+this device (median error <= 15% and Spearman >= 0.9 on random widths spanning the grid) may reject anything (proposals
 the projection cannot fit, seeds); an untrusted LUT only aims and orders. Feasibility in trials.csv is
 judged on the latency measured after the ladder, one model at a time.
 """
@@ -94,11 +94,6 @@ def measure_fn(latency_fn: Callable | None) -> Callable:
     return lambda model, example, device, batch: measure_latency(model, example, device=device, batch=batch)
 
 
-def _grid_samples(space: WidthSpace, count: int, seed: int) -> list[dict[str, int]]:
-    rng = random.Random(seed)
-    return [space.random(rng) for _ in range(count)]
-
-
 def _validate(lut: LatencyLUT, space: WidthSpace, cfg) -> tuple[float, dict]:
     """The dense latency, and the LUT validated on held-out architectures; if the plain table is not
     trusted, it is calibrated on other architectures of the grid (per-kind scales, issue 12) and
@@ -108,8 +103,10 @@ def _validate(lut: LatencyLUT, space: WidthSpace, cfg) -> tuple[float, dict]:
     (:meth:`LatencyLUT.time_pruned`): a machine whose speed drifts between the fit and its validation
     would otherwise show the drift as the LUT's error.
     """
-    held_out = [space.smallest(), *_grid_samples(space, cfg.lut_samples, cfg.seed)]
-    fit = _grid_samples(space, 6, cfg.seed + 1)  # random, like proposals: uniform ones bias the fit
+    # random per group, like proposals (uniform ones bias the fit), and spanning the grid so that the
+    # measured order means something (WidthSpace.spanning)
+    held_out = [space.smallest(), *space.spanning(cfg.lut_samples, random.Random(cfg.seed))]
+    fit = space.spanning(6, random.Random(cfg.seed + 1))
     timed = [{}, *held_out, *fit]
     times = dict(zip(map(_key, timed), lut.time_pruned(timed, cfg.seed), strict=True))
     measured = lambda widths: times[_key(widths)]  # noqa: E731
@@ -133,7 +130,7 @@ def latency_guard(
 
     Builds the LUT on ``device``, measures every layer shape on the search grid before any evaluation
     starts (nothing is timed while workers train), measures the dense model, and validates the LUT on
-    ``cfg.lut_samples`` random grid architectures plus the smallest (calibrating it first on others
+    ``cfg.lut_samples`` random grid architectures spanning the grid plus the smallest (calibrating it first on others
     when the plain table fails). ``latency.json`` records the limit and the verdict; ``--resume``
     reuses them when the device, batch and budget match.
 
