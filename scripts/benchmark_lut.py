@@ -1,15 +1,21 @@
-"""Benchmark: does the calibrated latency LUT predict measured latency on random widths of each zoo model?
+"""Benchmark: does the calibrated latency LUT predict measured latency on random widths of each model?
 
-    python scripts/benchmark_lut.py [--models convnet resnet20 ...] [--batch 1 32] [--samples 10]
-        [--fit-samples 8] [--device cpu|cuda] [--threads T] [--rounds 3] [--seed 0]
-        [--cache-dir results/lut] [--output results/lut_benchmark.csv]
+    python scripts/benchmark_lut.py [--models convnet resnet20 ... pkg.module:factory] [--batch 1 32]
+        [--samples 10] [--fit-samples 8] [--draw spanning|independent] [--device cpu|cuda] [--threads T] [--rounds 3]
+        [--seed 0] [--cache-dir results/lut] [--output results/lut_benchmark.csv]
 
-For each model (Fashion-MNIST-shaped input 1x28x28, 10 classes; the width space of
-nas_prune/search_spaces/<model>.yaml, as a search builds it) and each batch size this builds a LatencyLUT on this
+For each model (a zoo name or ``pkg.module:factory``; Fashion-MNIST-shaped input 1x28x28, 10
+classes; the width space of nas_prune/search_spaces/<model>.yaml for a zoo model, the defaults
+otherwise, as a search builds it) and each batch size this builds a LatencyLUT on this
 device (entries cached in --cache-dir and reused by later runs), calibrates it on --fit-samples
 random architectures of the space (the dense model is always one more) and then
 validates it on --samples *other* random architectures (fixed --seed): the errors reported are on
-architectures the fit did not see. The pruned models are measured by ``LatencyLUT.time_pruned``
+architectures the fit did not see. The architectures are drawn as the search's latency validation
+draws them (``WidthSpace.spanning``: a random choice per group around levels stratified from narrow
+to dense); ``--draw independent`` takes a uniform choice per group instead, which averages out over
+many groups, so ten of them cluster at mid-width. The held-out models are timed a second time, in
+new rounds: ``repeat_spearman``, the Spearman of the two timings, is how far the measured order itself
+repeats, the ceiling of any predictor's Spearman on that set. The pruned models are measured by ``LatencyLUT.time_pruned``
 (nas_prune.prune + measure_latency, i.e. torch.utils.benchmark), in --rounds rounds over all samples
 (the dense model, the fit's and the held-out ones together, each round in a new random order), the
 fastest kept: the estimator the LUT's entries use, and the one its calibration uses. It also times ``predict(widths, measure_missing=False)`` on the grid (predictions per second,
@@ -34,7 +40,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from nas_prune import create_model, model_names
+from nas_prune import NasPruneError, create_model, model_names
 from nas_prune.latency import LatencyLUT
 from nas_prune.space import WidthSpace
 
@@ -54,12 +60,10 @@ def benchmark(name: str, batch: int, args: argparse.Namespace) -> tuple[dict, li
     example = torch.zeros(2, *INPUT_SHAPE)
     space = width_space(name, model, example)
     rng = random.Random(args.seed)
-
-    def draw(n: int) -> list[dict]:
-        return [space.random(rng) for _ in range(n)]
-
-    fit = draw(args.fit_samples)  # random, like the held-out ones and a search's proposals
-    held_out = draw(args.samples)
+    if args.draw == "spanning":  # as the search's latency validation draws them
+        fit, held_out = space.spanning(args.fit_samples, rng), space.spanning(args.samples, rng)
+    else:
+        fit, held_out = ([space.random(rng) for _ in range(n)] for n in (args.fit_samples, args.samples))
     lut = LatencyLUT(
         model,
         example,
@@ -75,9 +79,13 @@ def benchmark(name: str, batch: int, args: argparse.Namespace) -> tuple[dict, li
     # the fit's and the held-out models in the same rounds: what is compared is timed alike
     timed = [{}, *fit, *held_out]
     measured = dict(zip(map(json.dumps, timed), lut.time_pruned(timed, args.seed), strict=True))
+    # the ceiling: how well the measured order repeats when the held-out models are timed again
+    again = lut.time_pruned(held_out, args.seed + 1)
+    first = pd.Series([measured[json.dumps(w)] for w in held_out])
+    repeat = first.rank().corr(pd.Series(again).rank())
     calibration = lut.calibrate(fit, lambda w: measured[json.dumps(dict(w))])
     result = lut.validate(held_out, lambda w: measured[json.dumps(dict(w))])
-    fresh = draw(200)  # never seen: entries off the table are estimated, as in a search's projection
+    fresh = [space.random(rng) for _ in range(200)]  # never seen: entries off the table are estimated
     t0 = time.perf_counter()
     for widths in fresh:
         lut.predict(widths, measure_missing=False)
@@ -91,6 +99,9 @@ def benchmark(name: str, batch: int, args: argparse.Namespace) -> tuple[dict, li
         "median_error": result["median_error"],
         "worst_error": result["worst_error"],
         "spearman": result["spearman"],
+        "repeat_spearman": float(repeat),
+        "held_out_range": max(p["measured_ms"] for p in result["pairs"])
+        / min(p["measured_ms"] for p in result["pairs"]),
         "trusted": result["trusted"],
         "fit_median_error": calibration.median_error,
         "fit_worst_error": calibration.worst_error,
@@ -118,12 +129,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--models", nargs="+", default=model_names(), choices=model_names(), metavar="MODEL")
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=model_names(),
+        metavar="MODEL",
+        help=f"zoo models ({', '.join(model_names())}; default all) or pkg.module:factory, e.g. "
+        "foreign_models:cifar_resnet56 (scripts/foreign_models.py)",
+    )
     parser.add_argument(
         "--samples", type=int, default=10, help="held-out random widths per model and batch (default 10)"
     )
     parser.add_argument(
         "--fit-samples", type=int, default=8, help="architectures the calibration is fitted to (default 8)"
+    )
+    parser.add_argument(
+        "--draw",
+        choices=["spanning", "independent"],
+        default="spanning",
+        help="how the fit's and held-out architectures are drawn: spanning (default; random per group "
+        "around levels stratified from narrow to dense, as the search's latency validation draws "
+        "them) or independent (a uniform choice per group: they cluster at mid-width)",
     )
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 32], help="batch sizes (default 1 32)")
@@ -147,12 +173,19 @@ def main() -> None:
             "--fit-samples >= 1\n",
         )
 
+    for name in args.models:  # a one-line error before any timing
+        try:
+            create_model(name, in_channels=INPUT_SHAPE[0], num_classes=NUM_CLASSES)
+        except NasPruneError as error:
+            parser.exit(2, f"error: {error}\n")
+
     command = shlex.join(["python", *sys.argv])
     print(f"command: {command}\n", flush=True)
     print(
-        "| model | batch | held-out median error | worst | Spearman | trusted | fit median | predictions/s | s |"
+        "| model | batch | held-out median error | worst | Spearman | repeat Spearman | held-out range "
+        "| trusted | fit median | predictions/s | s |"
     )
-    print("|---|---|---|---|---|---|---|---|---|", flush=True)
+    print("|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
     rows, pairs = [], []
     for name in args.models:
         for batch in args.batch:
@@ -160,7 +193,8 @@ def main() -> None:
             rows.append({**row, "command": command})
             pairs += model_pairs
             cells = [name, batch, f"{row['median_error']:.1%}", f"{row['worst_error']:.1%}"]
-            cells += [f"{row['spearman']:.3f}", "yes" if row["trusted"] else "no"]
+            cells += [f"{row['spearman']:.3f}", f"{row['repeat_spearman']:.3f}"]
+            cells += [f"{row['held_out_range']:.2f}x", "yes" if row["trusted"] else "no"]
             cells += [
                 f"{row['fit_median_error']:.1%}",
                 f"{row['predictions_per_s']:.0f}",
