@@ -49,7 +49,7 @@ def run_search(folder: Path, args: argparse.Namespace, **settings) -> pd.DataFra
     if (folder / "config.yaml").exists():
         return nas_prune.search(resume=folder, **common)
     return nas_prune.search(
-        dataset="fashion-mnist", subset=args.subset, gate_epochs=0, seeds=tuple(args.seeds), seed=args.seed,
+        dataset="fashion-mnist", subset=args.subset or None, gate_epochs=0, seeds=tuple(args.seeds), seed=args.seed,
         output=str(folder), **common, **settings,
     )  # fmt: skip
 
@@ -131,7 +131,9 @@ def main() -> None:
     parser.add_argument("--time-batch", type=int, nargs="+", help="batch sizes timed (default: --batch)")
     parser.add_argument("--budget-flops", type=float, default=0.3)
     parser.add_argument("--round-to", type=int, default=8, help="width multiple of the latency searches")
-    parser.add_argument("--subset", type=int, default=12000, help="training images the searches use")
+    parser.add_argument(
+        "--subset", type=int, default=12000, help="training images the searches use (default 12000; 0 = all)"
+    )
     parser.add_argument("--pretrain-epochs", type=float, default=1.0)
     parser.add_argument("--time-budget", type=float, default=240.0, help="seconds of ladder per search")
     parser.add_argument("--workers", type=int, default=2)
