@@ -10,6 +10,7 @@ import math
 import random
 from types import SimpleNamespace
 
+import pandas as pd
 import pytest
 import torch
 import torch.nn as nn
@@ -26,7 +27,8 @@ from nas_prune.latency import (
     in_rounds,
 )
 from nas_prune.latency.calibration import default_samples
-from nas_prune.search.latency import latency_guard
+from nas_prune.results import TRIAL_COLUMNS
+from nas_prune.search.latency import latency_guard, measure_latencies
 from nas_prune.space import Budget, WidthSpace
 
 IN_CONTEXT = {"Conv2d": 0.45, "BatchNorm2d": 0.2, "Linear": 0.5}  # whole-model share of a layer's time
@@ -346,3 +348,47 @@ def test_one_timing_spoiled_by_load_does_not_bend_the_fit():
     fitted = fit_calibration(sums, measured, prior_weight=0.0)
     assert fitted.predict({"conv": 10.0, "norm": 2.5}) == pytest.approx(0.5 * 12.5 + 0.3, rel=1e-6)
     assert fitted.worst_error == pytest.approx(0.9, rel=1e-6)  # reported errors still cover every sample
+
+
+@pytest.mark.parametrize("budget", [Budget(latency_fraction=0.6), Budget(latency_ms=0.6)])
+def test_a_machine_that_slowed_since_the_limit_was_fixed(tmp_path, budget):
+    """A fraction budget is a ratio: a machine 30% slower by the time seeds are fitted and candidates
+    measured must neither starve the seeds nor drop on-budget candidates, because each is timed in the
+    same rounds as the dense model and judged on that ratio. A budget in ms stays in ms."""
+    model, x = _model("convnet")
+    timer, slowdown = ContextTimer(), [1.0]
+
+    def latency_fn(net, example, device, batch):
+        return slowdown[0] * timer(net, (batch, *example.shape[1:]), device)
+
+    cfg = SimpleNamespace(latency_batch=1, lut_dir=str(tmp_path), lut_samples=4, seed=0, importance="l2")
+    space = _space(model, x)
+    if budget.latency_ms is not None:  # 0.6 of the dense model, in ms
+        budget = Budget(latency_ms=0.6 * timer(model, (1, *x.shape[1:]), "cpu"))
+    guard = latency_guard(
+        cfg, budget, model, x, space, tmp_path, torch.device("cpu"), latency_fn, resume=False, quiet=True
+    )
+    assert guard.relative == (budget.latency_fraction is not None)
+    slowdown[0] = 1.3
+    ratio = lambda w: timer(prune_model(model, x, w), (1, *x.shape[1:]), "cpu") / guard.dense_ms  # noqa: E731
+    seed = guard.fit(space.dense())
+    on_budget, over = space.uniform(0.6), space.uniform(0.9)
+    assert ratio(on_budget) < 0.6 < 1.3 * ratio(on_budget) and ratio(over) > 0.6  # the slowdown matters
+    top_rung = {"state": "complete", "source": "optuna", "val_accuracy": 0.5, "feasible": True}
+    trials = pd.DataFrame(
+        [
+            {**dict.fromkeys(TRIAL_COLUMNS), **top_rung, "trial_id": i, "widths": json.dumps(w)}
+            for i, w in enumerate((on_budget, over))
+        ]
+    )
+    trials["latency_ms"] = math.nan
+    dense = {}
+    measured = measure_latencies(tmp_path, trials, dense, x, model, cfg, guard, "cpu", latency_fn)
+    if guard.relative:  # judged on the ratio to the dense model timed with it: the slowdown cancels
+        assert seed is not None and 0.9 * 0.6 <= ratio(seed) <= 0.6
+        assert measured["feasible"].tolist() == [True, False]
+        assert measured["latency_ratio"].tolist() == pytest.approx([ratio(on_budget), ratio(over)])
+        assert dense["latency_ms"] == pytest.approx(1.3 * guard.dense_ms)  # timed with the candidates
+    else:  # 0.6 x dense ms on a machine 30% slower: the seed fits 0.6 / 1.3 of the old dense time
+        assert seed is not None and 0.9 * 0.6 / 1.3 <= ratio(seed) <= 0.6 / 1.3
+        assert measured["feasible"].tolist() == [False, False]

@@ -161,7 +161,7 @@ def test_proposals_aimed_at_the_limit_less_the_lut_error_measure_under_it(resnet
     space, cost = resnet20
     measured = lambda widths: 0.3 + cost.cost(widths)[0] / cost.dense[0] * 10.0  # noqa: E731
     predict = lambda widths: measured(widths) / 1.06  # noqa: E731
-    guard = LatencyGuard(None, measured(space.dense()), 4.0, True, None, space, None, margin=0.06)
+    guard = LatencyGuard(None, measured(space.dense()), 4.0, True, space, margin=0.06)
     rng = random.Random(0)
     proposals = [{n: rng.uniform(KEEP_MIN, 1.0) for n in space.names} for _ in range(20)]
     at_limit = Projector(space, cost, Budget(latency_ms=4.0), (predict, guard.limit_ms))
@@ -169,6 +169,6 @@ def test_proposals_aimed_at_the_limit_less_the_lut_error_measure_under_it(resnet
     assert all(measured(at_limit.project(p)) > guard.limit_ms for p in proposals)
     assert all(measured(aimed.project(p)) <= guard.limit_ms for p in proposals)
     assert guard.aim_ms() == pytest.approx(4.0 * 0.94)
-    assert LatencyGuard(None, 1.0, 4.0, False, None, space, None, margin=0.9).aim_ms() == pytest.approx(
+    assert LatencyGuard(None, 1.0, 4.0, False, space, margin=0.9).aim_ms() == pytest.approx(
         4.0 * (1 - MAX_MARGIN)
     )

@@ -8,9 +8,12 @@ validated again on architectures the fit did not see; the dense model, the fit's
 architectures are timed in the same rounds. The projection aims every proposal, by the LUT's
 prediction, at the limit less the LUT's median error on those architectures
 (``LatencyGuard.aim_ms``), so proposals measure under the limit. Only a LUT that passed validation on
-this device (median error <= 15% and Spearman >= 0.9 on random widths spanning the grid) may reject anything (proposals
-the projection cannot fit, seeds); an untrusted LUT only aims and orders. Feasibility in trials.csv is
-judged on the latency measured after the ladder, one model at a time.
+this device (median error <= 15% and Spearman >= 0.9 on random widths spanning the grid) may reject
+anything (proposals the projection cannot fit, seeds); an untrusted LUT only aims and orders.
+Feasibility in trials.csv is judged on the latency measured after the ladder, and seeds are fitted by
+measurement (``LatencyGuard.paired``): the models compared are timed in the same rounds as the dense
+model, and a fraction budget is judged on that paired ratio, so a machine that has slowed since the
+limit was fixed neither drops the candidates nor starves the seeds.
 """
 
 from __future__ import annotations
@@ -48,17 +51,17 @@ class LatencyGuard:
     then) and kept in ``latency.json`` so a resumed run judges by the same limit. ``trusted``: the LUT
     passed validation on this device (median error <= 15%, Spearman >= 0.9) on architectures
     its calibration did not see, so it may reject; an untrusted LUT only aims and orders.
-    ``measure(model) -> ms`` times a model with the LUT's own estimator (the fastest of its rounds).
-    ``margin``: the LUT's median error on held-out architectures; proposals aim that far under the limit.
+    ``relative``: the limit is a fraction of the dense latency (``--budget-latency 0.5``), not
+    milliseconds. ``margin``: the LUT's median error on held-out architectures; proposals aim that far
+    under the limit.
     """
 
     lut: LatencyLUT
     dense_ms: float
     limit_ms: float
     trusted: bool
-    measure: Callable[[torch.nn.Module], float]
     space: WidthSpace
-    prune_to: Callable[[dict[str, int]], torch.nn.Module]
+    relative: bool = False
     margin: float = 0.0
 
     def aim_ms(self) -> float:
@@ -83,8 +86,22 @@ class LatencyGuard:
         narrowest grid widths measure over it. Seeds sit right at the budget, where a LUT's error
         decides, so they are fitted by measurement whether or not the LUT is trusted."""
         scaled = lambda s: self.space.snap({n: w * s for n, w in widths.items()})  # noqa: E731
-        found = bisect_to_latency(scaled, lambda w: self.measure(self.prune_to(w)), self.limit_ms)
+        found = bisect_to_latency(scaled, self.measured, self.limit_ms)
         return None if found is None else dict(found.widths)
+
+    def paired(self, samples: list[dict[str, int]], seed: int = 0) -> tuple[float, list[float]]:
+        """``(dense ms, [ms of each sample])``, timed in the same rounds (:meth:`LatencyLUT.time_pruned`,
+        the estimator the limit was fixed with): one model timed minutes or an hour after the limit
+        carries the machine's drift, against it (a search's three best resnet20s, timed one by one
+        right after its workers stopped, measured 3 to 53% over a limit the LUT had aimed them under)."""
+        dense, *times = self.lut.time_pruned([{}, *samples], seed)
+        return dense, times
+
+    def measured(self, widths: dict[str, int]) -> float:
+        """``widths`` measured in the limit's terms: for a fraction budget (a ratio), its ratio to the
+        dense model timed with it, times the dense latency the limit was fixed with."""
+        dense, (ms,) = self.paired([widths])
+        return ms * self.dense_ms / dense if self.relative else ms
 
 
 def measure_fn(latency_fn: Callable | None) -> Callable:
@@ -139,18 +156,14 @@ def latency_guard(
     """
     if not (budget.latency_ms or budget.latency_fraction):
         return None
-    timed = measure_fn(latency_fn)
     layer_fn = None
     if latency_fn is not None:
-        layer_fn = lambda module, shape, dev: timed(module, torch.zeros(shape), dev, shape[0])  # noqa: E731
+        layer_fn = lambda module, shape, dev: latency_fn(module, torch.zeros(shape), dev, shape[0])  # noqa: E731
     lut = LatencyLUT(
         model, example, device=device, batch=cfg.latency_batch, cache_dir=cfg.lut_dir, measure_fn=layer_fn
     )
 
-    def measure(net):  # the LUT's own estimator: the fastest of its rounds
-        return min(timed(net, example, device, cfg.latency_batch) for _ in range(lut.rounds))
-
-    prune_to = lambda w: prune(model, example, w, cfg.importance)  # noqa: E731
+    relative = budget.latency_ms is None
     key = {"device": device_label(device), "batch": cfg.latency_batch, "budget": budget.label()}
     saved = run_dir / "latency.json"
     if not quiet:
@@ -160,7 +173,7 @@ def latency_guard(
         info = json.loads(saved.read_text())
         if all(info.get(k) == v for k, v in key.items()):
             return LatencyGuard(
-                lut, info["dense_ms"], info["limit_ms"], info["trusted"], measure, space, prune_to,
+                lut, info["dense_ms"], info["limit_ms"], info["trusted"], space, relative,
                 margin=info.get("median_error") or 0.0,
             )  # fmt: skip
         print(
@@ -169,7 +182,7 @@ def latency_guard(
     dense_ms, report = _validate(lut, space, cfg)
     limit_ms = budget.latency_ms or budget.latency_fraction * dense_ms
     guard = LatencyGuard(
-        lut, dense_ms, limit_ms, bool(report["trusted"]), measure, space, prune_to, report["median_error"]
+        lut, dense_ms, limit_ms, bool(report["trusted"]), space, relative, report["median_error"]
     )
     if not guard.meets(space.smallest()):
         raise NasPruneError(
@@ -195,31 +208,38 @@ def latency_guard(
 def measure_latencies(
     run_dir: Path, trials: pd.DataFrame, dense: dict, example, model, cfg, guard, device, latency_fn
 ):
-    """Measure every top-rung candidate (``complete``) that has no latency yet, one model at a time in
-    this process, and judge a latency budget on the measured median against the run's limit.
+    """Measure every top-rung candidate (``complete``) that has no latency yet, in this process, and
+    judge a latency budget on the measurement against the run's limit.
 
-    Lower-rung candidates are not measured: the front and the best architecture are taken over the top
-    rung only, and timing hundreds of rung-0 candidates would cost more than scoring them.
+    With a latency budget the candidates and the dense model are timed in the same rounds
+    (:meth:`LatencyGuard.paired`); ``latency_ratio`` is the paired ratio, and a fraction budget is
+    judged on it. Lower-rung candidates are not measured: the front and the best architecture are taken
+    over the top rung only, and timing hundreds of rung-0 candidates would cost more than scoring them.
     """
     complete = trials["state"] == "complete"
     todo = trials.index[complete & trials["latency_ms"].isna()]
-    if guard is not None:  # the limit's estimator, and its dense latency
-        measure, dense_ms = guard.measure, guard.dense_ms
+    architectures = [json.loads(trials.at[i, "widths"]) for i in todo]
+    if guard is not None:
+        dense_ms, times = guard.paired(architectures, cfg.seed) if len(todo) else (guard.dense_ms, [])
     else:
         timed = measure_fn(latency_fn)
         measure = lambda net: timed(net, example, device, cfg.latency_batch)  # noqa: E731
         dense_ms = measure(model) if len(todo) or "latency_ms" not in dense else dense["latency_ms"]
+        times = [measure(prune(model, example, widths, cfg.importance)) for widths in architectures]
     label = device_label(device)
-    for i in todo:
-        widths = json.loads(trials.at[i, "widths"])
-        ms = measure(prune(model, example, widths, cfg.importance))
+    for i, ms in zip(todo, times, strict=True):
         trials.loc[i, ["latency_ms", "latency_ratio"]] = [ms, ms / dense_ms]
         trials.at[i, "latency_device"] = label
         trials.at[i, "latency_batch"] = cfg.latency_batch
-    if guard is not None:
+    if guard is not None:  # a fraction budget on the paired ratio, a budget in ms on the milliseconds
         measured = trials["latency_ms"].notna()
+        column, limit = (
+            ("latency_ratio", guard.limit_ms / guard.dense_ms)
+            if guard.relative
+            else ("latency_ms", guard.limit_ms)
+        )
         trials.loc[measured, "feasible"] = trials.loc[measured, "feasible"] & (
-            trials.loc[measured, "latency_ms"] <= guard.limit_ms
+            trials.loc[measured, column] <= limit
         )
         trials.loc[trials["state"] == "failed", "feasible"] = False  # never measured: not shown to meet it
     write_trials(run_dir / "trials.csv", trials)
