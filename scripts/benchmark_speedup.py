@@ -89,8 +89,12 @@ def measure(name: str, args: argparse.Namespace) -> list[dict]:
     architectures.append(("narrowest (1 channel per group)", None, 1e-6))
     rows = []
     for label, accuracy, widths in architectures:
-        if widths is None:
+        if widths is None:  # unreachable, or no feasible candidate at the top rung: say so in the table
             rows.append({"model": name, "architecture": label, "batch": None, "speedup": None})
+            if "unreachable" not in label:
+                print(
+                    f"| {name} | {label}: no feasible architecture at the top rung | | | | | | |", flush=True
+                )
             continue
         slim = prune(model, example, widths)
         flops_ratio = count_macs(slim, example)[0] / dense_macs
