@@ -380,3 +380,28 @@ def test_older_trials_csv_still_reads(tmp_path):
         and trials.loc[0, "rung"] == 0
         and np.isnan(trials.loc[0, "rung0_accuracy"])
     )
+
+
+def test_no_architecture_is_evaluated_twice_and_an_exhausted_grid_ends_rung_zero(
+    ray_session, tmp_path, capsys
+):
+    """On a coarse grid many keep-score proposals project onto one architecture. Each is evaluated once;
+    repeats are failed in the study without a candidate, and when nothing new comes, rung 0 ends."""
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    trials = nas_prune.search(
+        budget_flops=0.5, dataset="synthetic", model="convnet", trials=60, workers=2, pretrain_epochs=1,
+        round_to=16, min_fraction=0.5, seeds=("uniform",), gate_epochs=0, startup_trials=4,
+        reduction_factor=4, output=str(tmp_path / "run"), quiet=True, evaluator=_fake(markers),
+    )  # fmt: skip
+    rung0 = [p for p in markers.iterdir() if p.name.split("-")[1] == "0"]
+    evaluated = trials[trials["state"].isin(EVALUATED)]
+    assert len(rung0) == len(evaluated) == evaluated["widths"].nunique() < 60
+    assert "already evaluated" in capsys.readouterr().err
+    storage = f"sqlite:///{tmp_path / 'run' / 'study.db'}"
+    repeats = sum(
+        bool(t.user_attrs.get("repeat")) and t.state == optuna.trial.TrialState.FAIL
+        for s in optuna.get_all_study_summaries(storage)
+        for t in optuna.load_study(study_name=s.study_name, storage=storage).trials
+    )
+    assert repeats >= 200  # the cap of repeats in a row that ended rung 0

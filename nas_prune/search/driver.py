@@ -9,6 +9,10 @@ skipped, evaluations in flight at a kill are submitted again):
 3. rung by rung, the best of each cost level go up (:meth:`Ladder.promoted`).
 
 Optuna is told each sampled candidate's rung-0 score as it arrives (and the seeds', as finished trials).
+No architecture is evaluated twice: a proposal the projection maps onto a candidate already journaled is
+told to its study as failed (the sampler's model is unchanged, the original's score reaches it once) and
+not evaluated. A latency limit on a grid rounded to 8 leaves few architectures near the budget: two
+resnet20 searches proposed 105 and 20 distinct ones in 240 evaluations before this.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from .workers import Job, WorkerPool
 __all__ = ["Driver", "LadderStats"]
 
 _MAX_INFEASIBLE_IN_A_ROW = 200
+_MAX_REPEATS_IN_A_ROW = 200
 _FINE_TUNE_PRIOR = 40.0
 """Before any fine-tune has finished, one fine-tune epoch is guessed at this many rung-0 evaluations
 (a training epoch is ~9x the images of a rung-0 score, each ~3x the work, plus the optimizer; about 35
@@ -72,8 +77,9 @@ class Driver:
         self.proposals, self.levels, self.pool = proposals, levels, pool
         self.stats = LadderStats(cfg.workers)
         self.submitted: set[tuple[int, int]] = set()
-        self.infeasible_in_a_row = 0
+        self.infeasible_in_a_row = self.repeats_in_a_row = 0
         self.seed_ids = self._register_seeds(seeds)
+        self.proposed = {_key(c["widths"]) for c in journal.candidates.values() if not c.get("infeasible")}
         self.told = proposals.seeded()
         deadline = cfg.time_budget
         self.deadline = None if deadline is None else self.stats.started + deadline
@@ -145,9 +151,29 @@ class Driver:
                     file=sys.stderr,
                 )
                 return
-            while self.pool.idle_slots() > 0 and self._rung0_count() < self.cfg.trials:
+            if self.repeats_in_a_row >= _MAX_REPEATS_IN_A_ROW:
+                print(
+                    f"\nwarning: {_MAX_REPEATS_IN_A_ROW} proposals in a row were architectures already "
+                    "evaluated (few fit the budget on this grid); stopping rung 0",
+                    file=sys.stderr,
+                )
+                return
+            while self._room_for_proposals():
                 self._propose(min(self.cfg.jobs_per_call, self.cfg.trials - self._rung0_count()))
             self._collect(timeout=1.0)
+
+    def _room_for_proposals(self) -> bool:
+        """A worker is free and more candidates are wanted; checked after every batch of proposals,
+        since repeated architectures fill no worker slot."""
+        wanted = self._rung0_count() < self.cfg.trials and not self._stuck() and not self._out_of_time()
+        return self.pool.idle_slots() > 0 and wanted
+
+    def _stuck(self) -> bool:
+        """Proposals stopped adding candidates to evaluate."""
+        return (
+            self.infeasible_in_a_row >= _MAX_INFEASIBLE_IN_A_ROW
+            or self.repeats_in_a_row >= _MAX_REPEATS_IN_A_ROW
+        )
 
     def _propose(self, n: int) -> None:
         start = time.perf_counter()
@@ -162,6 +188,15 @@ class Driver:
             level = level_schedule(sampled + len(events), self.levels)
             scores, source = self.proposals.ask(level, trial_id)
             widths = self.projector.project(scores, level)
+            if widths is not None and _key(widths) in self.proposed:  # evaluated or in flight: not again
+                self.proposals.drop(trial_id)
+                self.repeats_in_a_row += 1
+                if self._stuck() or self._out_of_time():  # repeats fill no worker slot: check here
+                    break
+                continue
+            self.repeats_in_a_row = 0
+            if widths is not None:
+                self.proposed.add(_key(widths))
             events.append(self._candidate(trial_id, source, level, widths))
             self.infeasible_in_a_row = self.infeasible_in_a_row + 1 if widths is None else 0
             if widths is None:
@@ -238,3 +273,7 @@ class Driver:
         work += sum(n * self._seconds(r + 1) for r, n in enumerate(planned))
         safety = 0.05 * self.cfg.time_budget  # the estimate's error: stop a little early rather than late
         return time.perf_counter() + work / self.cfg.workers >= self.deadline - safety
+
+
+def _key(widths: dict[str, int]) -> tuple:
+    return tuple(sorted(widths.items()))

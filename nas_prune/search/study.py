@@ -92,6 +92,14 @@ class Proposals:
         else:
             study.tell(trial, float(accuracy))
 
+    def drop(self, trial_id: int) -> None:
+        """An asked proposal that is not evaluated (it repeats a journaled candidate): failed in its study,
+        so the sampler's model is unchanged, and without ``trial_id``, which the next candidate takes."""
+        level, trial = self.pending.pop(trial_id)
+        trial.set_user_attr("trial_id", None)
+        trial.set_user_attr("repeat", True)
+        self.studies[level].tell(trial, state=TrialState.FAIL)
+
     def add_seed(self, scores: Mapping[str, float], accuracy: float, source: str, trial_id: int) -> None:
         """A seed's rung-0 score, added to the budget level's study as a finished trial."""
         params = {g: float(min(1.0, max(KEEP_MIN, scores[g]))) for g in self.groups}
