@@ -386,7 +386,8 @@ def test_no_architecture_is_evaluated_twice_and_an_exhausted_grid_ends_rung_zero
     ray_session, tmp_path, capsys
 ):
     """On a coarse grid many keep-score proposals project onto one architecture. Each is evaluated once;
-    repeats are failed in the study without a candidate, and when nothing new comes, rung 0 ends."""
+    repeats are failed in the study without a candidate and followed by a uniform draw, and when nothing
+    new comes, rung 0 ends."""
     markers = tmp_path / "markers"
     markers.mkdir()
     trials = nas_prune.search(
@@ -398,6 +399,8 @@ def test_no_architecture_is_evaluated_twice_and_an_exhausted_grid_ends_rung_zero
     evaluated = trials[trials["state"].isin(EVALUATED)]
     assert len(rung0) == len(evaluated) == evaluated["widths"].nunique() < 60
     assert "already evaluated" in capsys.readouterr().err
+    sampled = evaluated[evaluated["source"] != "uniform"]
+    assert (sampled["source"] == "random").sum() > 4  # after a repeat, a uniform draw (start-up: 4)
     storage = f"sqlite:///{tmp_path / 'run' / 'study.db'}"
     repeats = sum(
         bool(t.user_attrs.get("repeat")) and t.state == optuna.trial.TrialState.FAIL

@@ -17,6 +17,7 @@ Decisions:
 
 from __future__ import annotations
 
+import random
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -70,16 +71,22 @@ class Proposals:
                 )
             study.sampler = _sampler(sampler, seed + len(study.trials) + int(level * 1000), startup)
             self.studies[level] = study
+        self.rng = random.Random(seed + sum(len(s.trials) for s in self.studies.values()))
         self.sampler_name, self.startup = sampler, startup
 
-    def ask(self, level: float, trial_id: int) -> tuple[dict[str, float], str]:
+    def ask(self, level: float, trial_id: int, explore: bool = False) -> tuple[dict[str, float], str]:
         """Keep scores for candidate ``trial_id`` at ``level`` and who chose them (``optuna`` when TPE's
-        model did, ``random`` in its start-up phase or under ``--sampler random``)."""
+        model did, ``random`` in its start-up phase, under ``--sampler random`` or with ``explore``: a
+        uniform draw, enqueued in the study, for when the sampler's model keeps proposing what was
+        already evaluated)."""
         study = self.studies[level]
         done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+        if explore:
+            study.enqueue_trial({g: self.rng.uniform(KEEP_MIN, 1.0) for g in self.groups})
         trial = study.ask(self.space)
         trial.set_user_attr("trial_id", trial_id)
-        source = "optuna" if self.sampler_name == "tpe" and done >= self.startup else "random"
+        modelled = self.sampler_name == "tpe" and done >= self.startup and not explore
+        source = "optuna" if modelled else "random"
         self.pending[trial_id] = (level, trial)
         return {g: trial.params[g] for g in self.groups}, source
 
