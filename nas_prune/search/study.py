@@ -11,6 +11,8 @@ Decisions:
   proposals is asked before any of them is scored. ``--sampler random`` is the control.
 * Seeds are added to the budget level's study as finished trials (their widths as keep scores), so TPE
   starts from the heuristics rather than re-discovering them.
+* A proposal that projects onto an architecture already evaluated is failed (:meth:`Proposals.drop`),
+  and the next one is a uniform draw (``ask(explore=True)``): told nothing new, TPE repeats itself.
 * After a kill, trials still RUNNING either have a rung-0 score in the journal (told now) or were never
   scored (failed; their candidate was never recorded, so nothing is lost or repeated).
 """
