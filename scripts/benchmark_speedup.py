@@ -161,7 +161,10 @@ def main() -> None:
         "| model | architecture | top-rung val acc | FLOPs | batch | speed-up (range) | dense ms | pruned ms |"
     )
     print("|---|---|---|---|---|---|---|---|", flush=True)
-    rows = [row for name in args.models for row in measure(name, args)]
+    try:
+        rows = [row for name in args.models for row in measure(name, args)]
+    except NasPruneError as error:  # bad settings (a model, a budget, --subset): one line, not a traceback
+        parser.exit(2, f"error: {error}\n")
     output = Path(args.output) / "speedup.csv"
     output.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows).to_csv(output, index=False)
