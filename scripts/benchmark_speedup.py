@@ -57,10 +57,17 @@ def run_search(folder: Path, args: argparse.Namespace, **settings) -> pd.DataFra
 def searches(name: str, args: argparse.Namespace) -> list[tuple[str, pd.Series]]:
     """``(label, best trial)`` of the FLOPs search and of one latency search per batch size."""
     root = Path(args.output) / name
+
+    def best_of(label: str, trials: pd.DataFrame) -> tuple[str, pd.Series | None]:
+        best = best_arch(trials)
+        if best is None:  # a row in the table all the same
+            print(f"| {name} | {label}: no feasible architecture at the top rung | | | | | | |", flush=True)
+        return label, best
+
     flops = run_search(
         root / "flops", args, model=name, budget_flops=args.budget_flops, pretrain_epochs=args.pretrain_epochs
     )
-    found = [(f"FLOPs budget {args.budget_flops:g}", best_arch(flops))]
+    found = [best_of(f"FLOPs budget {args.budget_flops:g}", flops)]
     for batch, goal in zip(args.batch, args.goal, strict=True):
         label = f"latency budget 1/{goal:g} at batch {batch}, round_to {args.round_to}"
         try:
@@ -73,7 +80,7 @@ def searches(name: str, args: argparse.Namespace) -> list[tuple[str, pd.Series]]
             found.append((f"{label}: unreachable", None))
             continue
         limit = json.loads((root / f"latency-b{batch}" / "latency.json").read_text())
-        found.append((f"{label} (LUT trusted: {limit.get('trusted')})", best_arch(trials)))
+        found.append(best_of(f"{label} (LUT trusted: {limit.get('trusted')})", trials))
     return found
 
 
@@ -89,12 +96,8 @@ def measure(name: str, args: argparse.Namespace) -> list[dict]:
     architectures.append(("narrowest (1 channel per group)", None, 1e-6))
     rows = []
     for label, accuracy, widths in architectures:
-        if widths is None:  # unreachable, or no feasible candidate at the top rung: say so in the table
+        if widths is None:  # unreachable, or no feasible candidate at the top rung (printed by searches)
             rows.append({"model": name, "architecture": label, "batch": None, "speedup": None})
-            if "unreachable" not in label:
-                print(
-                    f"| {name} | {label}: no feasible architecture at the top rung | | | | | | |", flush=True
-                )
             continue
         slim = prune(model, example, widths)
         flops_ratio = count_macs(slim, example)[0] / dense_macs

@@ -12,8 +12,9 @@ Optuna is told each sampled candidate's rung-0 score as it arrives (and the seed
 No architecture is evaluated twice: a proposal the projection maps onto a candidate already journaled is
 told to its study as failed (the sampler's model is unchanged, the original's score reaches it once) and
 not evaluated, and the next proposal is a uniform draw (TPE, told nothing new, would propose the same
-again: with repeats only failed, a resnet20 latency search stopped after 14 candidates). A latency limit on a grid rounded to 8 leaves few architectures near the budget: two
-resnet20 searches proposed 105 and 20 distinct ones in 240 evaluations before this.
+again: with repeats only failed, a resnet20 latency search stopped after 14 candidates). A latency
+limit on a grid rounded to 8 leaves few architectures near the budget: two resnet20 searches proposed
+105 and 20 distinct ones in 240 evaluations before this.
 """
 
 from __future__ import annotations
@@ -89,12 +90,10 @@ class Driver:
 
     def _register_seeds(self, seeds: list) -> set[int]:
         """Journal a candidate for each seed not yet journaled; the seeds' trial ids."""
-        known = {
-            (c["source"], tuple(sorted(c["widths"].items()))): t for t, c in self.journal.candidates.items()
-        }
+        known = {(c["source"], _key(c["widths"])): t for t, c in self.journal.candidates.items()}
         ids, events = set(), []
         for source, widths in seeds:
-            key = (source, tuple(sorted(widths.items())))
+            key = (source, _key(widths))
             if key not in known:
                 known[key] = self.journal.next_id + len(events)
                 events.append(self._candidate(known[key], source, 1.0, widths))
@@ -146,18 +145,8 @@ class Driver:
     def _sample(self) -> None:
         """Rung 0 for new candidates until ``--trials`` exist or the time left is needed for the rest."""
         while self._rung0_count() < self.cfg.trials and not self._out_of_time():
-            if self.infeasible_in_a_row >= _MAX_INFEASIBLE_IN_A_ROW:
-                print(
-                    f"\nwarning: {_MAX_INFEASIBLE_IN_A_ROW} infeasible proposals in a row; stopping rung 0",
-                    file=sys.stderr,
-                )
-                return
-            if self.repeats_in_a_row >= _MAX_REPEATS_IN_A_ROW:
-                print(
-                    f"\nwarning: {_MAX_REPEATS_IN_A_ROW} proposals in a row were architectures already "
-                    "evaluated (few fit the budget on this grid); stopping rung 0",
-                    file=sys.stderr,
-                )
+            if reason := self._stuck():
+                print(f"\nwarning: {reason}; stopping rung 0", file=sys.stderr)
                 return
             while self._room_for_proposals():
                 self._propose(min(self.cfg.jobs_per_call, self.cfg.trials - self._rung0_count()))
@@ -169,12 +158,16 @@ class Driver:
         wanted = self._rung0_count() < self.cfg.trials and not self._stuck() and not self._out_of_time()
         return self.pool.idle_slots() > 0 and wanted
 
-    def _stuck(self) -> bool:
-        """Proposals stopped adding candidates to evaluate."""
-        return (
-            self.infeasible_in_a_row >= _MAX_INFEASIBLE_IN_A_ROW
-            or self.repeats_in_a_row >= _MAX_REPEATS_IN_A_ROW
-        )
+    def _stuck(self) -> str:
+        """Why proposals stopped adding candidates to evaluate ('' while they do)."""
+        if self.infeasible_in_a_row >= _MAX_INFEASIBLE_IN_A_ROW:
+            return f"{_MAX_INFEASIBLE_IN_A_ROW} infeasible proposals in a row"
+        if self.repeats_in_a_row >= _MAX_REPEATS_IN_A_ROW:
+            return (
+                f"{_MAX_REPEATS_IN_A_ROW} proposals in a row were architectures already evaluated (few fit "
+                "the budget on this grid)"
+            )
+        return ""
 
     def _propose(self, n: int) -> None:
         start = time.perf_counter()
@@ -277,4 +270,5 @@ class Driver:
 
 
 def _key(widths: dict[str, int]) -> tuple:
+    """An architecture as a hashable key, whatever the order of its groups."""
     return tuple(sorted(widths.items()))

@@ -147,8 +147,8 @@ def latency_guard(
 
     Builds the LUT on ``device``, measures every layer shape on the search grid before any evaluation
     starts (nothing is timed while workers train), measures the dense model, and validates the LUT on
-    ``cfg.lut_samples`` random grid architectures spanning the grid plus the smallest (calibrating it first on others
-    when the plain table fails). ``latency.json`` records the limit and the verdict; ``--resume``
+    ``cfg.lut_samples`` random grid architectures spanning the grid plus the smallest (calibrating it
+    first on others when the plain table fails). ``latency.json`` records the limit and the verdict; ``--resume``
     reuses them when the device, batch and budget match.
 
     Raises:
