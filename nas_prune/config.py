@@ -30,6 +30,7 @@ __all__ = [
     "hardware_info",
     "library_versions",
     "load_config",
+    "read_config_extras",
     "write_config",
 ]
 
@@ -71,12 +72,21 @@ class SearchConfig:
         None, "zoo name or pkg.module:factory (default: convnet for 28x28 data, else resnet20)", group=_MODEL
     )
     checkpoint: str | None = option(
-        None, "dense weights (nas_prune checkpoint); default: train them first", group=_MODEL
+        None,
+        "dense weights: a nas_prune checkpoint or a plain state_dict file; default: train them first",
+        group=_MODEL,
     )
     pretrain_epochs: float = option(3.0, "epochs to train the dense model", group=_MODEL)
     dataset: str = option(
         "fashion-mnist",
-        "fashion-mnist, mnist, cifar10, cifar100, synthetic or pkg.module:factory",
+        "fashion-mnist, mnist, cifar10, cifar100, synthetic, folder:PATH (a class-per-folder image tree) "
+        "or pkg.module:factory",
+        group=_MODEL,
+    )
+    task: str | None = option(
+        None,
+        "pkg.module:factory returning a nas_prune Task (data, training step, named score) instead of "
+        "--dataset: a detector, a segmenter, any model and metric",
         group=_MODEL,
     )
     data_dir: str | None = option(None, "folder searched first for the dataset files", group=_MODEL)
@@ -210,6 +220,16 @@ def write_config(path: str | os.PathLike, config: SearchConfig, **extra: Any) ->
     atomic_write_text(path, yaml.safe_dump(doc, sort_keys=False))
 
 
+def read_config_extras(path: str | os.PathLike) -> dict[str, Any]:
+    """What ``config.yaml`` holds beside the settings (``dense``, ``space``, ``score_name``, ``given``);
+    empty when the file is missing or unreadable (the settings' reader reports those)."""
+    try:
+        doc = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError):
+        return {}
+    return {k: v for k, v in doc.items() if k != "settings"} if isinstance(doc, dict) else {}
+
+
 def load_config(path: str | os.PathLike) -> SearchConfig:
     """The :class:`SearchConfig` stored in a run's ``config.yaml``.
 
@@ -239,8 +259,12 @@ class TrainConfig:
     """Every setting of ``python -m nas_prune.train`` (dense training), one flag each."""
 
     model: str = option("convnet", "zoo model (listed above) or pkg.module:factory")
-    dataset: str = option("fashion-mnist", "dataset (listed above) or pkg.module:factory")
+    dataset: str = option("fashion-mnist", "dataset (listed above), folder:PATH or pkg.module:factory")
     epochs: float = option(10.0, "training epochs, fractions allowed")
+    task: str | None = option(
+        None,
+        "pkg.module:factory returning a nas_prune Task (its data, training step and score) instead of --dataset",
+    )
     output: str | None = option(None, "checkpoint to write (default: results/dense-<model>-<dataset>.pt)")
     data_dir: str | None = option(
         None, "folder searched first for the dataset (then $NAS_PRUNE_DATA, ./data, /usr/share/datasets)"
@@ -282,4 +306,6 @@ class TrainConfig:
             raise NasPruneError(
                 f"unknown model {self.model!r}; choose {', '.join(model_names())} or pkg.module:factory"
             )
+        if self.task is not None and ":" not in self.task:
+            raise NasPruneError(f"--task {self.task!r} is not of the form pkg.module:factory")
         return dataclasses.replace(self, dataset=check_dataset_name(self.dataset))

@@ -1,6 +1,6 @@
 """The final report of a trained pruned model, shared by retrain and the baselines.
 
-Test and validation accuracy (the test split's only use), MACs, FLOPs, params, latency at two batch
+The task's test and validation scores (the test split's only use; accuracy for classification), MACs, FLOPs, params, latency at two batch
 sizes with the paired dense speed-up, the dense model's same figures, and ``metrics.json``: one record
 shape, so retrained architectures and baselines compare column by column.
 """
@@ -18,9 +18,11 @@ import torch
 from torch import nn
 
 from .atomic import atomic_write_text
+from .batch import to_device
 from .config import device_label
 from .cost import count_macs, measure_speedup
 from .data import DataSplits
+from .task import Task, as_task
 from .train import evaluate
 
 __all__ = [
@@ -39,13 +41,25 @@ METRICS_SCHEMA_VERSION = 1
 
 
 def final_accuracy(
-    model: nn.Module, data: DataSplits, device: torch.device, batch_size: int
-) -> dict[str, float]:
-    """Validation and test accuracy: the test split's only use, once per model at the very end."""
+    model: nn.Module, data: Task | DataSplits, device: torch.device, batch_size: int
+) -> dict[str, float | None]:
+    """The task's validation and test scores: the test split's only use, once per model at the very end.
+
+    Classification gives ``test_accuracy``, ``test_loss`` and ``val_accuracy``; another task
+    ``test_score`` and ``val_score`` (``test_score`` is None without a test split).
+    """
+    task = as_task(data)
+    key = task.score_key
     model = model.to(device).eval()
-    val = evaluate(model, data.loader("val", batch_size, train=False, device=device), device=device)
-    test = evaluate(model, data.loader("test", batch_size, train=False, device=device), device=device)
-    return {"test_accuracy": test["accuracy"], "test_loss": test["loss"], "val_accuracy": val["accuracy"]}
+    val = evaluate(
+        model, task.loader("val", batch_size, train=False, device=device), device=device, task=task
+    )
+    figures: dict[str, float | None] = {f"test_{key}": None}
+    if task.size("test"):
+        loader = task.loader("test", batch_size, train=False, device=device)
+        test = evaluate(model, loader, device=device, task=task)
+        figures = {f"test_{k}": v for k, v in test.items() if k != "samples"}
+    return {**figures, f"val_{key}": val[key]}
 
 
 SPEEDUP_ROUNDS = 5
@@ -56,7 +70,7 @@ def final_costs(
     dense: nn.Module,
     slim: nn.Module,
     counts: tuple[tuple[int, int], tuple[int, int]],
-    example: torch.Tensor,
+    example: Any,
     device: torch.device,
     latency_fn: Callable[..., float],
     batch: int,
@@ -78,7 +92,7 @@ def final_costs(
         ``(dense figures, slim figures, speed-up figures)``.
     """
     dense, slim = dense.to(device).eval(), slim.to(device).eval()
-    example = example.to(device)
+    example = to_device(example, device)
     small = measure_speedup(dense, slim, example, device, batch, rounds, latency_fn)
     big = measure_speedup(dense, slim, example, device, large, rounds, latency_fn, warmup=3, repeats=20)
     figures = []
@@ -125,8 +139,8 @@ class FinalFigures:
 def final_figures(
     dense: nn.Module,
     slim: nn.Module,
-    data: DataSplits,
-    example: torch.Tensor,
+    data: Task | DataSplits,
+    example: Any,
     device: torch.device,
     latency_fn: Callable[..., float],
     batch: int,
@@ -136,7 +150,7 @@ def final_figures(
 ) -> FinalFigures:
     """Costs (:func:`final_costs`) and accuracy (:func:`final_accuracy`) of both models; pass
     ``dense_accuracy`` when it is already known (:func:`cached_accuracy`)."""
-    example = example.to(device)
+    example = to_device(example, device)
     dense, slim = dense.to(device).eval(), slim.to(device).eval()
     counts = (count_macs(dense, example), count_macs(slim, example))
     dense_costs, slim_costs, speed = final_costs(
@@ -149,7 +163,12 @@ def final_figures(
 
 
 def cached_accuracy(
-    model: nn.Module, data: DataSplits, device: torch.device, batch_size: int, source: Path, cache: Path
+    model: nn.Module,
+    data: Task | DataSplits,
+    device: torch.device,
+    batch_size: int,
+    source: Path,
+    cache: Path,
 ) -> dict[str, float]:
     """:func:`final_accuracy` of ``model``, measured once per version (size, mtime) of its file
     ``source`` and kept in ``cache`` (JSON)."""

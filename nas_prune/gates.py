@@ -28,7 +28,7 @@ Training alternates (Cai et al., ProxylessNAS, ICLR 2019):
    :meth:`CostModel.cost_terms` give the expected MACs and parameters (each layer is bilinear in its
    input and output widths, so for independent groups that is the expected cost).
 
-Cost-aware loss, an additive hinge ``CE + lambda * sum_b max(0, E[cost_b] / dense_b - (1 - margin) t_b)``
+Cost-aware loss, an additive hinge ``L + lambda * sum_b max(0, E[cost_b] / dense_b - (1 - margin) t_b)``
 over the given FLOP / parameter budgets ``t_b``, rather than ProxylessNAS's ``CE * (log E[lat] /
 log target) ** beta``: (a) the log form depends on the unit (log of MACs ~ 17 barely moves when the
 cost halves; with fractions ``log`` changes sign and the factor vanishes at the dense model, pushing the
@@ -42,8 +42,9 @@ from __future__ import annotations
 import copy
 import itertools
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -52,11 +53,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .batch import to_device
 from .cost import CostModel
 from .errors import NasPruneError
 from .graph import ChannelGraph
 from .prune import channel_importance, channel_order
 from .space import Budget, WidthSpace
+from .task import CrossEntropyStep, loss_and_metrics
 from .train import make_optimizer, make_scheduler, resolve_device
 
 __all__ = ["GateResult", "GateSettings", "WidthGates", "alpha_gradient", "train_gates"]
@@ -240,8 +243,8 @@ class WidthGates:
     def __exit__(self, *exc) -> None:
         self.remove()
 
-    def __call__(self, *inputs):
-        return self.model(*inputs)
+    def __call__(self, *inputs, **keyword_inputs):
+        return self.model(*inputs, **keyword_inputs)
 
 
 def _targets(budget: Budget, settings: GateSettings) -> Budget:
@@ -275,20 +278,21 @@ def _hinge(ratios: tuple[torch.Tensor, torch.Tensor], targets: Budget, margin: f
 
 def _arch_step(
     gates: WidthGates,
-    x: torch.Tensor,
-    y: torch.Tensor,
+    batch: Any,
+    training_step: Callable[[nn.Module, Any], Any],
     cost: CostModel,
     targets: Budget,
     settings: GateSettings,
     optimizer: torch.optim.Optimizer,
     generator: torch.Generator,
 ) -> tuple[float, tuple[float, float]]:
-    """One two-path architecture update on a validation batch; returns the CE and expected cost ratios."""
+    """One two-path architecture update on a validation batch; returns the task's loss and expected cost
+    ratios."""
     pairs = gates.sample_pairs(generator)
     names = list(pairs)
     for name in names:
         gates.gates[name].requires_grad_()
-    ce = F.cross_entropy(gates(x), y)
+    ce = loss_and_metrics(training_step(gates, batch))[0]
     gate_grads = torch.autograd.grad(ce, [gates.gates[n] for n in names], allow_unused=True)
     ratios = _cost_ratios(gates, cost)
     alphas = [gates.alphas[n] for n in names]
@@ -321,6 +325,7 @@ def train_gates(
     train_loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
     val_loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
     settings: GateSettings = GateSettings(),
+    training_step: Callable[[nn.Module, Any], Any] | None = None,
 ) -> GateResult:
     """Train a width-gate supernet of ``model`` and return its architecture distribution.
 
@@ -338,6 +343,8 @@ def train_gates(
             run the supernet in train mode, so avoid batches of one (``drop_last=True``).
         val_loader: shuffled validation batches for the architecture steps (cycled as needed).
         settings: see :class:`GateSettings`.
+        training_step: the task's ``(model, batch) -> loss`` (weights on training batches, logits on
+            validation batches); default: classification's cross-entropy on ``(x, y)`` batches.
 
     Returns:
         A :class:`GateResult`.
@@ -352,6 +359,7 @@ def train_gates(
     if len(train_loader) == 0 or len(val_loader) == 0:  # cycling an empty loader would never return
         raise NasPruneError("the gate supernet needs at least one training and one validation batch")
     targets = _targets(budget, settings)
+    training_step = training_step or CrossEntropyStep()
     device = resolve_device(settings.device)
     generator = torch.Generator().manual_seed(settings.seed)
     steps = max(1, math.ceil(settings.epochs * len(train_loader)))
@@ -381,17 +389,19 @@ def train_gates(
         record(0)
         bar = tqdm(range(1, steps + 1), desc="gates", disable=not settings.progress, leave=False)
         for step in bar:
-            x, y = (t.to(device) for t in next(train_batches))
+            batch = to_device(next(train_batches), device)
             gates.sample(generator)
-            loss = F.cross_entropy(gates(x), y)
+            loss = loss_and_metrics(training_step(gates, batch))[0]
             weights.zero_grad(set_to_none=True)
             loss.backward()
             weights.step()
             schedule.step()
             losses = {"train_loss": loss.item()}
             if step > warmup:
-                xv, yv = (t.to(device) for t in next(val_batches))
-                val_loss, ratios = _arch_step(gates, xv, yv, cost, targets, settings, arch, generator)
+                val_batch = to_device(next(val_batches), device)
+                val_loss, ratios = _arch_step(
+                    gates, val_batch, training_step, cost, targets, settings, arch, generator
+                )
                 losses.update(val_loss=val_loss, flops_ratio=ratios[0], params_ratio=ratios[1])
             if step % record_every == 0 or step == steps:
                 record(step, **losses)

@@ -1,10 +1,10 @@
 """Score candidate architectures at any rung of the fidelity ladder: slim, adapt BatchNorm, fine-tune, validate.
 
 Rung 0 is the EagleEye score (ECCV 2020): slim the dense model keeping the most important filters,
-re-estimate BatchNorm statistics on a few training batches, and measure validation accuracy, with no
-fine-tuning. Higher rungs fine-tune the slim model for their epochs first. A
+re-estimate BatchNorm statistics on a few training batches, and measure the task's validation score
+(accuracy for classification), with no fine-tuning. Higher rungs fine-tune the slim model for their epochs first. A
 :class:`CandidateEvaluator` is built once per worker: it holds the dense model, the BatchNorm batches
-and the normalised validation split, so a rung-0 score costs only the slimming and two forward passes.
+and the validation batches, so a rung-0 score costs only the slimming and two forward passes.
 
 Decisions:
 
@@ -22,16 +22,20 @@ call it directly.
 from __future__ import annotations
 
 import copy
+import itertools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn as nn
 
+from .batch import call_model, channels_last, to_device
 from .data import DataSplits, load_dataset
 from .models import build_from_spec
 from .prune import prune
+from .task import Task, default_inputs, resolve_task
 from .train import fit, resolve_device, seed_everything
 
 __all__ = ["CandidateEvaluator", "TrialSettings", "adapt_batchnorm", "evaluate_candidate"]
@@ -41,12 +45,15 @@ __all__ = ["CandidateEvaluator", "TrialSettings", "adapt_batchnorm", "evaluate_c
 class TrialSettings:
     """Everything a worker needs to score candidates, picklable so Ray ships it to workers once.
 
-    ``dense_state`` holds the dense weights (CPU tensors); ``spec`` rebuilds the architecture.
+    ``dense_state`` holds the dense weights (CPU tensors); ``model`` (a module given as an object, its
+    class shipped by Ray's serialisation) or else ``spec`` rebuilds the architecture. ``task`` is a
+    :class:`~nas_prune.task.Task`, a ``pkg.module:factory`` path to one (imported on the worker), or None
+    for classification on ``dataset``.
     """
 
     spec: dict[str, Any]
     dense_state: dict[str, torch.Tensor]
-    dataset: str
+    dataset: str = "fashion-mnist"
     data_dir: str | None = None
     subset: int | None = None
     val_fraction: float = 0.1
@@ -58,27 +65,36 @@ class TrialSettings:
     device: str = "cpu"
     threads: int | None = None
     seed: int = 0
+    task: Task | str | None = None
+    model: nn.Module | None = None
+
+    def make_task(self) -> Task:
+        """The task (the readers cache parsed files per process). The split seed is always 0, as in the
+        search driver, retrain and baselines: ``seed`` varies training, never the val set."""
+        return resolve_task(self.task, self.dataset, self.data_dir, self.subset, self.val_fraction)
 
     def data(self) -> DataSplits:
-        """The dataset splits (the readers cache parsed files per process). The split seed is always 0,
-        as in the search driver, retrain and baselines: ``seed`` varies training, never the val set."""
+        """The built-in dataset's splits (classification on ``dataset`` only)."""
         return load_dataset(
             self.dataset, self.data_dir, val_fraction=self.val_fraction, seed=0, subset=self.subset
         )
 
     def dense_model(self) -> nn.Module:
         """A fresh dense model with the dense weights."""
-        model = build_from_spec(self.spec)
+        model = copy.deepcopy(self.model) if self.model is not None else build_from_spec(self.spec)
         model.load_state_dict(self.dense_state)
         return model
 
 
 @torch.no_grad()
-def adapt_batchnorm(model: nn.Module, loader, batches: int, device) -> None:
+def adapt_batchnorm(
+    model: nn.Module, loader, batches: int, device, inputs: Callable[[Any], Any] = default_inputs
+) -> None:
     """Re-estimate BatchNorm running statistics on a few training batches (adaptive BN, EagleEye).
 
     A slimmed network's statistics no longer match its activations; recomputing them (cumulative
-    average, no weight update) makes a candidate's accuracy before fine-tuning meaningful.
+    average, no weight update) makes a candidate's accuracy before fine-tuning meaningful. ``inputs``
+    turns a batch into the model's inputs (a task's ``inputs``).
     """
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms or batches <= 0:
@@ -88,17 +104,13 @@ def adapt_batchnorm(model: nn.Module, loader, batches: int, device) -> None:
         m.reset_running_stats()
         m.momentum = None
     model.train()
-    for i, (x, _) in enumerate(loader):
+    for i, batch in enumerate(loader):
         if i >= batches:
             break
-        model(x.to(device))
+        call_model(model, to_device(inputs(batch), device))
     for m, momentum in saved:
         m.momentum = momentum
     model.eval()
-
-
-def _layout(x: torch.Tensor) -> torch.Tensor:
-    return x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 else x
 
 
 def _inference_copy(model: nn.Module) -> nn.Module:
@@ -113,10 +125,11 @@ def _inference_copy(model: nn.Module) -> nn.Module:
 
 
 class CandidateEvaluator:
-    """Scores ``widths`` after ``epochs`` of fine-tuning (0 = rung 0); built once per worker.
+    """Scores ``widths`` after ``epochs`` of fine-tuning (0 = rung 0) with the task's score; built once
+    per worker.
 
     Args:
-        settings: the dense model, data and training settings.
+        settings: the dense model, task and training settings.
     """
 
     def __init__(self, settings: TrialSettings):
@@ -124,30 +137,27 @@ class CandidateEvaluator:
             torch.set_num_threads(settings.threads)
         self.settings = settings
         self.device = resolve_device(settings.device)
-        self.data = settings.data()
+        self.task = settings.make_task()
         self.dense = settings.dense_model().eval()
-        self.example = torch.zeros(2, *self.data.input_shape)
-        bn_loader = self.data.loader("train", settings.batch_size, train=True, seed=settings.seed)
-        self.bn_batches = [
-            (_layout(x.to(self.device)), y)
-            for _, (x, y) in zip(range(settings.bn_batches), bn_loader, strict=False)
-        ]
-        val = self.data.loader("val", 1000, train=False, device=self.device)
-        self.val = [(_layout(x), y) for x, y in val]
+        self.example = self.task.example()
+        bn_loader = self.task.loader(
+            "train", settings.batch_size, train=True, seed=settings.seed, device=self.device
+        )
+        self.bn_batches = [channels_last(b) for b in itertools.islice(bn_loader, settings.bn_batches)]
+        self.val = self.task.cached_val(1000, self.device)
 
     @torch.inference_mode()
     def validate(self, model: nn.Module) -> float:
-        """Accuracy on the whole validation split (BatchNorm folded, channels-last)."""
+        """The task's score on the whole validation split (BatchNorm folded, channels-last)."""
         fast = _inference_copy(model)
-        correct = sum(int((fast(x).argmax(1) == y).sum()) for x, y in self.val)
-        return correct / max(1, sum(len(y) for _, y in self.val))
+        return self.task.evaluate(fast, self.val)[self.task.score_key]
 
     def fine_tune(self, model: nn.Module, epochs: float, seed: int) -> float:
         """Train ``epochs`` (fractions allowed) with :func:`nas_prune.train.fit`, without validating after
         each epoch; returns the epochs done."""
         s = self.settings
         history = fit(
-            model, self.data, epochs=epochs, batch_size=s.batch_size, lr=s.lr, weight_decay=s.weight_decay,
+            model, self.task, epochs=epochs, batch_size=s.batch_size, lr=s.lr, weight_decay=s.weight_decay,
             device=self.device, seed=seed, progress=False, validate=False,
         )  # fmt: skip
         return history[-1]["epoch"]
@@ -156,16 +166,17 @@ class CandidateEvaluator:
         """Slim, adapt BN, fine-tune ``epochs``, validate.
 
         Returns:
-            ``val_accuracy``, ``epochs`` (fine-tuning done) and ``wall_s``.
+            ``val_accuracy`` (the task's validation score, whatever its name), ``epochs`` (fine-tuning
+            done) and ``wall_s``.
         """
         start = time.perf_counter()
         seed_everything(self.settings.seed + seed)
         slim = prune(self.dense, self.example, widths, self.settings.importance).to(self.device)
         slim = slim.to(memory_format=torch.channels_last)
-        adapt_batchnorm(slim, self.bn_batches, len(self.bn_batches), self.device)
+        adapt_batchnorm(slim, self.bn_batches, len(self.bn_batches), self.device, self.task.inputs)
         done = self.fine_tune(slim, epochs, self.settings.seed + seed) if epochs > 0 else 0.0
-        accuracy = self.validate(slim.eval())
-        return {"val_accuracy": accuracy, "epochs": done, "wall_s": time.perf_counter() - start}
+        score = self.validate(slim.eval())
+        return {"val_accuracy": score, "epochs": done, "wall_s": time.perf_counter() - start}
 
 
 def evaluate_candidate(

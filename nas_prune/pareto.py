@@ -17,6 +17,7 @@ import pandas as pd
 
 from .atomic import atomic_write_text
 from .results import NUMERIC_COLUMNS, is_missing, parse_widths, read_trials, write_trials
+from .task import score_key
 
 __all__ = ["MAXIMIZED", "best_arch", "pareto_front", "write_best_arch", "write_pareto"]
 
@@ -85,7 +86,9 @@ def write_pareto(
     Pass ``("val_accuracy", "flops", "latency_ms")`` when the search has a latency budget.
     """
     run_dir = Path(run_dir)
-    front = pareto_front(read_trials(run_dir / "trials.csv"), objectives)
+    trials = read_trials(run_dir / "trials.csv")
+    front = pareto_front(trials, objectives)
+    front.attrs.update(trials.attrs)  # the score column keeps the trials' name
     write_trials(run_dir / "pareto.csv", front)
     return front
 
@@ -106,20 +109,26 @@ def _plain_float(value) -> float | None:
     return None if is_missing(value) else float(value)
 
 
-def write_best_arch(run_dir: str | os.PathLike, *, model: str, dataset: str, dense: Mapping) -> dict | None:
+def write_best_arch(
+    run_dir: str | os.PathLike, *, model: str, dataset: str, dense: Mapping, score_name: str = "accuracy"
+) -> dict | None:
     """Write ``run_dir/best_arch.json`` for the best trial of ``run_dir/trials.csv`` and return it.
 
     Args:
         run_dir: the run directory.
         model: zoo name or ``"pkg.module:factory"``.
         dataset: dataset name or factory.
-        dense: the dense model's ``macs`` and ``params`` (required) and ``val_accuracy`` (may be None).
+        dense: the dense model's ``macs`` and ``params`` (required) and ``val_accuracy`` (its validation
+            score, whatever the task's score; may be None).
+        score_name: the task's score; any other than ``accuracy`` is written as ``val_score`` with
+            ``score_name`` beside it.
 
     Returns:
         The JSON content as plain Python types, or None (and no file written) when there is no
         complete, feasible trial yet.
     """
     run_dir = Path(run_dir)
+    key = score_key(score_name)
     best = best_arch(read_trials(run_dir / "trials.csv"))
     if best is None:
         return None
@@ -131,12 +140,13 @@ def write_best_arch(run_dir: str | os.PathLike, *, model: str, dataset: str, den
         "macs": None if is_missing(best["macs"]) else int(best["macs"]),
         "flops": None if is_missing(best["flops"]) else int(best["flops"]),
         "params": None if is_missing(best["params"]) else int(best["params"]),
-        "val_accuracy": float(best["val_accuracy"]),
+        f"val_{key}": float(best["val_accuracy"]),
+        "score_name": str(score_name),
         "trial_id": int(best["trial_id"]),
         "dense": {
             "macs": int(dense["macs"]),
             "params": int(dense["params"]),
-            "val_accuracy": _plain_float(dense.get("val_accuracy")),
+            f"val_{key}": _plain_float(dense.get("val_accuracy")),
         },
     }
     atomic_write_text(run_dir / "best_arch.json", json.dumps(content, indent=2) + "\n")

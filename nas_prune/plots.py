@@ -62,8 +62,9 @@ def plot_pareto(
     dense: Mapping | None = None,
     budget_flops_ratio: float | None = None,
     title: str = "",
+    score_name: str = "accuracy",
 ) -> Path:
-    """Validation accuracy against FLOPs (as a fraction of the dense model) for every proposal.
+    """Validation score (``score_name``: the task's) against FLOPs (as a fraction of the dense model) for every proposal.
 
     Draws complete trials (feasible filled, over budget hollow), lower-rung candidates faded (their
     accuracy is low-fidelity), infeasible proposals as 'x' marks on the bottom edge (never trained),
@@ -89,7 +90,7 @@ def plot_pareto(
     _draw_front(ax, front)
     _draw_seeds(ax, trials, x, y, scatter)
     _draw_references(ax, dense, budget_flops_ratio)
-    _finish_pareto(ax, trials, x, budget_flops_ratio, title)
+    _finish_pareto(ax, trials, x, budget_flops_ratio, title, score_name)
     return _save(fig, path)
 
 
@@ -194,7 +195,9 @@ def _draw_references(ax, dense: Mapping | None, budget_flops_ratio: float | None
         )
 
 
-def _finish_pareto(ax, trials: pd.DataFrame, x: np.ndarray, budget_flops_ratio, title: str) -> None:
+def _finish_pareto(
+    ax, trials: pd.DataFrame, x: np.ndarray, budget_flops_ratio, title: str, score_name: str
+) -> None:
     """Counts by state, limits, labels, title and legend."""
     state = trials["state"]
     if not (state == "complete").any():
@@ -214,7 +217,7 @@ def _finish_pareto(ax, trials: pd.DataFrame, x: np.ndarray, budget_flops_ratio, 
     right = np.nanmax(np.append(x, [1.0, budget_flops_ratio or 0.0]))
     ax.set_xlim(0, right * 1.05)
     ax.set_xlabel("FLOPs (fraction of the dense model)", fontsize=11)
-    ax.set_ylabel("validation accuracy", fontsize=11)
+    ax.set_ylabel(f"validation {score_name}", fontsize=11)
     ax.set_title(title or "Accuracy vs FLOPs of every proposal", fontsize=12)
     ax.grid(True, alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
@@ -267,7 +270,9 @@ def plot_widths(
     return _save(fig, path)
 
 
-def plot_progress(trials: pd.DataFrame, path: str | os.PathLike, *, budget_note: str = "") -> Path:
+def plot_progress(
+    trials: pd.DataFrame, path: str | os.PathLike, *, budget_note: str = "", score_name: str = "accuracy"
+) -> Path:
     """The fidelity ladder at work: every candidate's rung-0 score and, for those promoted, their score at
     the highest rung reached, against the candidate number; the best top-rung score so far as a line.
 
@@ -321,7 +326,7 @@ def plot_progress(trials: pd.DataFrame, path: str | os.PathLike, *, budget_note:
             title_fontsize=9,
         )
     ax.set_xlabel("candidate (trial_id)", fontsize=11)
-    ax.set_ylabel("validation accuracy", fontsize=11)
+    ax.set_ylabel(f"validation {score_name}", fontsize=11)
     ax.set_title("Fidelity ladder" + (f" ({budget_note})" if budget_note else ""), fontsize=12)
     ax.grid(True, alpha=0.3)
     return _save(fig, path)

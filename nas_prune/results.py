@@ -1,5 +1,10 @@
 """One schema for ``trials.csv``; ``pareto.csv`` and ``best_arch.json`` are derived from it (:mod:`.pareto`).
 
+The score column is ``val_accuracy`` for classification and ``val_score`` for any other task's score
+(its name is in ``config.yaml`` and ``best_arch.json``). In memory a trials frame always calls it
+``val_accuracy``, with ``frame.attrs["score_key"]`` (``accuracy`` or ``score``) saying which name the
+file uses; :func:`read_trials` takes either, :func:`write_trials` writes the frame's.
+
 A search records every candidate (complete at the top rung of the fidelity ladder, stopped at a lower
 rung, failed or infeasible) as one row of ``trials.csv`` through :func:`append_trial`, updated in place
 (:func:`write_trials`) as the candidate climbs the ladder. The Pareto front and the best architecture are always
@@ -35,6 +40,7 @@ __all__ = [
     "append_trial",
     "is_missing",
     "parse_widths",
+    "public_trials",
     "read_trials",
     "sources",
     "write_trials",
@@ -229,12 +235,14 @@ def _serialise_row(row: Mapping) -> dict[str, str]:
     return text
 
 
-def _csv_text(rows: Sequence[Mapping[str, str]], header: bool) -> str:
+def _csv_text(rows: Sequence[Mapping[str, str]], header: bool, score_key: str = "accuracy") -> str:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=TRIAL_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=_header(score_key), lineterminator="\n")
     if header:
         writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows(
+        [{f"val_{score_key}" if k == "val_accuracy" else k: v for k, v in r.items()} for r in rows]
+    )
     return buffer.getvalue()
 
 
@@ -261,6 +269,18 @@ def _empty_trials() -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype=_DTYPES[c]) for c in TRIAL_COLUMNS})
 
 
+def _header(score_key: str) -> list[str]:
+    """The file's columns: ``val_accuracy`` becomes ``val_score`` for a score other than accuracy."""
+    return [f"val_{score_key}" if c == "val_accuracy" else c for c in TRIAL_COLUMNS]
+
+
+def public_trials(trials: pd.DataFrame) -> pd.DataFrame:
+    """A trials frame with its score column named as in the file (``val_score`` for a task whose score
+    is not accuracy): what :func:`nas_prune.search` returns."""
+    key = trials.attrs.get("score_key", "accuracy")
+    return trials if key == "accuracy" else trials.rename(columns={"val_accuracy": f"val_{key}"})
+
+
 def read_trials(path: str | os.PathLike) -> pd.DataFrame:
     """Read ``trials.csv`` (or ``pareto.csv``) with the schema's dtypes.
 
@@ -275,6 +295,8 @@ def read_trials(path: str | os.PathLike) -> pd.DataFrame:
     if not path.exists():
         return _empty_trials()
     raw = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
+    score_key = "score" if "val_score" in raw.columns else "accuracy"
+    raw = raw.rename(columns={"val_score": "val_accuracy"})
     older = (_V1_COLUMNS, [c for c in TRIAL_COLUMNS if c not in LATER_COLUMNS])
     if any(list(raw.columns) == columns for columns in older):  # a version-1 run
         raw = raw.reindex(columns=TRIAL_COLUMNS, fill_value="")
@@ -282,10 +304,12 @@ def read_trials(path: str | os.PathLike) -> pd.DataFrame:
         raw["rung"] = raw["rung"].mask(raw["rung"] == "", "0")
     if list(raw.columns) != TRIAL_COLUMNS:
         raise ValueError(f"{path} has columns {list(raw.columns)}, expected {TRIAL_COLUMNS}")
-    return _typed(raw)
+    trials = _typed(raw)
+    trials.attrs["score_key"] = score_key
+    return trials
 
 
-def append_trial(path: str | os.PathLike, row: Mapping) -> None:
+def append_trial(path: str | os.PathLike, row: Mapping, score_key: str = "accuracy") -> None:
     """Validate one trial and append it to ``trials.csv`` (created with a header if absent).
 
     Args:
@@ -293,6 +317,8 @@ def append_trial(path: str | os.PathLike, row: Mapping) -> None:
         row: ``{column: value}``; ``trial_id``, ``state``, ``source`` and ``widths`` (dict or JSON
             text) are required; other columns may be left out and stay empty, except ``feasible``
             (False) and, for infeasible trials, ``epochs`` (0). ``flops`` is derived from ``macs``.
+        score_key: ``accuracy`` or ``score``, the score column's name in a new file (an existing
+            file keeps its own).
 
     Raises:
         ValueError: an invalid row, or a ``trial_id`` that the file already holds.
@@ -302,17 +328,18 @@ def append_trial(path: str | os.PathLike, row: Mapping) -> None:
     existing = read_trials(path)
     if int(text["trial_id"]) in set(existing["trial_id"].tolist()):
         raise ValueError(f"trial_id {text['trial_id']} is already in {path}")
-    old = path.read_text(encoding="utf-8") if path.exists() else _csv_text([], header=True)
+    key = existing.attrs["score_key"] if path.exists() else score_key
+    old = path.read_text(encoding="utf-8") if path.exists() else _csv_text([], header=True, score_key=key)
     if not old.endswith("\n"):
         old += "\n"
-    atomic_write_text(path, old + _csv_text([text], header=False))
+    atomic_write_text(path, old + _csv_text([text], header=False, score_key=key))
 
 
 def write_trials(path: str | os.PathLike, df: pd.DataFrame) -> None:
     """Atomically rewrite a whole trials table (e.g. after filling in measured latency).
 
     Every row goes through the same validation as :func:`append_trial`; columns are written in
-    :data:`TRIAL_COLUMNS` order.
+    :data:`TRIAL_COLUMNS` order, the score column named by ``df.attrs["score_key"]`` (default accuracy).
 
     Raises:
         ValueError: missing or unknown columns, an invalid row, or duplicated ``trial_id``.
@@ -324,4 +351,4 @@ def write_trials(path: str | os.PathLike, df: pd.DataFrame) -> None:
         duplicates = sorted(df.loc[df["trial_id"].duplicated(), "trial_id"].tolist())
         raise ValueError(f"duplicated trial_id {duplicates}")
     rows = [_serialise_row(record) for record in df[TRIAL_COLUMNS].to_dict(orient="records")]
-    atomic_write_text(path, _csv_text(rows, header=True))
+    atomic_write_text(path, _csv_text(rows, header=True, score_key=df.attrs.get("score_key", "accuracy")))

@@ -26,18 +26,33 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from nas_prune.batch import batch_size, to_device
+from nas_prune.batch import channels_last as to_channels_last
 from nas_prune.checkpoint import load_checkpoint, save_checkpoint, settings_mismatch
 from nas_prune.cli import ArgumentParser, config_flags, given_flags, run_cli, warnings_as_lines
 from nas_prune.config import TrainConfig
-from nas_prune.data import DataSplits, dataset_names, load_dataset
+from nas_prune.data import DataSplits, dataset_names
 from nas_prune.errors import NasPruneError
+from nas_prune.task import (
+    CrossEntropyStep,
+    Task,
+    as_task,
+    check_task,
+    classification_metrics,
+    describe_task,
+    loss_and_metrics,
+    model_spec_for,
+    resolve_task,
+    with_label_smoothing,
+)
 
 __all__ = [
     "Checkpointing",
+    "Step",
+    "describe_row",
     "epoch_reporter",
     "epoch_seed",
     "resolve_device",
@@ -152,9 +167,13 @@ def _check_finite(loss_sum: torch.Tensor, batch: int) -> None:
         )
 
 
+Step = Callable[[nn.Module, Any], Any]
+"""A training step: ``(model, batch) -> loss`` or ``{"loss": ..., other per-batch metrics}``."""
+
+
 def train_one_epoch(
     model: nn.Module,
-    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    loader: Iterable[Any],
     optimizer: torch.optim.Optimizer,
     *,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
@@ -164,22 +183,26 @@ def train_one_epoch(
     max_batches: int | None = None,
     progress: bool | str = True,
     scaler: torch.amp.GradScaler | None = None,
-    loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    step: Step | None = None,
 ) -> dict[str, float]:
     """Train for one pass over ``loader`` (or its first ``max_batches`` batches).
 
-    The scheduler, if given, is stepped after every batch. On CUDA, ``amp`` (True, "bf16" or "fp16")
-    enables autocast (fp16 with a GradScaler, pass ``scaler`` to keep its state across epochs) and the
-    model runs in channels_last; on CPU both are ignored. ``progress`` shows a tqdm bar (a string is
-    its description).
+    ``step(model, batch)`` is the training step (a task's, or distillation; default: classification's
+    cross-entropy on ``(x, y)`` batches with ``label_smoothing``). The scheduler, if given, is stepped
+    after every batch. On CUDA, ``amp`` (True, "bf16" or "fp16") enables autocast (fp16 with a
+    GradScaler, pass ``scaler`` to keep its state across epochs) and the model runs in channels_last;
+    on CPU both are ignored. ``progress`` shows a tqdm bar (a string is its description).
 
     Returns:
-        ``{"loss": mean loss, "accuracy": fraction correct, "batches": n, "samples": n}``.
+        ``{"loss": mean loss, <each metric the step returns>: its mean, "batches": n, "samples": n}``
+        (classification's step returns ``accuracy``).
 
     Raises:
         FloatingPointError: The loss became NaN or infinite.
+        TaskError: The step's loss is not a scalar tensor.
     """
     device = torch.device(device)
+    step = step or CrossEntropyStep(label_smoothing)
     amp_dtype = _amp_dtype(amp, device)
     channels_last = device.type == "cuda"
     if channels_last:
@@ -201,19 +224,14 @@ def train_one_epoch(
         dynamic_ncols=True,
     )
     loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), dtype=torch.long, device=device)
+    sums: dict[str, torch.Tensor] = {}
     samples = batches = 0
-    for x, y in bar:
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        if channels_last and x.ndim == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-
+    for batch in bar:
+        batch = to_device(batch, device, non_blocking=True)
+        if channels_last:
+            batch = to_channels_last(batch)
         with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
-            logits = model(x)
-            if loss_fn is None:
-                loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
-            else:  # e.g. knowledge distillation: loss_fn(logits, x, y)
-                loss = loss_fn(logits, x, y)
+            loss, metrics = loss_and_metrics(step(model, batch))
 
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
@@ -226,59 +244,53 @@ def train_one_epoch(
         if scheduler is not None:
             scheduler.step()
 
-        loss_sum += loss.detach().float() * len(y)
-        correct += (logits.detach().argmax(1) == y).sum()
-        samples += len(y)
+        n = batch_size(batch)
+        loss_sum += loss.detach().float() * n
+        for key, value in metrics.items():
+            value = torch.as_tensor(
+                value.detach() if isinstance(value, torch.Tensor) else value, device=device
+            )
+            sums[key] = sums.get(key, torch.zeros((), device=device)) + value.float() * n
+        samples += n
         batches += 1
         if batches % _NAN_CHECK_EVERY == 0 or batches == 1:
             _check_finite(loss_sum, batches)
             bar.set_postfix(loss=f"{float(loss_sum) / samples:.3f}", refresh=False)
     bar.close()
     if samples == 0:
-        return {"loss": float("nan"), "accuracy": float("nan"), "batches": 0, "samples": 0}
+        return {"loss": float("nan"), **dict.fromkeys(sums, float("nan")), "batches": 0, "samples": 0}
     _check_finite(loss_sum, batches)
-    return {
-        "loss": float(loss_sum) / samples,
-        "accuracy": int(correct) / samples,
-        "batches": batches,
-        "samples": samples,
-    }
+    means = {key: float(value) / samples for key, value in sums.items()}
+    return {"loss": float(loss_sum) / samples, **means, "batches": batches, "samples": samples}
 
 
 def evaluate(
     model: nn.Module,
-    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    loader: Iterable[Any],
     device: str | torch.device = "cpu",
     max_batches: int | None = None,
+    task: Task | None = None,
 ) -> dict[str, float]:
-    """Mean cross-entropy and accuracy over ``loader`` in eval mode, without gradients.
+    """The task's metrics over ``loader`` in eval mode, under inference mode.
 
-    The model's train/eval mode is restored afterwards. An empty loader gives NaN loss and accuracy.
+    Without a task: classification's mean cross-entropy, accuracy and samples of ``(x, y)`` batches
+    (an empty loader gives NaN loss and accuracy). The model's train/eval mode is restored afterwards.
 
     Returns:
-        ``{"loss", "accuracy", "samples"}``.
+        ``task.evaluate``'s dict: ``{score_key: score, ...}``; classification ``{"loss", "accuracy", "samples"}``.
     """
     device = torch.device(device)
     was_training = model.training
     model.eval()
-    loss_sum, correct, samples = 0.0, 0, 0
+    batches = loader if max_batches is None else itertools.islice(loader, max_batches)
+    moved = (to_device(b, device, non_blocking=True) for b in batches)
+    if device.type == "cuda":
+        moved = (to_channels_last(b) for b in moved)
     try:
         with torch.inference_mode():
-            for batch, (x, y) in enumerate(loader):
-                if max_batches is not None and batch >= max_batches:
-                    break
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                if device.type == "cuda" and x.ndim == 4:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                logits = model(x).float()
-                loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
-                correct += int((logits.argmax(1) == y).sum())
-                samples += len(y)
+            return classification_metrics(model, moved) if task is None else task.evaluate(model, moved)
     finally:
         model.train(was_training)
-    if samples == 0:
-        return {"loss": float("nan"), "accuracy": float("nan"), "samples": 0}
-    return {"loss": loss_sum / samples, "accuracy": correct / samples, "samples": samples}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -321,7 +333,7 @@ class Checkpointing:
 
 def fit(
     model: nn.Module,
-    data: DataSplits,
+    data: Task | DataSplits,
     *,
     epochs: float,
     batch_size: int = 128,
@@ -334,19 +346,22 @@ def fit(
     on_epoch_end: Callable[[int, dict[str, float]], Any] | None = None,
     amp: bool | str = False,
     warmup_epochs: float = 0.0,
-    loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    step: Step | None = None,
     validate: bool = True,
     checkpoint: Checkpointing | None = None,
 ) -> list[dict[str, float]]:
-    """Train ``model`` on ``data.train`` for ``epochs`` (a float: 2.5 = two epochs and half of one,
-    see :func:`steps_for`) with SGD + Nesterov and a per-step cosine schedule, validating on
-    ``data.val`` after each (partial) epoch unless ``validate`` is False. The test split is never touched.
+    """Train ``model`` on the task's ``train`` split for ``epochs`` (a float: 2.5 = two epochs and half
+    of one, see :func:`steps_for`) with SGD + Nesterov and a per-step cosine schedule, validating on
+    ``val`` after each (partial) epoch unless ``validate`` is False. The test split is never touched.
 
-    Each epoch draws its batch order from :func:`epoch_seed`. ``loss_fn(logits, x, y)`` replaces the
-    cross-entropy (distillation). ``on_epoch_end(epoch_index, row)`` is called after each epoch (and
-    its checkpoint) with the history row: ``epoch`` (epochs done, a float), ``train_loss``,
-    ``train_accuracy``, ``val_loss``, ``val_accuracy``, ``lr``, ``train_seconds``, ``val_seconds``,
-    ``batches``.
+    ``data`` is a :class:`~nas_prune.task.Task` (its training step and score) or a built-in dataset's
+    :class:`~nas_prune.data.DataSplits` (classification; ``label_smoothing`` applies to it only).
+    Each epoch draws its batch order from :func:`epoch_seed`. ``step(model, batch)`` replaces the
+    task's training step (distillation). ``on_epoch_end(epoch_index, row)`` is called after each epoch
+    (and its checkpoint) with the history row: ``epoch`` (epochs done, a float), ``train_loss``,
+    ``train_<metric>`` for each metric of the step (classification: ``train_accuracy``), ``val_<key>``
+    for each of the task's validation metrics (classification: ``val_loss``, ``val_accuracy``; others
+    ``val_score``), ``lr``, ``train_seconds``, ``val_seconds``, ``batches``.
 
     Returns:
         The history: one such dict per (partial) epoch, including those done before a resume.
@@ -356,11 +371,12 @@ def fit(
     seed_everything(seed)
     device = torch.device(device)
     model.to(device)
-    drop_last = len(data.train) > batch_size  # a ragged batch of one would break BatchNorm
+    task = as_task(data, label_smoothing)
+    drop_last = task.size("train") > batch_size  # a ragged batch of one would break BatchNorm
 
     def train_loader(epoch: int):
         seed_ = epoch_seed(seed, epoch)
-        return data.loader("train", batch_size, train=True, seed=seed_, device=device, drop_last=drop_last)
+        return task.loader("train", batch_size, train=True, seed=seed_, device=device, drop_last=drop_last)
 
     steps_per_epoch = len(train_loader(0))
     rounds = steps_for(epochs, steps_per_epoch)
@@ -368,25 +384,25 @@ def fit(
     scheduler = make_scheduler(optimizer, sum(rounds), round(warmup_epochs * steps_per_epoch))
     scaler = torch.amp.GradScaler("cuda") if _amp_dtype(amp, device) == torch.float16 else None
     start, history = _resume(checkpoint, model, optimizer, scheduler)
-    val_loader = data.loader("val", max(batch_size, 512), train=False, device=device) if validate else None
+    val_loader = task.loader("val", max(batch_size, 512), train=False, device=device) if validate else None
     done = sum(rounds[:start])
     for epoch in range(start, len(rounds)):
         lr_now = optimizer.param_groups[0]["lr"]
         tick = time.perf_counter()
         stats = train_one_epoch(
             model, train_loader(epoch), optimizer, scheduler=scheduler, device=device,
-            label_smoothing=label_smoothing, amp=amp, max_batches=rounds[epoch],
-            progress=f"epoch {epoch + 1}/{len(rounds)}" if progress else False, scaler=scaler, loss_fn=loss_fn,
+            amp=amp, max_batches=rounds[epoch], progress=f"epoch {epoch + 1}/{len(rounds)}" if progress else False,
+            scaler=scaler, step=step or task.training_step,
         )  # fmt: skip
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         done += stats["batches"]
-        row = {"epoch": round(done / steps_per_epoch, 6), "train_loss": stats["loss"],
-               "train_accuracy": stats["accuracy"]}  # fmt: skip
+        row = {"epoch": round(done / steps_per_epoch, 6), "train_loss": stats["loss"]}
+        row.update({f"train_{k}": v for k, v in stats.items() if k not in ("loss", "batches", "samples")})
         row["train_seconds"], tick = time.perf_counter() - tick, time.perf_counter()
         if val_loader is not None:
-            val = evaluate(model, val_loader, device=device)
-            row.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
+            val = evaluate(model, val_loader, device=device, task=task)
+            row.update({f"val_{k}": v for k, v in val.items() if k != "samples"})
             row["val_seconds"] = time.perf_counter() - tick
         row.update(lr=lr_now, batches=stats["batches"])
         history.append(row)
@@ -413,14 +429,26 @@ def epoch_reporter(
     def report(epoch: int, row: dict[str, Any]) -> None:
         if say is not None:
             say(
-                f"epoch {row['epoch']:g}/{total_epochs:g}: train loss {row['train_loss']:.4f} "
-                f"acc {row['train_accuracy']:.4f} | val acc {row['val_accuracy']:.4f} | "
-                f"{row['train_seconds']:.1f} s"
+                f"epoch {row['epoch']:g}/{total_epochs:g}: {describe_row(row)} | {row['train_seconds']:.1f} s"
             )
         if then is not None:
             then(epoch, row)
 
     return report
+
+
+def describe_row(row: dict[str, Any]) -> str:
+    """``train loss 0.41 acc 0.86 | val loss 0.39 acc 0.87``: a history row's losses and metrics."""
+    short = {"accuracy": "acc"}
+    parts = []
+    for split in ("train", "val"):
+        keys = [k for k in row if k.startswith(f"{split}_") and k != f"{split}_seconds"]
+        if keys:
+            values = " ".join(
+                f"{short.get(k[len(split) + 1 :], k[len(split) + 1 :])} {row[k]:.4f}" for k in keys
+            )
+            parts.append(f"{split} {values}")
+    return " | ".join(parts)
 
 
 def _resume(
@@ -488,43 +516,41 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def _train_dense(cfg: TrainConfig, device: torch.device, output: Path) -> None:
-    from nas_prune.models import build_from_spec, model_spec
+    from nas_prune.models import build_from_spec
 
-    data = load_dataset(cfg.dataset, cfg.data_dir, val_fraction=cfg.val_fraction, subset=cfg.subset)
-    spec = model_spec(cfg.model, data.in_channels, data.num_classes, data.input_shape)
+    task = resolve_task(cfg.task, cfg.dataset, cfg.data_dir, subset=cfg.subset, val_fraction=cfg.val_fraction)
+    task = with_label_smoothing(task, cfg.label_smoothing)
+    spec = model_spec_for(cfg.model, task)
     seed_everything(cfg.seed)  # the initial weights depend on the seed too
     model = build_from_spec(spec)
+    check_task(task, model, device)
     params = sum(p.numel() for p in model.parameters())
-    print(
-        f"{cfg.model} ({params / 1e6:.2f} M params) on {data.name} from {data.source}: "
-        f"{len(data.train)} train / {len(data.val)} val / {len(data.test)} test images, device {device}"
-    )
-
-    def report(epoch: int, m: dict[str, float]) -> None:
-        print(
-            f"epoch {m['epoch']:g}: train loss {m['train_loss']:.4f} acc {m['train_accuracy']:.4f} | "
-            f"val loss {m['val_loss']:.4f} acc {m['val_accuracy']:.4f} | {m['train_seconds']:.1f} s",
-            flush=True,
-        )
-
+    print(f"{cfg.model} ({params / 1e6:.2f} M params), {describe_task(task)}, device {device}")
+    key = task.score_key
     history = fit(
-        model, data, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
-        label_smoothing=cfg.label_smoothing, device=device, seed=cfg.seed, progress=cfg.progress,
-        on_epoch_end=report, amp=False if cfg.amp == "off" else cfg.amp,
+        model, task, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
+        device=device, seed=cfg.seed, progress=cfg.progress, amp=False if cfg.amp == "off" else cfg.amp,
+        on_epoch_end=lambda epoch, row: print(f"epoch {row['epoch']:g}: {describe_row(row)} | "
+                                              f"{row['train_seconds']:.1f} s", flush=True),
     )  # fmt: skip
     # Seconds per full epoch of training (validation excluded), also for fractional runs.
     seconds_per_epoch = sum(h["train_seconds"] for h in history) / history[-1]["epoch"]
-    test = evaluate(model, data.loader("test", cfg.batch_size, train=False, device=device), device=device)
+    test = None
+    if task.size("test"):
+        loader = task.loader("test", cfg.batch_size, train=False, device=device)
+        test = evaluate(model, loader, device=device, task=task)[key]
     path = save_checkpoint(
-        output, model, spec, dataset=data.name, epochs=float(cfg.epochs),
-        val_accuracy=history[-1]["val_accuracy"], test_accuracy=test["accuracy"],
+        output, model, spec, dataset=cfg.task or cfg.dataset, epochs=float(cfg.epochs), score_name=task.score_name,
+        **{f"val_{key}": history[-1][f"val_{key}"], f"test_{key}": test},
         seconds_per_epoch=seconds_per_epoch, seed=cfg.seed, split_seed=0, val_fraction=cfg.val_fraction,
         subset=cfg.subset, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
         label_smoothing=cfg.label_smoothing, device=str(device), history=history,
         torch_version=str(torch.__version__),
     )  # fmt: skip
+    name = task.score_name
+    shown = "none (no test split)" if test is None else f"{test:.4f}"
     print(
-        f"test accuracy {test['accuracy']:.4f} | val accuracy {history[-1]['val_accuracy']:.4f} | "
+        f"test {name} {shown} | val {name} {history[-1][f'val_{key}']:.4f} | "
         f"{seconds_per_epoch:.1f} s/epoch | saved {path}"
     )
 

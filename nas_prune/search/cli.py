@@ -4,14 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
-
 from ..cli import ArgumentParser, config_flags, given_flags
 from ..config import SearchConfig
-from ..data import load_dataset
-from ..models import create_model
 from ..seeds import SeedContext, make_seeds
-from .inputs import build_space, load_dense_weights, make_budget, require_reachable, validate
+from ..task import resolve_task
+from .inputs import (
+    build_space,
+    data_label,
+    fresh_model,
+    load_dense_weights,
+    make_budget,
+    require_reachable,
+    validate,
+)
 from .run import search
 
 __all__ = ["main", "parser"]
@@ -22,7 +27,9 @@ def parser() -> ArgumentParser:
     p = ArgumentParser(
         prog="python -m nas_prune.search",
         description="Search per-layer channel widths of a CNN under FLOP/parameter/latency budgets and "
-        "write the Pareto front (accuracy vs FLOPs vs latency) to a run directory.",
+        "write the Pareto front (the task's score vs FLOPs vs latency) to a run directory. The task is "
+        "classification on --dataset, or your own with --task pkg.module:factory (data, training step, "
+        "named score: a detector's mAP, a segmenter's mIoU).",
         epilog="Example: python -m nas_prune.search --budget-flops 0.3   (Fashion-MNIST, convnet, ~10 min on "
         "2 CPU cores). Scale up with --trials, --epochs-per-trial, --workers, --device cuda, --ray-address.",
     )
@@ -36,15 +43,15 @@ def parser() -> ArgumentParser:
 def _dry_run(cfg: SearchConfig) -> None:
     cfg = validate(cfg)
     budget = make_budget(cfg)
-    data = load_dataset(cfg.dataset, cfg.data_dir, subset=cfg.subset)
-    example = torch.zeros(2, *data.input_shape)
-    model = create_model(cfg.model, in_channels=data.in_channels, num_classes=data.num_classes)
+    task = resolve_task(cfg.task, cfg.dataset, cfg.data_dir, cfg.subset)
+    example = task.example()
+    model = fresh_model(cfg, task)
     if cfg.checkpoint:
         load_dense_weights(model, cfg.checkpoint, cfg.model)
     groups, space, cost = build_space(cfg, model, example)
     require_reachable(budget, space, cost)
     print(
-        f"{cfg.model} on {cfg.dataset}: {cost.dense[0] / 1e6:.2f} MMACs ({2 * cost.dense[0] / 1e6:.2f} MFLOPs), "
+        f"{cfg.model} on {data_label(cfg, task.name)}: {cost.dense[0] / 1e6:.2f} MMACs ({2 * cost.dense[0] / 1e6:.2f} MFLOPs), "
         f"{cost.dense[1] / 1e6:.3f} M params; budget {budget.label()}"
     )
     for g in groups:

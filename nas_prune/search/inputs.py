@@ -8,28 +8,33 @@ in the space meets, an ``--output`` that is a file or cannot be created, a ``--r
 
 from __future__ import annotations
 
+import copy
 import re
 from datetime import datetime
 from pathlib import Path
 
 import torch
+from torch import nn
 
-from ..checkpoint import load_checkpoint, load_weights, save_checkpoint
+from ..checkpoint import load_state_dict_into, save_checkpoint
 from ..cli import ensure_output_dir
 from ..config import SearchConfig, load_config
 from ..cost import CostModel
-from ..data import DataSplits, check_dataset_name
+from ..data import check_dataset_name
 from ..errors import NasPruneError
-from ..models import create_model, default_model, model_names, model_spec
+from ..models import create_model, default_model, model_names
 from ..seeds import SEEDS
 from ..space import Budget, WidthSpace
+from ..task import Task, model_spec_for
 from ..train import fit, resolve_device, seed_everything
 
 __all__ = [
     "SAMPLERS",
     "build_space",
+    "data_label",
     "default_output",
     "dense_model",
+    "fresh_model",
     "load_dense_weights",
     "make_budget",
     "parse_latency_budget",
@@ -89,12 +94,21 @@ def _check_ladder(cfg: SearchConfig) -> None:
         raise NasPruneError(f"--time-budget must be positive seconds, got {cfg.time_budget}")
 
 
-def validate(cfg: SearchConfig) -> SearchConfig:
-    """Check every setting before heavy work; fill the default model. Raises NasPruneError."""
+def validate(cfg: SearchConfig, model_object: bool = False, task_object: bool = False) -> SearchConfig:
+    """Check every setting before heavy work; fill the default model. Raises NasPruneError.
+
+    ``model_object``/``task_object``: the model or the task came as Python objects (``cfg.model`` is then
+    the model's class name, and ``cfg.task`` stays None)."""
     make_budget(cfg)
     dataset = check_dataset_name(cfg.dataset)
+    if cfg.task is not None and ":" not in cfg.task:
+        raise NasPruneError(f"--task {cfg.task!r} is not of the form pkg.module:factory")
+    if not cfg.model and (cfg.task or task_object):
+        raise NasPruneError(
+            "a task needs its model: give --model (a zoo name or pkg.module:factory) or model="
+        )
     model = cfg.model or default_model(dataset)
-    if ":" not in model and model not in model_names():
+    if not model_object and ":" not in model and model not in model_names():
         raise NasPruneError(
             f"unknown model {model!r}; choose {', '.join(model_names())} or pkg.module:factory"
         )
@@ -159,10 +173,22 @@ def require_reachable(budget: Budget, space: WidthSpace, cost: CostModel) -> Non
         )
 
 
-def default_output(cfg: SearchConfig, budget: Budget) -> Path:
+def data_label(cfg: SearchConfig, task_name: str | None = None) -> str:
+    """What the run's data is called in its directory name and titles: the task factory's name, a task
+    object's ``name``, or the dataset (``folder:PATH`` as ``folder-<basename>``)."""
+    if cfg.task:
+        return cfg.task.rpartition(":")[2]
+    if task_name:
+        return task_name
+    if cfg.dataset.startswith("folder:"):
+        return "folder-" + Path(cfg.dataset.partition(":")[2]).name
+    return cfg.dataset
+
+
+def default_output(cfg: SearchConfig, budget: Budget, task_name: str | None = None) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    model = cfg.model.replace(":", "-").replace(".", "-")
-    return Path("results") / f"{model}-{cfg.dataset}-{budget.label()}-{stamp}"
+    label = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{cfg.model}-{data_label(cfg, task_name)}").replace(".", "-")
+    return Path("results") / f"{label}-{budget.label()}-{stamp}"
 
 
 def prepare_run_dir(run_dir: Path, resume: bool) -> None:
@@ -173,15 +199,34 @@ def prepare_run_dir(run_dir: Path, resume: bool) -> None:
 
 
 def load_dense_weights(model, path, name: str) -> None:
-    """Load a nas_prune checkpoint's weights into ``model``; a mismatch is one clear error."""
-    load_weights(model, load_checkpoint(path)["state_dict"], f"checkpoint {path} (model {name!r})")
+    """Load a nas_prune checkpoint's or a plain ``state_dict`` file's weights into ``model``; a
+    mismatch is one clear error."""
+    try:
+        load_state_dict_into(model, path)
+    except NasPruneError as err:
+        raise NasPruneError(f"{err} (model {name!r})") from None
 
 
-def dense_model(cfg: SearchConfig, data: DataSplits, run_dir: Path, device: torch.device):
-    """The dense model and its spec: ``run_dir/dense.pt`` if present, else ``--checkpoint``, else trained
-    for ``--pretrain-epochs`` (and cached as ``dense.pt``)."""
-    spec = model_spec(cfg.model, data.in_channels, data.num_classes, data.input_shape)
-    model = create_model(cfg.model, in_channels=data.in_channels, num_classes=data.num_classes)
+def fresh_model(cfg: SearchConfig, task: Task, model_object: nn.Module | None = None) -> nn.Module:
+    """A new instance of the model to search: a copy of the object given, or the zoo model or factory
+    built with the task's ``model_kwargs``."""
+    if model_object is not None:
+        return copy.deepcopy(model_object)
+    return create_model(cfg.model, **dict(task.model_kwargs))
+
+
+def dense_model(
+    cfg: SearchConfig, task: Task, run_dir: Path, device: torch.device, model_object: nn.Module | None = None
+):
+    """The dense model and its spec: ``run_dir/dense.pt`` if present, else ``--checkpoint``, else the
+    object's own weights, else trained for ``--pretrain-epochs`` (and cached as ``dense.pt``).
+
+    A model given as an object has the spec ``{"model": <class name>, "given": "object", ...}``: it is
+    rebuilt from the object (which must be passed again), not from a name."""
+    spec = model_spec_for(cfg.model, task)
+    if model_object is not None:
+        spec["given"] = "object"
+    model = fresh_model(cfg, task, model_object)
     cached = run_dir / "dense.pt"
     source = cached if cached.is_file() else (Path(cfg.checkpoint) if cfg.checkpoint else None)
     if source is not None:
@@ -189,11 +234,15 @@ def dense_model(cfg: SearchConfig, data: DataSplits, run_dir: Path, device: torc
         if source != cached:
             save_checkpoint(cached, model, spec, copied_from=str(source))
         return model, spec
+    if model_object is not None:  # a trained model given as an object: its own weights are the dense ones
+        save_checkpoint(cached, model, spec, copied_from="the model object")
+        return model, spec
     print(f"Training the dense {cfg.model} for {cfg.pretrain_epochs:g} epochs (cached as {cached}) ...")
     seed_everything(cfg.seed)
-    model = create_model(cfg.model, in_channels=data.in_channels, num_classes=data.num_classes)
-    history = fit(model, data, epochs=cfg.pretrain_epochs, device=device, seed=cfg.seed)
+    model = fresh_model(cfg, task)
+    history = fit(model, task, epochs=cfg.pretrain_epochs, device=device, seed=cfg.seed)
     save_checkpoint(
-        cached, model.cpu(), spec, epochs=cfg.pretrain_epochs, val_accuracy=history[-1]["val_accuracy"]
-    )
+        cached, model.cpu(), spec, epochs=cfg.pretrain_epochs, score_name=task.score_name,
+        **{f"val_{task.score_key}": history[-1][f"val_{task.score_key}"]},
+    )  # fmt: skip
     return model, spec

@@ -143,9 +143,14 @@ class Journal:
         )
         return row
 
-    def write_trials(self, run_dir: Path, cost: CostModel, top_rung: int) -> pd.DataFrame:
-        """Rewrite ``run_dir/trials.csv`` from the journal (atomically) and return it typed."""
+    def write_trials(
+        self, run_dir: Path, cost: CostModel, top_rung: int, score_key: str = "accuracy"
+    ) -> pd.DataFrame:
+        """Rewrite ``run_dir/trials.csv`` from the journal (atomically) and return it typed; its score
+        column is ``val_<score_key>``."""
         path = run_dir / "trials.csv"
         previous = read_trials(path) if path.exists() else None
-        write_trials(path, self.table(cost, top_rung, previous))
+        table = self.table(cost, top_rung, previous)
+        table.attrs["score_key"] = score_key
+        write_trials(path, table)
         return read_trials(path)

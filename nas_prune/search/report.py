@@ -9,7 +9,7 @@ import pandas as pd
 
 from ..atomic import atomic_write_text
 from ..pareto import best_arch, write_best_arch, write_pareto
-from ..results import PROPOSAL_SOURCES
+from ..results import PROPOSAL_SOURCES, public_trials
 from .driver import LadderStats
 from .journal import Journal
 from .ladder import Ladder, correlations, fidelity_warning
@@ -50,20 +50,32 @@ def fidelity_report(journal: Journal, ladder: Ladder, stats: LadderStats | None,
 
 
 def write_outputs(
-    run_dir: Path, trials: pd.DataFrame, fidelity: dict, cfg, budget, dense: dict, space, guard
+    run_dir: Path,
+    trials: pd.DataFrame,
+    fidelity: dict,
+    cfg,
+    budget,
+    dense: dict,
+    space,
+    guard,
+    score_name: str = "accuracy",
+    data_label: str | None = None,
 ) -> pd.DataFrame:
-    """fidelity.json, pareto.csv, best_arch.json and the plots; returns the front."""
+    """fidelity.json, pareto.csv, best_arch.json and the plots (scores named ``score_name``, data
+    called ``data_label``, default the dataset); returns the front."""
     from ..plots import plot_gates, plot_pareto, plot_progress, plot_widths
 
     atomic_write_text(run_dir / "fidelity.json", json.dumps(fidelity, indent=2) + "\n")
     objectives = ("val_accuracy", "flops", "latency_ms") if guard else ("val_accuracy", "flops")
     front = write_pareto(run_dir, objectives)
-    write_best_arch(run_dir, model=cfg.model, dataset=cfg.dataset, dense=dense)
-    title = f"{cfg.model} on {cfg.dataset}, {budget.label()}"
+    data_label = data_label or cfg.dataset
+    write_best_arch(run_dir, model=cfg.model, dataset=data_label, dense=dense, score_name=score_name)
+    title = f"{cfg.model} on {data_label}, {budget.label()}"
     plot_pareto(
-        trials, front, run_dir / "pareto.png", dense=dense, budget_flops_ratio=budget.flops, title=title
-    )
-    plot_progress(trials, run_dir / "progress.png", budget_note=budget.label())
+        trials, front, run_dir / "pareto.png", dense=dense, budget_flops_ratio=budget.flops, title=title,
+        score_name=score_name,
+    )  # fmt: skip
+    plot_progress(trials, run_dir / "progress.png", budget_note=budget.label(), score_name=score_name)
     if (run_dir / "gates.csv").is_file():
         plot_gates(pd.read_csv(run_dir / "gates.csv"), run_dir / "gates.png", title=f"gate supernet: {title}")
     best = best_arch(trials)
@@ -113,10 +125,12 @@ def print_summary(
     if fidelity["warning"]:
         print(f"  warning: {fidelity['warning']}")
     if len(front):
+        shown = public_trials(front)  # the score column as the file names it (val_score for a task's score)
+        score = f"val_{front.attrs.get('score_key', 'accuracy')}"
         cols = [
             "trial_id",
             "source",
-            "val_accuracy",
+            score,
             "rung0_accuracy",
             "flops_ratio",
             "params_ratio",
@@ -124,7 +138,7 @@ def print_summary(
             "epochs",
         ]
         print("\nPareto front at the top rung (pareto.csv):")
-        print(front[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+        print(shown[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
         print(f"\nNext: python -m nas_prune.retrain {run_dir}   (trains best_arch.json from scratch)")
     else:
         print("\nNo complete feasible candidate at the top rung yet: more --trials or a looser budget.")

@@ -13,19 +13,21 @@ from typing import Any
 import pandas as pd
 import torch
 
-from ..config import SearchConfig, write_config
+from ..config import SearchConfig, read_config_extras, write_config
 from ..cost import CostModel
-from ..data import load_dataset
-from ..models import create_model
+from ..errors import NasPruneError
 from ..objective import CandidateEvaluator, TrialSettings
-from ..results import read_trials
+from ..results import public_trials, read_trials
 from ..space import Budget, WidthSpace
+from ..task import Task, check_task, resolve_task, task_given
 from ..train import evaluate, resolve_device
 from .driver import Driver
 from .inputs import (
     build_space,
+    data_label,
     default_output,
     dense_model,
+    fresh_model,
     make_budget,
     prepare_run_dir,
     require_reachable,
@@ -44,16 +46,61 @@ from .workers import WorkerPool, start_ray
 __all__ = ["search"]
 
 
-def _settings(config, resume, changes) -> tuple[SearchConfig, Path]:
+def _settings(config, resume, changes, objects: _Objects) -> tuple[SearchConfig, Path]:
+    model_object, task_object = objects.model is not None, objects.task is not None
     if resume is not None:
         run_dir = Path(resume)
-        cfg = validate(resume_config(run_dir, changes))
+        cfg = resume_config(run_dir, changes)
+        objects.check_resume(run_dir)
+        if model_object:
+            cfg = cfg.replace(model=type(objects.model).__name__)
+        cfg = validate(cfg, model_object, task_object)
     else:
-        cfg = validate((config or SearchConfig()).replace(**changes))
-        run_dir = Path(cfg.output) if cfg.output else default_output(cfg, make_budget(cfg))
+        cfg = (config or SearchConfig()).replace(**changes)
+        if model_object:
+            cfg = cfg.replace(model=type(objects.model).__name__)
+        cfg = validate(cfg, model_object, task_object)
+        task_name = objects.task.name if task_object else None
+        run_dir = Path(cfg.output) if cfg.output else default_output(cfg, make_budget(cfg), task_name)
         cfg = cfg.replace(output=str(run_dir))
     prepare_run_dir(run_dir, resume is not None)
     return cfg, run_dir
+
+
+@dataclass
+class _Objects:
+    """A model and a task given as Python objects (None: from names in the settings)."""
+
+    model: torch.nn.Module | None = None
+    task: Task | None = None
+
+    @classmethod
+    def split(cls, settings: dict) -> _Objects:
+        """Take ``model`` (an ``nn.Module``) and ``task`` (a :class:`Task`) out of ``settings``; names
+        and paths stay there as settings."""
+        objects = cls()
+        if isinstance(settings.get("model"), torch.nn.Module):
+            objects.model = settings.pop("model")
+        if isinstance(settings.get("task"), Task):
+            objects.task = settings.pop("task")
+        return objects
+
+    def given(self, cfg: SearchConfig) -> dict[str, str]:
+        """How the model and the task were given, as config.yaml records it for ``--resume``."""
+        return {
+            "model": "object" if self.model is not None else "name",
+            "task": task_given(self.task if self.task is not None else cfg.task),
+        }
+
+    def check_resume(self, run_dir: Path) -> None:
+        """A run whose model or task was an object resumes only with that object passed again."""
+        doc = read_config_extras(run_dir / "config.yaml")
+        for what in ("model", "task"):
+            if (doc.get("given") or {}).get(what) == "object" and getattr(self, what) is None:
+                raise NasPruneError(
+                    f"{run_dir} was searched with its {what} given as a Python object; resume it from Python "
+                    f"with nas_prune.search(resume=..., model=<the model>, task=<the task>)"
+                )
 
 
 def _levels(cfg, projector: Projector, quiet: bool) -> tuple[float, ...]:
@@ -121,6 +168,7 @@ def search(
         config: a :class:`SearchConfig`; or give its fields as keyword arguments.
         resume: a run directory to continue; its config.yaml is used, with ``trials``, ``workers``,
             ``time_budget``, ``device`` and ``ray_address`` taken from the keyword arguments when given.
+            A run whose model or task was given as an object needs the same objects passed again.
         evaluator: ``evaluator(settings) -> score(widths, epochs, seed) -> {"val_accuracy", "epochs"}``,
             built once per Ray worker (default :class:`~nas_prune.objective.CandidateEvaluator`; tests
             inject fakes).
@@ -128,12 +176,16 @@ def search(
         latency_fn: ``(model, example_inputs, device, batch) -> ms`` instead of timing (tests inject one,
             so tests of latency logic never depend on timing noise).
         quiet: no progress bar or tables.
+        **settings: :class:`SearchConfig` fields, and also ``model=<trained nn.Module>`` (its own weights
+            are the dense model) and ``task=<nas_prune.Task>`` (or ``task="pkg.module:factory"``).
 
     Returns:
-        trials.csv as a DataFrame (the run directory is ``df.attrs["run_dir"]``).
+        trials.csv as a DataFrame (the run directory is ``df.attrs["run_dir"]``); its score column is
+        ``val_accuracy`` for classification and ``val_score`` for any other task's score.
     """
-    cfg, run_dir = _settings(config, resume, settings)
-    setup = _prepare(cfg, run_dir, resume is not None, latency_fn, quiet)
+    objects = _Objects.split(settings)
+    cfg, run_dir = _settings(config, resume, settings, objects)
+    setup = _prepare(cfg, run_dir, resume is not None, latency_fn, quiet, objects)
     journal = Journal.open(run_dir / "evaluations.jsonl")
     ladder = Ladder.build(cfg.epochs_per_trial, cfg.rungs, cfg.reduction_factor)
     stats, interrupted = None, False
@@ -144,7 +196,7 @@ def search(
         print(
             f"\ninterrupted: finished evaluations are kept; continue with --resume {run_dir}", file=sys.stderr
         )
-    trials = journal.write_trials(run_dir, setup.cost, ladder.top)
+    trials = journal.write_trials(run_dir, setup.cost, ladder.top, setup.task.score_key)
     trials = measure_latencies(
         run_dir,
         trials,
@@ -158,24 +210,28 @@ def search(
     )
     fidelity = fidelity_report(journal, ladder, stats, cfg.workers)
     fidelity["budget_band_share"] = _band_share(journal, setup.projector, cfg.budget_band)
-    front = write_outputs(run_dir, trials, fidelity, cfg, setup.budget, setup.dense, setup.space, setup.guard)
+    front = write_outputs(
+        run_dir, trials, fidelity, cfg, setup.budget, setup.dense, setup.space, setup.guard,
+        setup.task.score_name, data_label(cfg, setup.task.name),
+    )  # fmt: skip
     if not quiet:
         print_summary(run_dir, trials, front, fidelity, cfg, fidelity["budget_band_share"])
     if interrupted:
         raise KeyboardInterrupt
-    trials = read_trials(run_dir / "trials.csv")
+    trials = public_trials(read_trials(run_dir / "trials.csv"))
     trials.attrs["run_dir"] = str(run_dir)
     return trials
 
 
 @dataclass
 class _Setup:
-    """Everything a run prepares before the ladder: budget, space, costs, dense model, seeds."""
+    """Everything a run prepares before the ladder: task, budget, space, costs, dense model, seeds."""
 
+    task: Task
     budget: Budget
     space: WidthSpace
     cost: CostModel
-    example: torch.Tensor
+    example: Any
     guard: LatencyGuard | None
     latency_device: torch.device
     model: torch.nn.Module
@@ -186,27 +242,35 @@ class _Setup:
     levels: tuple[float, ...]
 
 
-def _prepare(cfg: SearchConfig, run_dir: Path, resume: bool, latency_fn, quiet: bool) -> _Setup:
-    """Data, space and cost (a budget below the smallest architecture fails before any training), the
-    latency guard, the dense model, config.yaml, the seeds and the projection."""
+def _prepare(
+    cfg: SearchConfig, run_dir: Path, resume: bool, latency_fn, quiet: bool, objects: _Objects
+) -> _Setup:
+    """Task, space and cost (a budget below the smallest architecture fails before any training; so do a
+    task and model that cannot work together), the latency guard, the dense model, config.yaml, the
+    seeds and the projection."""
     budget = make_budget(cfg)
     device = resolve_device(cfg.device)
-    data = load_dataset(cfg.dataset, cfg.data_dir, seed=0, subset=cfg.subset)
-    example = torch.zeros(2, *data.input_shape)
-    skeleton = create_model(cfg.model, in_channels=data.in_channels, num_classes=data.num_classes)
+    task = resolve_task(objects.task or cfg.task, cfg.dataset, cfg.data_dir, cfg.subset)
+    example = task.example()
+    skeleton = fresh_model(cfg, task, objects.model)
+    check_task(task, skeleton, device)
     _, space, cost = build_space(cfg, skeleton, example)
     require_reachable(budget, space, cost)
     latency_device = torch.device("cpu") if device.type == "cpu" else device
     guard = latency_guard(
         cfg, budget, skeleton, example, space, run_dir, latency_device, latency_fn, resume, quiet
     )
-    model, spec = dense_model(cfg, data, run_dir, device)
-    dense_val = evaluate(model.to(device), data.loader("val", 512, train=False), device=device)["accuracy"]
+    model, spec = dense_model(cfg, task, run_dir, device, objects.model)
+    val_loader = task.loader("val", 512, train=False, device=device)
+    dense_val = evaluate(model.to(device), val_loader, device=device, task=task)[task.score_key]
     model = model.cpu().eval()
     dense = {"macs": cost.dense[0], "params": cost.dense[1], "val_accuracy": dense_val}
     info = {"groups": len(space.choices), "size": space.size, "fixed": space.fixed}
-    write_config(run_dir / "config.yaml", cfg, dense=dict(dense), space=info)
-    seeds = load_or_make_seeds(cfg, model, example, space, cost, budget, data, device, run_dir, guard, quiet)
+    write_config(
+        run_dir / "config.yaml", cfg, dense=dict(dense), space=info, score_name=task.score_name,
+        given=objects.given(cfg),
+    )  # fmt: skip
+    seeds = load_or_make_seeds(cfg, model, example, space, cost, budget, task, device, run_dir, guard, quiet)
     latency = None if guard is None else (lambda w: guard.violation(w)[0], guard.aim_ms())
     projector = Projector(space, cost, budget, latency, latency_binding=guard is not None and guard.trusted)
     levels = _levels(cfg, projector, quiet)
@@ -221,12 +285,26 @@ def _prepare(cfg: SearchConfig, run_dir: Path, resume: bool, latency_fn, quiet: 
         importance=cfg.importance,
         device="cuda" if cfg.gpus_per_trial > 0 else "cpu",  # Ray hides GPUs from GPU-less workers
         seed=cfg.seed,
+        task=objects.task or cfg.task,
+        model=objects.model,
     )
     if not quiet:
         print(
             f"Run directory: {run_dir}  ({len(space.choices)} searched groups, {space.size:.3g} architectures; "
-            f"dense: {dense['macs'] / 1e6:.1f} MMACs, val accuracy {dense_val:.4f}); cost levels {list(levels)}"
+            f"dense: {dense['macs'] / 1e6:.1f} MMACs, val {task.score_name} {dense_val:.4f}); cost levels {list(levels)}"
         )
     return _Setup(
-        budget, space, cost, example, guard, latency_device, model, dense, settings, seeds, projector, levels
+        task,
+        budget,
+        space,
+        cost,
+        example,
+        guard,
+        latency_device,
+        model,
+        dense,
+        settings,
+        seeds,
+        projector,
+        levels,
     )

@@ -13,33 +13,31 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..atomic import atomic_write_text
-from ..data import DataSplits, TensorSplit, make_loader
 from ..objective import adapt_batchnorm
 from ..seeds import GATES, SeedContext, make_seeds
 from ..space import Budget
+from ..task import Task
 from ..train import evaluate
 
 __all__ = ["load_or_make_seeds"]
 
 
-def _sensitivity_evaluator(data: DataSplits, cfg, device) -> Callable:
-    """Accuracy of a (pruned) model on a fixed validation subset after adaptive BN."""
-    n = min(cfg.sensitivity_samples, len(data.val))
-    subset = make_loader(
-        TensorSplit(data.val.x[:n], data.val.y[:n]), 500, train=False, mean=data.mean, std=data.std
-    )
-    train = data.loader("train", cfg.batch_size, train=True, seed=cfg.seed)
+def _sensitivity_evaluator(task: Task, cfg, device) -> Callable:
+    """The task's score of a (pruned) model on a fixed validation subset after adaptive BN."""
+    n = min(cfg.sensitivity_samples, task.size("val"))
+    subset = list(task.loader("val", 500, train=False, device=device, limit=n))
+    train = task.loader("train", cfg.batch_size, train=True, seed=cfg.seed, device=device)
 
     def score(model):
         model = model.to(device)
-        adapt_batchnorm(model, train, 10, device)
-        return evaluate(model, subset, device=device)["accuracy"]
+        adapt_batchnorm(model, train, 10, device, task.inputs)
+        return evaluate(model, subset, device=device, task=task)[task.score_key]
 
     return score
 
 
 def gate_seeds(
-    cfg, model, example, space, cost, budget, data, device, run_dir: Path, guard, uniform, quiet
+    cfg, model, example, space, cost, budget, task: Task, device, run_dir: Path, guard, uniform, quiet
 ) -> list:
     """Train the gate supernet for ``--gate-epochs`` and return its seeds (source ``gates``).
 
@@ -65,12 +63,16 @@ def gate_seeds(
         progress=not quiet,
         target_flops=target,
     )
-    batch = min(cfg.batch_size, len(data.train), len(data.val))  # tiny splits still give full batches
-    train = data.loader("train", batch, train=True, seed=cfg.seed, drop_last=True)
-    val = data.loader("val", batch, train=True, augment=False, seed=cfg.seed + 1, drop_last=True)
+    batch = min(cfg.batch_size, task.size("train"), task.size("val"))  # tiny splits still give full batches
+    train = task.loader("train", batch, train=True, seed=cfg.seed, drop_last=True, device=device)
+    val = task.loader(
+        "val", batch, train=True, augment=False, seed=cfg.seed + 1, drop_last=True, device=device
+    )
     if not quiet:
         print(f"Training the gate supernet for {cfg.gate_epochs:g} epochs (--gate-epochs; 0 skips it) ...")
-    result = train_gates(model, example, space, cost, budget, train, val, settings)
+    result = train_gates(
+        model, example, space, cost, budget, train, val, settings, training_step=task.training_step
+    )
     result.history.to_csv(run_dir / "gates.csv", index=False)
     return result.seeds()
 
@@ -99,19 +101,21 @@ def _heuristic_seeds(cfg, model, example, space, cost, budget, evaluator, guard)
     return seeds
 
 
-def load_or_make_seeds(cfg, model, example, space, cost, budget, data, device, run_dir: Path, guard, quiet):
+def load_or_make_seeds(
+    cfg, model, example, space, cost, budget, task: Task, device, run_dir: Path, guard, quiet
+):
     """``[(source, widths)]``: from ``run_dir/seeds.json``, or made now (heuristics, then gate seeds)."""
     path = run_dir / "seeds.json"
     if path.is_file():
         return [(source, widths) for source, widths in json.loads(path.read_text())]
     if not quiet:
         print(f"Making the seeds ({', '.join(cfg.seeds) or 'none'}) ...")
-    evaluator = _sensitivity_evaluator(data, cfg, device)
+    evaluator = _sensitivity_evaluator(task, cfg, device)
     seeds = _heuristic_seeds(cfg, model, example, space, cost, budget, evaluator, guard)
     if cfg.gate_epochs > 0:
         uniform = dict(seeds).get("uniform")
         gated = gate_seeds(
-            cfg, model, example, space, cost, budget, data, device, run_dir, guard, uniform, quiet
+            cfg, model, example, space, cost, budget, task, device, run_dir, guard, uniform, quiet
         )
         if guard is not None:
             gated = [w for w in map(guard.fit, gated) if w is not None]

@@ -12,7 +12,10 @@ an actor that dies fails its jobs with an error and is replaced.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import sys
+import sysconfig
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -22,7 +25,7 @@ import ray
 from ..errors import NasPruneError
 from ..objective import CandidateEvaluator, TrialSettings
 
-__all__ = ["Job", "WorkerPool", "start_ray"]
+__all__ = ["Job", "WorkerPool", "ship_by_value", "start_ray"]
 
 
 def start_ray(address: str | None, runtime_env: dict | None = None) -> bool:
@@ -40,6 +43,46 @@ def start_ray(address: str | None, runtime_env: dict | None = None) -> bool:
     else:
         ray.init(_node_ip_address="127.0.0.1", **kwargs)
     return True
+
+
+def _user_modules(*objects) -> set[str]:
+    """Modules that define ``objects`` (their classes, functions and, for a task, its fields) and that
+    are not installed packages: a script, a notebook, a test file."""
+    found, seen = set(), set()
+    pending = list(objects)
+    while pending:
+        obj = pending.pop()
+        if obj is None or id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+            pending.extend(getattr(obj, f.name) for f in dataclasses.fields(obj))
+        holder = obj if isinstance(obj, type) or callable(obj) and hasattr(obj, "__module__") else type(obj)
+        name = getattr(holder, "__module__", None) or ""
+        path = getattr(sys.modules.get(name), "__file__", None) or ""
+        if (
+            name
+            and name != "__main__"
+            and path
+            and not _installed(path)
+            and name.split(".")[0] != "nas_prune"
+        ):
+            found.add(name)
+    return found
+
+
+def _installed(path: str) -> bool:
+    """Whether ``path`` is in the standard library or an installed package (importable on any worker)."""
+    roots = {sysconfig.get_paths()[key] for key in ("stdlib", "platstdlib", "purelib", "platlib")}
+    return any(path.startswith(root) for root in roots) or "site-packages" in path or "dist-packages" in path
+
+
+def ship_by_value(*objects) -> None:
+    """Have Ray send the code of the user's model, task and evaluator along with them when it lives in
+    a file Ray workers may not import (a script, a notebook, a test file); an installed package is
+    imported on the worker as usual."""
+    for name in _user_modules(*objects):
+        ray.cloudpickle.register_pickle_by_value(sys.modules[name])
 
 
 @dataclass(frozen=True)
@@ -95,6 +138,7 @@ class WorkerPool:
                 f"--gpus-per-trial {gpus:g}: the Ray cluster has {resources.get('GPU', 0):g} GPUs"
             )
         self.actor_class = ray.remote(num_cpus=cpus, num_gpus=gpus)(_Worker)
+        ship_by_value(settings.model, settings.task, factory)
         self.args = (ray.put(settings), factory)
         self.actors = [self.actor_class.remote(*self.args) for _ in range(n)]
         ray.get([actor.ready.remote() for actor in self.actors])  # data loaded: the ladder's clock starts

@@ -12,7 +12,7 @@ Example:
     >>> nas_prune.search(model=my_trained_model, task=task, budget_flops=0.3)
 """
 
-from .base import SPLITS, DeviceLoader, Task, TaskError, default_inputs, score_key
+from .base import SPLITS, DeviceLoader, Task, TaskError, default_inputs, loss_and_metrics, score_key
 from .classification import (
     ALPHA,
     TEMPERATURE,
@@ -25,8 +25,9 @@ from .classification import (
     as_task,
     classification_metrics,
     distillation_loss,
+    with_label_smoothing,
 )
-from .resolve import check_task, describe_task, resolve_task, task_given
+from .resolve import check_task, describe_task, model_spec_for, resolve_task, task_given
 
 __all__ = [
     "ALPHA",
@@ -47,7 +48,10 @@ __all__ = [
     "default_inputs",
     "describe_task",
     "distillation_loss",
+    "loss_and_metrics",
+    "model_spec_for",
     "resolve_task",
     "score_key",
     "task_given",
+    "with_label_smoothing",
 ]

@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader, Subset
 from ..batch import call_model, channels_last, to_device
 from ..errors import NasPruneError
 
-__all__ = ["SPLITS", "DeviceLoader", "Task", "TaskError", "default_inputs", "score_key"]
+__all__ = ["SPLITS", "DeviceLoader", "Task", "TaskError", "default_inputs", "loss_and_metrics", "score_key"]
 
 SPLITS = ("train", "val", "test")
 SPLIT_SEED = 0  # the validation carve-out and subsets are always drawn with seed 0
@@ -70,6 +70,19 @@ def _number(value: Any, what: str) -> float:
     if not math.isfinite(value):
         raise TaskError(f"the task's {what} returned {value}, not a finite number")
     return float(value)
+
+
+def loss_and_metrics(out: Any) -> tuple[torch.Tensor, dict[str, Any]]:
+    """A training step's output split into the scalar loss and its other per-batch metrics (tensors or
+    numbers); a loss that is not a scalar floating-point tensor is a TaskError."""
+    metrics: dict[str, Any] = {}
+    if isinstance(out, Mapping):
+        metrics = {k: v for k, v in out.items() if k != "loss"}
+        out = out.get("loss")
+    if not isinstance(out, torch.Tensor) or out.numel() != 1 or not out.is_floating_point():
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise TaskError(f"the task's training step returned {shape}, not a scalar loss tensor")
+    return out.reshape(()), metrics
 
 
 class DeviceLoader:
@@ -256,17 +269,9 @@ class Task:
         """``model`` run on the inputs of ``batch``."""
         return call_model(model, self.inputs(batch))
 
-    def step(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
-        """One training step's loss and its other metrics; a loss that is not a scalar tensor is a TaskError."""
-        out = self.training_step(model, batch)
-        metrics: dict[str, Any] = {}
-        if isinstance(out, Mapping):
-            metrics = {k: v for k, v in out.items() if k != "loss"}
-            out = out.get("loss")
-        if not isinstance(out, torch.Tensor) or out.numel() != 1 or not out.is_floating_point():
-            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise TaskError(f"the task's training step returned {shape}, not a scalar loss tensor")
-        return out.reshape(()), {k: float(v) for k, v in metrics.items()}
+    def step(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, Any]]:
+        """One training step's loss and its other metrics (see :func:`loss_and_metrics`)."""
+        return loss_and_metrics(self.training_step(model, batch))
 
     def evaluate(self, model: nn.Module, batches: Iterable[Any]) -> dict[str, float]:
         """``{score_key: score}`` of ``model`` (already in eval mode, under inference mode)."""

@@ -32,6 +32,7 @@ __all__ = [
     "as_task",
     "classification_metrics",
     "distillation_loss",
+    "with_label_smoothing",
 ]
 
 TEMPERATURE = 4.0  # the distillation defaults, written once
@@ -188,12 +189,21 @@ class TensorClassificationTask(ClassificationTask):
         return self.data.input_shape
 
 
+def with_label_smoothing(task: Task, label_smoothing: float) -> Task:
+    """``task`` training with label smoothing: classification only (any other task: a TaskError)."""
+    if not label_smoothing:
+        return task
+    if not isinstance(task, ClassificationTask):
+        raise TaskError(
+            f"label smoothing is a classification setting; task {task.name} scores {task.score_name}"
+        )
+    return dataclasses.replace(task, training_step=CrossEntropyStep(label_smoothing))
+
+
 def as_task(data: Task | DataSplits, label_smoothing: float = 0.0) -> Task:
     """``data`` as a task: a :class:`Task` as it is, a built-in dataset's splits as classification."""
-    if isinstance(data, Task):
-        if label_smoothing:
-            raise TaskError("label smoothing is a classification setting; give it to the task instead")
-        return data
     if isinstance(data, DataSplits):
-        return TensorClassificationTask.of(data, label_smoothing)
-    raise TaskError(f"expected a nas_prune Task or DataSplits, got a {type(data).__name__}")
+        data = TensorClassificationTask.of(data)
+    if not isinstance(data, Task):
+        raise TaskError(f"expected a nas_prune Task or DataSplits, got a {type(data).__name__}")
+    return with_label_smoothing(data, label_smoothing)

@@ -21,7 +21,7 @@ from ..factory import import_factory
 from .base import Task, TaskError, _number
 from .classification import TensorClassificationTask
 
-__all__ = ["check_task", "describe_task", "resolve_task", "task_given"]
+__all__ = ["check_task", "describe_task", "model_spec_for", "resolve_task", "task_given"]
 
 
 def task_given(task: Task | str | None) -> str:
@@ -71,6 +71,19 @@ def resolve_task(
         check_dataset_name(dataset), data_dir, val_fraction=val_fraction, seed=0, subset=subset
     )
     return TensorClassificationTask.of(data)
+
+
+def model_spec_for(name: str, task: Task) -> dict[str, Any]:
+    """The plain-data spec of zoo model or ``pkg.module:factory`` ``name`` built for ``task``: its
+    ``model_kwargs`` and the shape of one example input (see :func:`nas_prune.models.model_spec`)."""
+    from ..batch import tensors
+    from ..plain import check_plain
+
+    example = tensors(task.example())
+    shape = [int(d) for d in example[0].shape[1:]] if example else []
+    spec = {"model": str(name), "kwargs": dict(task.model_kwargs), "input_shape": shape}
+    check_plain(spec, "spec")
+    return spec
 
 
 def describe_task(task: Task) -> str:
