@@ -76,7 +76,8 @@ class SearchConfig:
     pretrain_epochs: float = option(3.0, "epochs to train the dense model", group=_MODEL)
     dataset: str = option(
         "fashion-mnist",
-        "fashion-mnist, mnist, cifar10, cifar100, synthetic or pkg.module:factory",
+        "fashion-mnist, mnist, cifar10, cifar100, synthetic, folder:PATH (class-per-folder images) "
+        "or pkg.module:factory",
         group=_MODEL,
     )
     data_dir: str | None = option(None, "folder searched first for the dataset files", group=_MODEL)
@@ -239,7 +240,9 @@ class TrainConfig:
     """Every setting of ``python -m nas_prune.train`` (dense training), one flag each."""
 
     model: str = option("convnet", "zoo model (listed above) or pkg.module:factory")
-    dataset: str = option("fashion-mnist", "dataset (listed above) or pkg.module:factory")
+    dataset: str = option(
+        "fashion-mnist", "dataset (listed above), folder:PATH (class-per-folder images) or pkg.module:factory"
+    )
     epochs: float = option(10.0, "training epochs, fractions allowed")
     output: str | None = option(None, "checkpoint to write (default: results/dense-<model>-<dataset>.pt)")
     data_dir: str | None = option(
