@@ -3,7 +3,8 @@
 Supported names (see :func:`dataset_names`): ``fashion-mnist`` (the default), ``mnist`` (idx files,
 gzipped or raw), ``cifar10`` and ``cifar100`` (the python pickle batches), ``synthetic`` (a tiny
 generated set for tests and smoke runs) and ``"pkg.module:factory"``: a callable returning
-``(train, test)``, each an ``(x, y)`` pair of tensors/arrays or a map-style ``Dataset``.
+``(train, test)``, each an ``(x, y)`` pair of tensors/arrays or a map-style ``Dataset``. A
+class-per-folder image tree, ``folder:PATH``, is not loaded into memory: ``folder`` streams it as a task.
 
 Modules, in reading order:
 
@@ -12,7 +13,9 @@ Modules, in reading order:
   ``/usr/share/datasets``) and downloading them;
 - ``readers``: idx files, CIFAR pickles, synthetic gratings and a user's factory -> tensors;
 - ``loader``: one in-memory split and the batched, augmenting :class:`TensorLoader`;
-- ``splits``: :func:`load_dataset`, which ties them together into :class:`DataSplits`.
+- ``splits``: :func:`load_dataset`, which ties them together into :class:`DataSplits`;
+- ``folder``: ``folder:PATH``, a class-per-folder image tree read with Pillow item by item, as a
+  :class:`~nas_prune.task.ClassificationTask` (imported on use: it depends on the task package).
 
 Example:
     >>> data = load_dataset("fashion-mnist", subset=2000)

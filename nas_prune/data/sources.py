@@ -1,7 +1,8 @@
 """The dataset names: where each file-based set lives, how it is read, and name canonicalisation.
 
 ``fashion-mnist``, ``mnist`` (idx files) and ``cifar10``/``cifar100`` (python pickle batches) are read
-from files; ``synthetic`` is generated; ``"pkg.module:factory"`` names a user's callable.
+from files; ``synthetic`` is generated; ``"pkg.module:factory"`` names a user's callable;
+``folder:PATH`` is a class-per-folder image tree, read as a task (:mod:`nas_prune.data.folder`).
 """
 
 from __future__ import annotations
@@ -73,6 +74,9 @@ FILE_DATASETS: dict[str, FileDataset] = {
 
 _ALIASES = {"fmnist": "fashion-mnist", "fashionmnist": "fashion-mnist"}
 
+FOLDER_PREFIX = "folder:"
+"""``folder:PATH``: a class-per-folder image tree, streamed from disk as a task, never loaded whole."""
+
 
 def dataset_names() -> list[str]:
     """Names :func:`~nas_prune.data.load_dataset` accepts besides ``"pkg.module:factory"``."""
@@ -80,17 +84,25 @@ def dataset_names() -> list[str]:
 
 
 def _choices() -> str:
-    return ", ".join(dataset_names()) + " or pkg.module:factory"
+    return ", ".join(dataset_names()) + ", folder:PATH or pkg.module:factory"
 
 
 def check_dataset_name(name: str) -> str:
     """Return the canonical dataset name (``"FashionMNIST"`` -> ``"fashion-mnist"``).
 
-    A ``"pkg.module:factory"`` is returned unchanged (it is imported only when loading).
+    A ``"pkg.module:factory"`` is returned unchanged (it is imported only when loading), and so is
+    ``"folder:PATH"`` (the tree is checked when its task is built, :func:`nas_prune.data.folder.folder_task`).
 
     Raises:
-        NasPruneError: The name is neither a known dataset nor of the form ``pkg.module:factory``.
+        NasPruneError: The name is neither a known dataset, nor ``folder:PATH`` with a path, nor of the
+            form ``pkg.module:factory``.
     """
+    if name.startswith(FOLDER_PREFIX):
+        if not name[len(FOLDER_PREFIX) :].strip():
+            raise NasPruneError(
+                f"dataset {name!r} names no folder: give folder:PATH (a class-per-folder tree)"
+            )
+        return name
     if ":" in name:
         module, _, attr = name.partition(":")
         if not module or not attr:

@@ -17,7 +17,7 @@ from nas_prune.errors import NasPruneError
 from .files import locate
 from .loader import TensorLoader, TensorSplit, default_crop_padding, make_loader
 from .readers import file_key, make_synthetic, read_cifar_cached, read_factory, read_idx_cached
-from .sources import FILE_DATASETS, check_dataset_name
+from .sources import FILE_DATASETS, FOLDER_PREFIX, check_dataset_name
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: compare by identity, not tensor by tensor
@@ -148,9 +148,15 @@ def load_dataset(
             carve-out) and at most ``subset`` test images; for tests and CPU benchmarks.
 
     Raises:
-        NasPruneError: Unknown name, missing data, unreadable files or a bad argument.
+        NasPruneError: Unknown name, missing data, unreadable files or a bad argument; ``folder:PATH``,
+            which is streamed as a task, never read into memory (use :func:`nas_prune.task.resolve_task`).
     """
     name = check_dataset_name(name)
+    if name.startswith(FOLDER_PREFIX):
+        raise NasPruneError(
+            f"dataset {name!r} is an image folder, streamed as a task, not loaded into memory: build it with "
+            f"nas_prune.task.resolve_task(dataset={name!r}) (or nas_prune.data.folder.folder_task)"
+        )
     if not 0.0 <= val_fraction < 1.0:
         raise NasPruneError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if subset is not None and subset < 1:
