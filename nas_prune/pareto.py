@@ -121,7 +121,7 @@ def write_best_arch(
         dense: the dense model's ``macs`` and ``params`` (required) and ``val_accuracy`` (its validation
             score, whatever the task's score; may be None).
         score_name: the task's score; any other than ``accuracy`` is written as ``val_score`` with
-            ``score_name`` beside it.
+            ``score_name`` beside it (a file without ``score_name`` scores accuracy, as before tasks).
 
     Returns:
         The JSON content as plain Python types, or None (and no file written) when there is no
@@ -141,7 +141,7 @@ def write_best_arch(
         "flops": None if is_missing(best["flops"]) else int(best["flops"]),
         "params": None if is_missing(best["params"]) else int(best["params"]),
         f"val_{key}": float(best["val_accuracy"]),
-        "score_name": str(score_name),
+        **({} if key == "accuracy" else {"score_name": str(score_name)}),
         "trial_id": int(best["trial_id"]),
         "dense": {
             "macs": int(dense["macs"]),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from ..data import check_dataset_name
 from ..errors import NasPruneError
 from ..models import MODELS, default_model
 from ..space import Budget
+from ..task import data_label
 from ..train import resolve_device
 from .primitives import iterative_targets
 
@@ -35,10 +37,16 @@ class BaselineConfig:
     method: str = option("", f"one of {', '.join(METHODS)}", cli=False)
     budget_flops: float | None = option(None, "fraction of the dense FLOPs, in (0, 1]", required=True)
     model: str | None = option(None, "zoo name or pkg.module:factory (default: convnet / resnet20)")
-    dataset: str = option("fashion-mnist", "dataset")
+    dataset: str = option("fashion-mnist", "dataset: a built-in name, folder:PATH or pkg.module:factory")
+    task: str | None = option(
+        None,
+        "pkg.module:factory returning a nas_prune Task (data, training step, named score) instead of --dataset",
+    )
     data_dir: str | None = option(None, "where the dataset files are")
     subset: int | None = option(None, "a fixed random subset of N training images")
-    checkpoint: str | None = option(None, "dense nas_prune checkpoint (default: train it first)")
+    checkpoint: str | None = option(
+        None, "dense weights: a nas_prune checkpoint or a plain state_dict file (default: train it first)"
+    )
     pretrain_epochs: float = option(1.0, "dense training without --checkpoint")
     epochs: float = option(1.0, "(fine-)tuning epochs, fractions allowed")
     epochs_between: float = option(0.1, "iterative-l2: epochs between steps")
@@ -65,8 +73,9 @@ class BaselineConfig:
     )
     progress: bool = option(True, "progress bars")
 
-    def validate(self) -> BaselineConfig:
+    def validate(self, model_object: bool = False) -> BaselineConfig:
         """Check everything cheap before heavy work; returns a copy with the default model filled in.
+        ``model_object``: the model came as a Python object (``model`` is its class name).
 
         Raises:
             NasPruneError: the first bad setting, named by its flag.
@@ -77,8 +86,12 @@ class BaselineConfig:
             raise NasPruneError("--budget-flops is required")
         Budget(flops=self.budget_flops)  # (0, 1] or a NasPruneError
         dataset = check_dataset_name(self.dataset)
+        if self.task is not None and ":" not in self.task:
+            raise NasPruneError(f"--task {self.task!r} is not of the form pkg.module:factory")
+        if self.task and not self.model:
+            raise NasPruneError("a task needs its model: give --model (a zoo name or pkg.module:factory)")
         model = self.model or default_model(dataset)
-        if ":" not in model and model not in MODELS:
+        if not model_object and ":" not in model and model not in MODELS:
             raise NasPruneError(f"unknown model {model!r}; choose {', '.join(MODELS)} or pkg.module:factory")
         if self.checkpoint and not Path(self.checkpoint).is_file():
             raise NasPruneError(f"checkpoint {self.checkpoint} does not exist")
@@ -107,6 +120,7 @@ class BaselineConfig:
         """``--output``, or ``results/baselines/<method>-<model>-<dataset>-flops<F>-seed<S>``."""
         if self.output:
             return Path(self.output)
-        model = str(self.model).replace(":", "-").replace(".", "-")
-        name = f"{self.method}-{model}-{self.dataset}-flops{self.budget_flops:g}-seed{self.seed}"
+        label = f"{self.model}-{data_label(self.task, self.dataset)}"
+        label = re.sub(r"[^A-Za-z0-9_-]+", "-", label)
+        name = f"{self.method}-{label}-flops{self.budget_flops:g}-seed{self.seed}"
         return Path("results") / "baselines" / name

@@ -4,6 +4,7 @@ L2 or uniform width allocation to a FLOPs budget."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,15 +13,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..checkpoint import load_checkpoint, save_checkpoint
+from ..checkpoint import load_state_dict_into, save_checkpoint
 from ..cost import CostModel
-from ..data import DataSplits
 from ..errors import NasPruneError
 from ..graph import channel_groups
 from ..models import build_from_spec
 from ..objective import adapt_batchnorm
+from ..retrain.weights import reinitialize
 from ..seeds import SeedContext, l2_seed, uniform_seed
 from ..space import Budget, WidthSpace
+from ..task import Task
 from ..train import Checkpointing, epoch_reporter, evaluate, fit, resumed_epochs, seed_everything
 from .config import BaselineConfig
 
@@ -37,12 +39,13 @@ class Context:
     """A baseline run in progress: its settings, data, dense model and the notes for metrics.json."""
 
     s: BaselineConfig
-    data: DataSplits
+    task: Task
     spec: dict[str, Any]
-    example: torch.Tensor
+    example: Any
     device: torch.device
     say: Callable[[str], None]
     quiet: bool
+    model_object: nn.Module | None = None
     dense: nn.Module | None = None
     dense_epochs: float | None = None
     notes: list[str] = field(default_factory=list)
@@ -79,22 +82,32 @@ class Context:
         if resumed_epochs(path):
             self.say(f"Resuming {phase} after {resumed_epochs(path):g} of {epochs:g} epochs (from {path})")
         return fit(
-            model, self.data, epochs=epochs, batch_size=settings["batch_size"], lr=settings["lr"],
+            model, self.task, epochs=epochs, batch_size=settings["batch_size"], lr=settings["lr"],
             weight_decay=settings["weight_decay"], device=self.device, seed=settings["seed"],
             progress=self.s.progress, on_epoch_end=epoch_reporter(None if self.quiet else self.say, epochs),
             checkpoint=Checkpointing(path, settings, self.spec, before_checkpoint),
         )  # fmt: skip
 
     def val_accuracy(self, model: nn.Module) -> float:
-        loader = self.data.loader("val", 512, train=False, device=self.device)
-        return evaluate(model.to(self.device), loader, device=self.device)["accuracy"]
+        """The task's validation score (accuracy for classification)."""
+        loader = self.task.loader("val", 512, train=False, device=self.device)
+        return evaluate(model.to(self.device), loader, device=self.device, task=self.task)[
+            self.task.score_key
+        ]
 
     def adapt_bn(self, model: nn.Module) -> nn.Module:
-        loader = self.data.loader(
+        loader = self.task.loader(
             "train", self.s.batch_size, train=True, seed=self.s.seed, device=self.device
         )
-        adapt_batchnorm(model.to(self.device), loader, BN_BATCHES, self.device)
+        adapt_batchnorm(model.to(self.device), loader, BN_BATCHES, self.device, self.task.inputs)
         return model
+
+    def fresh_model(self) -> nn.Module:
+        """The dense architecture with new initial weights: built from the spec, or a copy of the model
+        object given, re-initialised (PyTorch's default initialisation, from the run's seed)."""
+        if self.model_object is None:
+            return build_from_spec(self.spec)
+        return reinitialize(copy.deepcopy(self.model_object), self.s.seed, zoo_init=False)
 
     def widths_for(self, model: nn.Module, flops: float, uniform: bool = False) -> dict[str, int]:
         """Widths of ``model``'s groups with at most ``flops`` x its MACs (L2 allocation or uniform)."""
@@ -122,23 +135,20 @@ class Outcome:
 
 
 def load_dense(ctx: Context) -> None:
-    """The dense model: ``--checkpoint`` or trained for ``--pretrain-epochs`` (saved as dense.pt)."""
-    s, model = ctx.s, build_from_spec(ctx.spec)
+    """The dense model: ``--checkpoint`` (a nas_prune checkpoint or a plain state_dict), else the model
+    object's own weights, else trained for ``--pretrain-epochs`` (saved as dense.pt)."""
+    s = ctx.s
+    model = copy.deepcopy(ctx.model_object) if ctx.model_object is not None else build_from_spec(ctx.spec)
     if s.checkpoint:
-        ckpt = load_checkpoint(s.checkpoint)
-        try:
-            model.load_state_dict(ckpt["state_dict"])
-        except RuntimeError as err:
-            first = str(err).strip().splitlines()[-1].strip()
-            raise NasPruneError(
-                f"checkpoint {s.checkpoint} does not fit model {s.model!r}: {first}"
-            ) from None
+        ckpt = load_state_dict_into(model, s.checkpoint)
         epochs = ckpt.get("epochs")
         ctx.dense_epochs = float(epochs) if isinstance(epochs, (int, float)) else None
+    elif ctx.model_object is not None:
+        ctx.dense_epochs = None  # trained by its owner: nas_prune does not know how long
     else:
         ctx.say(f"Training the dense {s.model} for {s.pretrain_epochs:g} epochs ...")
         seed_everything(s.seed)
-        model = build_from_spec(ctx.spec)
+        model = ctx.fresh_model()
         ctx.fit(model, s.pretrain_epochs, SCRATCH_LR, "dense")
         save_checkpoint(s.output_dir() / "dense.pt", model.cpu(), ctx.spec, epochs=s.pretrain_epochs)
         ctx.dense_epochs = s.pretrain_epochs

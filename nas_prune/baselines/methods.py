@@ -8,7 +8,7 @@ from typing import Any
 
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..cost import count_macs
-from ..models import MODELS, build_from_spec
+from ..models import MODELS
 from ..prune import prune
 from ..retrain.weights import reinitialize
 from ..train import seed_everything
@@ -99,7 +99,7 @@ def _soft_filter(ctx: Context) -> Outcome:
 def _lottery_ticket(ctx: Context) -> Outcome:
     s = ctx.s
     seed_everything(s.seed)
-    initial = build_from_spec(ctx.spec).to(ctx.device)  # theta0: the same for the same seed on a rerun
+    initial = ctx.fresh_model().to(ctx.device)  # theta0: the same for the same seed on a rerun
     rewind = copy.deepcopy(initial)
     dense = copy.deepcopy(initial)
     rewind_path = ctx.phases / "rewind.pt"
@@ -131,7 +131,8 @@ def _lottery_ticket(ctx: Context) -> Outcome:
 
 def _uniform_scratch(ctx: Context) -> Outcome:
     widths = ctx.widths_for(ctx.dense, ctx.s.budget_flops, uniform=True)
-    slim = reinitialize(prune(ctx.dense, ctx.example, widths, "l2"), ctx.s.seed, ctx.s.model in MODELS)
+    zoo = ctx.model_object is None and ctx.s.model in MODELS
+    slim = reinitialize(prune(ctx.dense, ctx.example, widths, "l2"), ctx.s.seed, zoo)
     history = ctx.fit(slim, ctx.s.epochs, SCRATCH_LR, "scratch")
     return Outcome(slim, widths, "scratch", ctx.s.epochs, history)
 

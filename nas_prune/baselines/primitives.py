@@ -12,6 +12,7 @@ import torch
 import torch.nn.utils.prune as torch_prune
 from torch import nn
 
+from ..batch import batch_size, call_model
 from ..errors import NasPruneError
 from ..graph import ChannelGraph
 from ..prune import channel_importance
@@ -42,7 +43,7 @@ def weighted_layers(model: nn.Module) -> dict[str, nn.Module]:
     return {name: m for name, m in model.named_modules() if isinstance(m, _WEIGHTED)}
 
 
-def weight_positions(model: nn.Module, example_inputs: torch.Tensor) -> dict[str, float]:
+def weight_positions(model: nn.Module, example_inputs: Any) -> dict[str, float]:
     """Per conv/linear layer: MACs per sample contributed by each of its weights.
 
     A conv weight is used once per output position (``H_out x W_out``), a linear weight once per
@@ -51,7 +52,7 @@ def weight_positions(model: nn.Module, example_inputs: torch.Tensor) -> dict[str
     # No deep copy: a model under torch's pruning reparametrisation cannot be deep-copied. Eval mode
     # and no_grad leave BatchNorm statistics and gradients untouched; the mode is restored.
     positions: dict[str, float] = {}
-    batch = example_inputs.shape[0]
+    batch = batch_size(example_inputs)
 
     def hook(name: str, module: nn.Module):
         def record(_module, _inputs, output):
@@ -65,7 +66,7 @@ def weight_positions(model: nn.Module, example_inputs: torch.Tensor) -> dict[str
     try:
         model.eval()
         with torch.no_grad():
-            model(example_inputs)
+            call_model(model, example_inputs)
     finally:
         model.train(was_training)
         for h in handles:
@@ -78,7 +79,7 @@ def _weight(module: nn.Module) -> torch.Tensor:
     return module.weight.detach()
 
 
-def nonzero_macs(model: nn.Module, example_inputs: torch.Tensor) -> int:
+def nonzero_macs(model: nn.Module, example_inputs: Any) -> int:
     """MACs per sample of conv/linear layers, counting only non-zero weights:
     per layer, dense MACs x fraction of non-zero weights."""
     positions = weight_positions(model, example_inputs)
@@ -92,7 +93,7 @@ def sparsity(model: nn.Module) -> float:
 
 
 def magnitude_prune(
-    model: nn.Module, example_inputs: torch.Tensor, flops: float, per_layer: bool = False
+    model: nn.Module, example_inputs: Any, flops: float, per_layer: bool = False
 ) -> dict[str, Any]:
     """Attach L1-magnitude masks (``torch.nn.utils.prune``) to every conv/linear weight, in place, so
     that :func:`nonzero_macs` <= ``flops`` x dense MACs.

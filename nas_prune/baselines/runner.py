@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import sys
@@ -12,16 +13,16 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import torch
+from torch import nn
 
 from ..atomic import atomic_write_text
+from ..batch import to_device
 from ..checkpoint import save_pruned, settings_mismatch
 from ..cli import ensure_output_dir
 from ..cost import measure_latency
-from ..data import load_dataset
 from ..errors import NasPruneError
 from ..final import final_figures, metrics_record, write_metrics
-from ..models import model_spec
+from ..task import Task, check_task, data_label, model_spec_for, resolve_task
 from ..train import resolve_device, seed_everything
 from .config import BaselineConfig
 from .context import PHASES, Context, Outcome, load_dense
@@ -33,8 +34,13 @@ _REMEDY = "pass --force to start over or --output DIR"
 
 
 def _resume_key(settings: Mapping[str, Any]) -> dict[str, Any]:
-    """The settings that must match for a rerun to reuse a run's results (not its display or folder)."""
-    return {k: v for k, v in settings.items() if k not in ("progress", "output")}
+    """The settings that must match for a rerun to reuse a run's results (not its display or folder; a
+    ``task`` left unset matches runs made before the setting existed)."""
+    return {
+        k: v
+        for k, v in settings.items()
+        if k not in ("progress", "output") and not (k == "task" and v is None)
+    }
 
 
 def _claim(out: Path, key: dict[str, Any], force: bool) -> dict[str, Any] | None:
@@ -70,6 +76,8 @@ def _claim(out: Path, key: dict[str, Any], force: bool) -> dict[str, Any] | None
 def run_baseline(
     config: BaselineConfig,
     *,
+    model: nn.Module | None = None,
+    task: Task | None = None,
     latency_fn: Callable[..., float] | None = None,
     quiet: bool = False,
     force: bool = False,
@@ -81,6 +89,9 @@ def run_baseline(
 
     Args:
         config: the method and its settings (validated here, before any heavy work).
+        model: a trained model object to prune (its own weights are the dense model's, unless
+            ``config.checkpoint``); default: ``config.model`` by name.
+        task: a :class:`~nas_prune.task.Task` object; default: ``config.task`` or ``config.dataset``.
         latency_fn: ``fn(model, example, device=, batch=, **kw) -> ms`` (default
             :func:`nas_prune.measure_latency`); tests inject a fake.
         quiet: print nothing.
@@ -89,7 +100,9 @@ def run_baseline(
     Returns:
         The content of ``metrics.json`` plus ``output`` (the folder).
     """
-    s = config.validate()
+    if model is not None:
+        config = dataclasses.replace(config, model=type(model).__name__)
+    s = config.validate(model_object=model is not None)
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     device = resolve_device(s.device)
     out = ensure_output_dir(s.output_dir())
@@ -97,10 +110,13 @@ def run_baseline(
     if done is not None:
         say(f"{out} already holds this run (metrics.json); not recomputing it (--force to redo).")
         return {**done, "output": str(out)}
-    data = load_dataset(s.dataset, s.data_dir, seed=0, subset=s.subset)
-    spec = model_spec(s.model, data.in_channels, data.num_classes, data.input_shape)
-    example = torch.zeros(2, *data.input_shape, device=device)
-    ctx = Context(s, data, spec, example, device, say, quiet)
+    task = resolve_task(task if task is not None else s.task, s.dataset, s.data_dir, s.subset)
+    spec = model_spec_for(s.model, task)
+    if model is not None:
+        spec["given"] = "object"
+    example = to_device(task.example(), device)
+    ctx = Context(s, task, spec, example, device, say, quiet, model)
+    check_task(task, model if model is not None else ctx.fresh_model(), device)
     if s.method == "lottery-ticket" and s.checkpoint:
         note = (
             f"--checkpoint {s.checkpoint} is ignored: lottery-ticket trains its own dense model from the "
@@ -133,7 +149,7 @@ def _report(
     slim = outcome.model.to(ctx.device).eval()
     ctx.say("Measuring test accuracy and latency of the dense and the pruned model ...")
     figures = final_figures(
-        ctx.dense, slim, ctx.data, ctx.example, ctx.device, latency_fn, s.latency_batch,
+        ctx.dense, slim, ctx.task, ctx.example, ctx.device, latency_fn, s.latency_batch,
         int(s.latency_batch_large), s.batch_size,
     )  # fmt: skip
     if s.method not in UNSTRUCTURED and not (s.method == "lottery-ticket" and s.unstructured):
@@ -145,7 +161,8 @@ def _report(
     extra = outcome.extra
     choice = {"widths": outcome.widths, "steps": extra.pop("steps", 1), "sparsity": extra.pop("sparsity", None),
               "nonzero_macs": extra.pop("nonzero_macs", None), "budget_flops": s.budget_flops}  # fmt: skip
-    rest = {"model": s.model, "dataset": s.dataset, **extra, "notes": ctx.notes, "model_file": "model.pt",
+    rest = {"model": s.model, "dataset": data_label(s.task, s.dataset, task_name=ctx.task.name),
+            "score_name": ctx.task.score_name, **extra, "notes": ctx.notes, "model_file": "model.pt",
             "wall_s": wall, "history": outcome.history}  # fmt: skip
     metrics = metrics_record(
         out.name, figures, epochs=outcome.epochs, init=outcome.init, seed=s.seed, dense_epochs=ctx.dense_epochs,
@@ -156,9 +173,14 @@ def _report(
     write_metrics(out / "metrics.json", metrics)
     shutil.rmtree(ctx.phases, ignore_errors=True)
     ratio = metrics.get("nonzero_flops_ratio", figures.flops_ratio)
+    key, name = ctx.task.score_key, ctx.task.score_name
     ctx.say(
-        f"{s.method}: test acc {figures.slim['test_accuracy']:.4f} (dense {figures.dense['test_accuracy']:.4f}), "
+        f"{s.method}: test {name} {_shown(figures.slim[f'test_{key}'])} (dense {_shown(figures.dense[f'test_{key}'])}), "
         f"{'non-zero ' if 'nonzero_flops_ratio' in metrics else ''}FLOPs ratio {ratio:.3f}, "
         f"speed-up {metrics['speedup']:.2f}x -> {out}/"
     )
     return {**metrics, "output": str(out)}
+
+
+def _shown(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"

@@ -9,10 +9,12 @@ fine-tuning the inherited weights. This package does both, so a run can show it:
   costs as many FLOPs as the dense model's did ("Scratch-B").
 * ``--init inherit``: the kept filters keep their dense weights; BatchNorm statistics are re-estimated
   (adaptive BN) and the model is fine-tuned at a lower learning rate.
-* ``--distill``: either one learns from the dense model too (Hinton et al. 2015):
-  ``loss = alpha * T^2 * KL(softmax(t / T) || softmax(s / T)) + (1 - alpha) * CE(s, y)``.
+* ``--distill``: either one learns from the dense model too, through the task's ``distill_loss``;
+  classification's is Hinton et al. 2015:
+  ``loss = alpha * T^2 * KL(softmax(t / T) || softmax(s / T)) + (1 - alpha) * CE(s, y)``. A task without
+  one says that ``--distill`` does not apply.
 
-Modules: :mod:`.choose` (which architecture), :mod:`.weights` (re-initialisation, distillation),
+Modules: :mod:`.choose` (which architecture), :mod:`.weights` (re-initialisation),
 :mod:`.config` (:class:`RetrainConfig`), :mod:`.run` (:func:`retrain`), :mod:`.summary` (the table and
 plot of every variant), :mod:`.cli` (``python -m nas_prune.retrain RUN_DIR``). Output goes to
 ``RUN_DIR/retrain/<init>[-distill][-budget]-trial<ID>/``: ``metrics.json``, ``model.pt``, ``model.onnx``
@@ -23,19 +25,19 @@ Example:
     >>> model = nas_prune.load_pruned(Path(metrics["output"]) / "model.pt")
 """
 
+from ..task import distillation_loss
 from .choose import Architecture, choose_architecture, output_name
 from .cli import main
 from .config import RetrainConfig
 from .run import retrain
 from .summary import SUMMARY_COLUMNS, write_summary
-from .weights import distillation, distillation_loss, reinitialize
+from .weights import reinitialize
 
 __all__ = [
     "SUMMARY_COLUMNS",
     "Architecture",
     "RetrainConfig",
     "choose_architecture",
-    "distillation",
     "distillation_loss",
     "main",
     "output_name",

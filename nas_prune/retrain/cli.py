@@ -29,6 +29,12 @@ def _parser() -> ArgumentParser:
         help="write here instead of RUN_DIR/retrain/<init>[-distill][-budget]-trial<ID> (e.g. for "
         "another --seed; only folders directly inside RUN_DIR/retrain/ appear in its summary)",
     )
+    parser.add_argument(
+        "--task",
+        default=None,
+        help="pkg.module:factory returning the nas_prune Task to train and score with (default: the run's "
+        "--task or --dataset; a task the search got as a Python object needs nas_prune.retrain(..., task=))",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the per-batch progress bars")
     return parser
 
@@ -41,4 +47,4 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not config.distill and {"temperature", "alpha"} & set(given):
         raise NasPruneError("--temperature and --alpha only apply with --distill")
     with warnings_as_lines():
-        retrain(args.run_dir, config, output=args.output, progress=not args.no_progress)
+        retrain(args.run_dir, config, output=args.output, task=args.task, progress=not args.no_progress)

@@ -9,7 +9,7 @@ from typing import Any
 
 from ..cli import option
 from ..errors import NasPruneError
-from .weights import ALPHA, TEMPERATURE
+from ..task import ALPHA, TEMPERATURE
 
 __all__ = ["DEFAULT_LR", "INITS", "RetrainConfig"]
 
@@ -46,8 +46,8 @@ class RetrainConfig:
     )
     distill: bool = option(
         False,
-        "knowledge distillation from the dense model: alpha * T^2 * KL(teacher || student) + "
-        "(1 - alpha) * cross-entropy",
+        "knowledge distillation from the dense model through the task's distill_loss; classification: "
+        "alpha * T^2 * KL(teacher || student) + (1 - alpha) * cross-entropy",
         show_default=False,
     )
     temperature: float = option(TEMPERATURE, "distillation temperature T (with --distill)")

@@ -8,6 +8,7 @@ start it (re-initialised or inherited with adapted BatchNorm), train it with :fu
 
 from __future__ import annotations
 
+import copy
 import os
 import sys
 import time
@@ -22,20 +23,20 @@ from torch import nn
 
 from ..checkpoint import load_checkpoint, save_pruned, settings_mismatch
 from ..cli import ensure_output_dir
-from ..config import SearchConfig, load_config
+from ..config import SearchConfig, load_config, read_config_extras
 from ..cost import count_macs, measure_latency
-from ..data import DataSplits, load_dataset
 from ..errors import NasPruneError
 from ..export import export_model
 from ..final import cached_accuracy, final_figures, metrics_record, write_metrics
 from ..models import MODELS, build_from_spec
 from ..objective import adapt_batchnorm
 from ..prune import prune
+from ..task import Task, data_label, model_spec_for, resolve_task
 from ..train import Checkpointing, epoch_reporter, fit, resolve_device, resumed_epochs
 from .choose import Architecture, choose_architecture, output_name, read_json
 from .config import DEFAULT_LR, RetrainConfig
 from .summary import print_comparison, write_summary
-from .weights import distillation, reinitialize
+from .weights import reinitialize
 
 __all__ = ["retrain"]
 
@@ -57,9 +58,23 @@ class _Run:
     dense: nn.Module
     dense_epochs: float
     epochs_from: str
+    given: dict[str, str]
 
 
-def _open_run(run_dir: Path) -> _Run:
+def _dense_skeleton(run_dir: Path, spec: dict[str, Any], model: nn.Module | None) -> nn.Module:
+    """A fresh dense model of the run: a copy of the ``model`` object for a run whose model was given
+    as an object (which must be passed again), else rebuilt from the spec."""
+    if spec.get("given") == "object":
+        if model is None:
+            raise NasPruneError(
+                f"{run_dir} searched a model given as a Python object ({spec['model']}); retrain it from Python "
+                "with nas_prune.retrain(run_dir, model=<the same model>, task=...)"
+            )
+        return copy.deepcopy(model)
+    return build_from_spec(spec)
+
+
+def _open_run(run_dir: Path, model: nn.Module | None = None) -> _Run:
     """Config, dense checkpoint and dense model of a search run; every problem is a NasPruneError."""
     if not run_dir.is_dir():
         raise NasPruneError(f"run directory {run_dir} does not exist")
@@ -77,7 +92,8 @@ def _open_run(run_dir: Path) -> _Run:
         raise NasPruneError(f"{run_dir} has no dense.pt (the dense weights the search pruned)")
     ckpt = load_checkpoint(dense_path)
     spec = ckpt["spec"]
-    dense = build_from_spec(spec)
+    dense = _dense_skeleton(run_dir, spec, model)
+    given = read_config_extras(config_path).get("given") or {}
     if not isinstance(spec.get("input_shape"), list):
         raise NasPruneError(f"{dense_path} has a spec without 'input_shape'")
     try:
@@ -87,7 +103,7 @@ def _open_run(run_dir: Path) -> _Run:
         raise NasPruneError(f"{dense_path} does not fit model {spec['model']!r}: {first}") from None
     epochs = ckpt.get("epochs")
     if isinstance(epochs, (int, float)) and not isinstance(epochs, bool) and epochs > 0:
-        return _Run(run_dir, cfg, spec, dense.eval(), float(epochs), "dense.pt")
+        return _Run(run_dir, cfg, spec, dense.eval(), float(epochs), "dense.pt", given)
     source = ckpt.get("copied_from")  # the search copies --checkpoint without its training record
     if isinstance(source, str) and Path(source).is_file():
         try:
@@ -95,8 +111,8 @@ def _open_run(run_dir: Path) -> _Run:
         except Exception:  # any unreadable file: fall back to the config below
             epochs = None
         if isinstance(epochs, (int, float)) and not isinstance(epochs, bool) and epochs > 0:
-            return _Run(run_dir, cfg, spec, dense.eval(), float(epochs), source)
-    return _Run(run_dir, cfg, spec, dense.eval(), float(cfg.pretrain_epochs), "config pretrain_epochs")
+            return _Run(run_dir, cfg, spec, dense.eval(), float(epochs), source, given)
+    return _Run(run_dir, cfg, spec, dense.eval(), float(cfg.pretrain_epochs), "config pretrain_epochs", given)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -111,12 +127,13 @@ class _Job:
     run: _Run
     arch: Architecture
     cfg: RetrainConfig
+    task: Task
     slim: nn.Module
     settings: dict[str, Any]
     flops_ratio: float
     out: Path
     device: torch.device
-    example: torch.Tensor
+    example: Any
     say: Callable[..., None]
 
 
@@ -124,6 +141,8 @@ def retrain(
     run_dir: str | os.PathLike,
     config: RetrainConfig | None = None,
     *,
+    model: nn.Module | None = None,
+    task: Task | str | None = None,
     output: str | os.PathLike | None = None,
     progress: bool = True,
     quiet: bool = False,
@@ -137,6 +156,10 @@ def retrain(
         run_dir: a search run directory (config.yaml, dense.pt, trials.csv, pareto.csv, best_arch.json).
         config: the settings (:class:`RetrainConfig`, default all defaults); ``overrides`` replace
             fields of it, e.g. ``retrain(run_dir, trial=3, init="inherit")``.
+        model: the model object the search was given (needed when it searched one; its weights are
+            not used: the run's dense.pt is).
+        task: the task to train and score with: a :class:`~nas_prune.task.Task` (needed when the
+            search was given one as an object) or ``"pkg.module:factory"``; default: the run's.
         output: the output folder (default ``RUN_DIR/retrain/<init>[-distill][-budget]-trial<ID>``).
         progress, quiet: per-batch progress bars; no printed lines at all.
         latency_fn: ``fn(model, example, device=, batch=, **kw) -> ms`` (default
@@ -150,33 +173,50 @@ def retrain(
     Raises:
         NasPruneError: bad settings, or a run directory, architecture or data that cannot be used.
     """
-    job = _plan(Path(run_dir), (config or RetrainConfig()).replace(**overrides).validate(), output, quiet)
+    cfg = (config or RetrainConfig()).replace(**overrides).validate()
+    job = _plan(Path(run_dir), cfg, output, quiet, model, task)
     done = _finished(job)
     if done is not None:
         return done
-    data = load_dataset(job.run.cfg.dataset, job.run.cfg.data_dir, seed=0, subset=job.run.cfg.subset)
-    if list(data.input_shape) != list(job.run.spec["input_shape"]):
-        raise NasPruneError(
-            f"dataset {job.run.cfg.dataset} gives inputs {data.input_shape}, but dense.pt expects "
-            f"{job.run.spec['input_shape']}"
-        )
     ensure_output_dir(job.out)
     start = time.perf_counter()
     resumed_from = resumed_epochs(job.out / CHECKPOINT)
-    history = _start_and_fit(job, data, progress, quiet, on_epoch_end, resumed_from)
+    history = _start_and_fit(job, progress, quiet, on_epoch_end, resumed_from)
     extra = {
         "train_seconds": sum(row["train_seconds"] for row in history),
         "resumed_from_epoch": resumed_from,
         "history": history,
     }
-    return _report(job, data, latency_fn or measure_latency, start, extra)
+    return _report(job, latency_fn or measure_latency, start, extra)
 
 
-def _plan(run_dir: Path, cfg: RetrainConfig, output: str | os.PathLike | None, quiet: bool) -> _Job:
-    """The run, the architecture, its pruned model and the settings; every bad input fails here."""
-    run = _open_run(run_dir)
+def _task(run: _Run, task: Task | str | None) -> Task:
+    """The task to retrain with: the one given, else the run's (its factory path or dataset)."""
+    if task is None and run.given.get("task") == "object":
+        raise NasPruneError(
+            f"{run.run_dir} searched with a task given as a Python object; pass it again: "
+            "nas_prune.retrain(run_dir, task=<the task>, ...)"
+        )
+    c = run.cfg
+    resolved = resolve_task(task if task is not None else c.task, c.dataset, c.data_dir, c.subset)
+    shape = model_spec_for(run.spec["model"], resolved)["input_shape"]
+    if shape != list(run.spec["input_shape"]):
+        raise NasPruneError(
+            f"task {resolved.name} gives inputs of shape {shape}, but dense.pt expects {run.spec['input_shape']}"
+        )
+    return resolved
+
+
+def _plan(
+    run_dir: Path, cfg: RetrainConfig, output, quiet: bool, model: nn.Module | None, task: Task | str | None
+) -> _Job:
+    """The run, the task, the architecture, its pruned model and the settings; every bad input fails here."""
+    run = _open_run(run_dir, model)
+    task = _task(run, task)
+    if cfg.distill and task.distill_loss is None:
+        task.distillation_step(run.dense)  # raises: --distill does not apply to this task
     arch = choose_architecture(run_dir, rank=cfg.rank, trial=cfg.trial)
-    example = torch.zeros(2, *run.spec["input_shape"])
+    example = task.example()
     slim = prune(run.dense, example, arch.widths, run.cfg.importance)  # unknown group -> NasPruneError
     flops_ratio = count_macs(slim, example)[0] / count_macs(run.dense, example)[0]
     base_epochs = float(cfg.epochs) if cfg.epochs is not None else run.dense_epochs
@@ -200,7 +240,7 @@ def _plan(run_dir: Path, cfg: RetrainConfig, output: str | os.PathLike | None, q
     out = Path(output) if output is not None else run_dir / "retrain" / name
     say = (lambda *a, **k: None) if quiet else print
     device = resolve_device(cfg.device)
-    return _Job(run, arch, cfg, slim, settings, flops_ratio, out, device, example, say)
+    return _Job(run, arch, cfg, task, slim, settings, flops_ratio, out, device, example, say)
 
 
 def _finished(job: _Job) -> dict[str, Any] | None:
@@ -224,14 +264,13 @@ def _finished(job: _Job) -> dict[str, Any] | None:
 
 def _start_and_fit(
     job: _Job,
-    data: DataSplits,
     progress: bool,
     quiet: bool,
     on_epoch_end: Callable[[int, dict[str, Any]], Any] | None,
     resumed_from: float,
 ) -> list[dict[str, Any]]:
     """Start the pruned model (re-initialised or inherited) and train it, resumably."""
-    cfg, s, run, device = job.cfg, job.settings, job.run, job.device
+    cfg, s, run, device, task = job.cfg, job.settings, job.run, job.device, job.task
     ratio, base = f"{job.flops_ratio:.3f}", s["base_epochs"]
     job.say(
         f"Retraining {job.arch.how}: trial {job.arch.trial_id}, {ratio} of the dense FLOPs, "
@@ -248,15 +287,17 @@ def _start_and_fit(
     elif cfg.init == "scratch":
         reinitialize(slim, s["seed"], zoo_init=run.spec["model"] in MODELS)
     else:
-        bn_loader = data.loader("train", s["batch_size"], train=True, seed=s["seed"], device=device)
-        adapt_batchnorm(slim, bn_loader, BN_BATCHES, device)
-    loss_fn = distillation(run.dense.to(device), s["temperature"], s["alpha"]) if cfg.distill else None
+        bn_loader = task.loader("train", s["batch_size"], train=True, seed=s["seed"], device=device)
+        adapt_batchnorm(slim, bn_loader, BN_BATCHES, device, task.inputs)
+    step = None
+    if cfg.distill:
+        step = task.distillation_step(run.dense.to(device), temperature=s["temperature"], alpha=s["alpha"])
     try:
         return fit(
-            slim, data, epochs=s["epochs"], batch_size=s["batch_size"], lr=s["lr"],
+            slim, task, epochs=s["epochs"], batch_size=s["batch_size"], lr=s["lr"],
             weight_decay=s["weight_decay"], device=device, seed=s["seed"], progress=progress,
             on_epoch_end=epoch_reporter(None if quiet else _say_now, s["epochs"], on_epoch_end),
-            loss_fn=loss_fn, checkpoint=Checkpointing(job.out / CHECKPOINT, s, run.spec),
+            step=step, checkpoint=Checkpointing(job.out / CHECKPOINT, s, run.spec),
         )  # fmt: skip
     except KeyboardInterrupt:
         if (job.out / CHECKPOINT).is_file() and not quiet:
@@ -269,21 +310,21 @@ def _start_and_fit(
 
 
 def _report(
-    job: _Job, data: DataSplits, latency_fn: Callable[..., float], start: float, extra: dict[str, Any]
+    job: _Job, latency_fn: Callable[..., float], start: float, extra: dict[str, Any]
 ) -> dict[str, Any]:
     """Final figures (the only use of the test split), model.pt, export, metrics.json, summary."""
     run, arch, s, out = job.run, job.arch, job.settings, job.out
     job.say("Measuring test accuracy and latency of the dense and the retrained model ...")
     dense_accuracy = cached_accuracy(
         run.dense,
-        data,
+        job.task,
         job.device,
         s["batch_size"],
         run.run_dir / "dense.pt",
         run.run_dir / "retrain" / "dense.json",
     )
     figures = final_figures(
-        run.dense, job.slim, data, job.example, job.device, latency_fn, run.cfg.latency_batch,
+        run.dense, job.slim, job.task, job.example, job.device, latency_fn, run.cfg.latency_batch,
         int(job.cfg.latency_batch_large), s["batch_size"], dense_accuracy,
     )  # fmt: skip
     slim = job.slim.cpu().eval()
@@ -291,10 +332,12 @@ def _report(
     exported = _export(slim, job) if job.cfg.export else dict(_NO_EXPORT)
     choice = {"trial_id": arch.trial_id, "widths": dict(arch.widths), "distill": bool(job.cfg.distill),
               "temperature": s["temperature"], "alpha": s["alpha"], "budget_matched": bool(job.cfg.budget_matched)}  # fmt: skip
-    architecture = {"how": arch.how, "search_val_accuracy": arch.val_accuracy, "state": arch.state,
+    key = job.task.score_key
+    architecture = {"how": arch.how, f"search_val_{key}": arch.val_accuracy, "state": arch.state,
                     "feasible": arch.feasible, "source": arch.source}  # fmt: skip
     rest = {"lr": s["lr"], "batch_size": s["batch_size"], "importance": s["importance"],
-            "model": run.spec["model"], "dataset": run.cfg.dataset, "architecture": architecture,
+            "model": run.spec["model"], "dataset": data_label(run.cfg.task, run.cfg.dataset, job.task.name),
+            "score_name": job.task.score_name, "architecture": architecture,
             "model_file": "model.pt", **exported, "train_seconds": extra["train_seconds"],
             "wall_s": time.perf_counter() - start, "resumed_from_epoch": extra["resumed_from_epoch"],
             "history": extra["history"]}  # fmt: skip

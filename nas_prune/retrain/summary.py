@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ..atomic import atomic_write_text
+from ..task import score_key
 
 __all__ = ["SUMMARY_COLUMNS", "print_comparison", "write_summary"]
 
@@ -46,9 +47,10 @@ SUMMARY_COLUMNS = [
 def print_comparison(metrics: Mapping[str, Any], out: Path, summary: Path, say: Callable[..., None]) -> None:
     """The dense and the retrained model side by side, with the speed-ups' ranges and the files written."""
     dense = metrics["dense"]
+    key = score_key(metrics.get("score_name", "accuracy"))
     b, big = metrics["latency_batch"], metrics["latency_large_batch"]
     header = (
-        f"{'':<28} {'test acc':>8} {'MMACs':>9} {'params':>10} {f'ms (b={b})':>11} {'speed-up':>8} "
+        f"{'':<28} {'test acc' if key == 'accuracy' else 'test ' + metrics['score_name']:>8} {'MMACs':>9} {'params':>10} {f'ms (b={b})':>11} {'speed-up':>8} "
         f"{f'ms (b={big})':>12} {'speed-up':>8}"
     )
     say(header)
@@ -57,7 +59,7 @@ def print_comparison(metrics: Mapping[str, Any], out: Path, summary: Path, say: 
         (metrics["name"], metrics, metrics["speedup"], metrics["speedup_large"]),
     ):
         say(
-            f"{label:<28} {m['test_accuracy']:>8.4f} {m['macs'] / 1e6:>9.2f} {m['params']:>10,} "
+            f"{label:<28} {_shown(m.get(f'test_{key}')):>8} {m['macs'] / 1e6:>9.2f} {m['params']:>10,} "
             f"{m['latency_ms']:>11.3f} {up:>7.2f}x {m['latency_large_ms']:>12.2f} {up_large:>7.2f}x"
         )
     say(
@@ -69,8 +71,14 @@ def print_comparison(metrics: Mapping[str, Any], out: Path, summary: Path, say: 
     say(f"files: {out}/ ({', '.join(files)}); summary: {summary / 'summary.csv'}, summary.png")
 
 
+def _shown(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
 def _summary_row(name: str, m: Mapping[str, Any], dense: Mapping[str, Any]) -> dict[str, Any]:
-    """One variant's row; its speed-up is against the dense latency timed in the same rounds."""
+    """One variant's row; its speed-up is against the dense latency timed in the same rounds. The
+    score columns are called ``*_accuracy`` here whatever the task's score (see :func:`write_summary`)."""
+    key = score_key(m.get("score_name", "accuracy"))
     speedup = m.get("speedup", dense["latency_ms"] / m["latency_ms"])  # older files: one timing each
     speedup_large = m.get("speedup_large", dense["latency_large_ms"] / m["latency_large_ms"])
     return {
@@ -81,8 +89,8 @@ def _summary_row(name: str, m: Mapping[str, Any], dense: Mapping[str, Any]) -> d
         "budget_matched": m.get("budget_matched"),
         "seed": m.get("seed"),
         "epochs": m.get("epochs"),
-        "test_accuracy": m.get("test_accuracy"),
-        "val_accuracy": m.get("val_accuracy"),
+        "test_accuracy": m.get(f"test_{key}"),
+        "val_accuracy": m.get(f"val_{key}"),
         "macs": m.get("macs"),
         "flops": m.get("flops"),
         "params": m.get("params"),
@@ -142,12 +150,16 @@ def write_summary(retrain_dir: str | os.PathLike) -> pd.DataFrame:
         rows.append(_dense_row(found))
         rows.extend(_summary_row(name, m, d) for _, name, m, d in found)
     table = pd.DataFrame(rows, columns=SUMMARY_COLUMNS).astype({"trial_id": "Int64", "seed": "Int64"})
+    score_name = found[-1][2].get("score_name", "accuracy") if found else "accuracy"
+    key = score_key(score_name)
+    if key != "accuracy":  # another task's score: test_score and val_score, as in metrics.json
+        table = table.rename(columns={"test_accuracy": f"test_{key}", "val_accuracy": f"val_{key}"})
     atomic_write_text(retrain_dir / "summary.csv", table.to_csv(index=False))
-    _plot_summary(table, retrain_dir / "summary.png")
+    _plot_summary(table, retrain_dir / "summary.png", score_name)
     return table
 
 
-def _plot_summary(table: pd.DataFrame, path: Path) -> Path:
+def _plot_summary(table: pd.DataFrame, path: Path, score_name: str = "accuracy") -> Path:
     from matplotlib.figure import Figure  # no pyplot: no global backend, nothing left open
 
     fig = Figure(figsize=(7.5, 4.8), layout="constrained")
@@ -157,6 +169,7 @@ def _plot_summary(table: pd.DataFrame, path: Path) -> Path:
         ax.text(0.5, 0.5, "no retrained model yet", transform=ax.transAxes, ha="center", va="center")
     colors = {"dense": "black", "scratch": "C0", "inherit": "C1"}
     seen: dict[float, int] = {}  # variants of one architecture share their MACs: alternate label sides
+    column = f"test_{score_key(score_name)}"
     for _, row in table.iterrows():
         dense = row["name"] == "dense"
         nth = seen[row["macs"]] = seen.get(row["macs"], -1) + 1
@@ -165,7 +178,7 @@ def _plot_summary(table: pd.DataFrame, path: Path) -> Path:
         )
         ax.scatter(
             row["macs"] / 1e6,
-            row["test_accuracy"],
+            row[column],
             s=160 if dense else 60,
             marker=marker,
             color=colors.get(str(row["init"]), "C2"),
@@ -174,10 +187,10 @@ def _plot_summary(table: pd.DataFrame, path: Path) -> Path:
             zorder=3,
         )
         note = row["name"] if dense else f"{row['name']}\n{row['speedup']:.2f}x faster"
-        ax.annotate(note, (row["macs"] / 1e6, row["test_accuracy"]), textcoords="offset points",
+        ax.annotate(note, (row["macs"] / 1e6, row[column]), textcoords="offset points",
                     xytext=(-6 if nth % 2 else 6, 4), ha="right" if nth % 2 else "left", fontsize=7)  # fmt: skip
     ax.set_xlabel("MMACs per sample")
-    ax.set_ylabel("test accuracy")
+    ax.set_ylabel(f"test {score_name}")
     ax.grid(alpha=0.3)
     legend = [("dense", "black", "*"), ("scratch", "C0", "o"), ("inherit (fine-tune)", "C1", "o"),
               ("distilled", "white", "^"), ("budget-matched", "white", "s")]  # fmt: skip
@@ -185,7 +198,7 @@ def _plot_summary(table: pd.DataFrame, path: Path) -> Path:
         ax.scatter([], [], marker=marker, color=color, edgecolor="black", linewidth=0.5, label=label)
     ax.legend(fontsize=7, loc="lower right")
     ax.set_title(
-        "Retrained architectures: test accuracy vs MACs\n(speed-up = dense latency / latency, "
+        f"Retrained architectures: test {score_name} vs MACs\n(speed-up = dense latency / latency, "
         "measured back to back)",
         fontsize=9,
     )

@@ -1,21 +1,15 @@
-"""How a retrained model starts and what it learns from: re-initialisation (``--init scratch``) and
-knowledge distillation from the dense model (``--distill``, Hinton et al. 2015)."""
+"""How a retrained model starts: re-initialisation (``--init scratch``). What it learns from with
+``--distill`` is the task's business (:meth:`nas_prune.task.Task.distillation_step`; classification
+uses Hinton et al. 2015, :func:`nas_prune.task.distillation_loss`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..models import init_weights
 from ..train import seed_everything
 
-__all__ = ["ALPHA", "TEMPERATURE", "distillation", "distillation_loss", "reinitialize"]
-
-TEMPERATURE = 4.0  # the distillation defaults, written once
-ALPHA = 0.9
+__all__ = ["reinitialize"]
 
 
 def reinitialize(model: nn.Module, seed: int, zoo_init: bool = True) -> nn.Module:
@@ -33,39 +27,3 @@ def reinitialize(model: nn.Module, seed: int, zoo_init: bool = True) -> nn.Modul
     if zoo_init:
         init_weights(model)
     return model
-
-
-def distillation_loss(
-    student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor,
-    targets: torch.Tensor,
-    temperature: float = TEMPERATURE,
-    alpha: float = ALPHA,
-) -> torch.Tensor:
-    """``alpha * T^2 * KL(p_teacher || p_student) + (1 - alpha) * CE(student, targets)``.
-
-    Both distributions are softened by ``temperature``; the ``T^2`` factor keeps the soft term's
-    gradients on the scale of the hard one (Hinton et al. 2015). The KL term is averaged over samples.
-    """
-    t = float(temperature)
-    soft = F.kl_div(
-        F.log_softmax(student_logits.float() / t, dim=1),
-        F.log_softmax(teacher_logits.float() / t, dim=1),
-        reduction="batchmean",
-        log_target=True,
-    )
-    hard = F.cross_entropy(student_logits.float(), targets)
-    return alpha * t * t * soft + (1.0 - alpha) * hard
-
-
-def distillation(teacher: nn.Module, temperature: float = TEMPERATURE, alpha: float = ALPHA) -> Callable:
-    """A ``loss_fn`` for :func:`nas_prune.train.train_one_epoch` that distils from ``teacher`` (eval
-    mode, no gradients) with :func:`distillation_loss`."""
-    teacher.eval()
-
-    def loss_fn(logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            teacher_logits = teacher(x)
-        return distillation_loss(logits, teacher_logits, y, temperature, alpha)
-
-    return loss_fn

@@ -7,10 +7,9 @@ from collections.abc import Sequence
 from ..cli import ArgumentParser, config_flags, given_flags
 from ..config import SearchConfig
 from ..seeds import SeedContext, make_seeds
-from ..task import resolve_task
+from ..task import data_label, resolve_task
 from .inputs import (
     build_space,
-    data_label,
     fresh_model,
     load_dense_weights,
     make_budget,
@@ -51,7 +50,7 @@ def _dry_run(cfg: SearchConfig) -> None:
     groups, space, cost = build_space(cfg, model, example)
     require_reachable(budget, space, cost)
     print(
-        f"{cfg.model} on {data_label(cfg, task.name)}: {cost.dense[0] / 1e6:.2f} MMACs ({2 * cost.dense[0] / 1e6:.2f} MFLOPs), "
+        f"{cfg.model} on {data_label(cfg.task, cfg.dataset, task.name)}: {cost.dense[0] / 1e6:.2f} MMACs ({2 * cost.dense[0] / 1e6:.2f} MFLOPs), "
         f"{cost.dense[1] / 1e6:.3f} M params; budget {budget.label()}"
     )
     for g in groups:

@@ -25,13 +25,12 @@ from ..errors import NasPruneError
 from ..models import create_model, default_model, model_names
 from ..seeds import SEEDS
 from ..space import Budget, WidthSpace
-from ..task import Task, model_spec_for
+from ..task import Task, data_label, model_spec_for
 from ..train import fit, resolve_device, seed_everything
 
 __all__ = [
     "SAMPLERS",
     "build_space",
-    "data_label",
     "default_output",
     "dense_model",
     "fresh_model",
@@ -173,21 +172,11 @@ def require_reachable(budget: Budget, space: WidthSpace, cost: CostModel) -> Non
         )
 
 
-def data_label(cfg: SearchConfig, task_name: str | None = None) -> str:
-    """What the run's data is called in its directory name and titles: the task factory's name, a task
-    object's ``name``, or the dataset (``folder:PATH`` as ``folder-<basename>``)."""
-    if cfg.task:
-        return cfg.task.rpartition(":")[2]
-    if task_name:
-        return task_name
-    if cfg.dataset.startswith("folder:"):
-        return "folder-" + Path(cfg.dataset.partition(":")[2]).name
-    return cfg.dataset
-
-
 def default_output(cfg: SearchConfig, budget: Budget, task_name: str | None = None) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    label = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{cfg.model}-{data_label(cfg, task_name)}").replace(".", "-")
+    label = re.sub(
+        r"[^A-Za-z0-9_.-]+", "-", f"{cfg.model}-{data_label(cfg.task, cfg.dataset, task_name)}"
+    ).replace(".", "-")
     return Path("results") / f"{label}-{budget.label()}-{stamp}"
 
 

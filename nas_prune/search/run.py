@@ -19,12 +19,11 @@ from ..errors import NasPruneError
 from ..objective import CandidateEvaluator, TrialSettings
 from ..results import public_trials, read_trials
 from ..space import Budget, WidthSpace
-from ..task import Task, check_task, resolve_task, task_given
+from ..task import Task, check_task, data_label, resolve_task, task_given
 from ..train import evaluate, resolve_device
 from .driver import Driver
 from .inputs import (
     build_space,
-    data_label,
     default_output,
     dense_model,
     fresh_model,
@@ -212,7 +211,7 @@ def search(
     fidelity["budget_band_share"] = _band_share(journal, setup.projector, cfg.budget_band)
     front = write_outputs(
         run_dir, trials, fidelity, cfg, setup.budget, setup.dense, setup.space, setup.guard,
-        setup.task.score_name, data_label(cfg, setup.task.name),
+        setup.task.score_name, data_label(cfg.task, cfg.dataset, setup.task.name),
     )  # fmt: skip
     if not quiet:
         print_summary(run_dir, trials, front, fidelity, cfg, fidelity["budget_band_share"])

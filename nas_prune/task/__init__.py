@@ -27,7 +27,7 @@ from .classification import (
     distillation_loss,
     with_label_smoothing,
 )
-from .resolve import check_task, describe_task, model_spec_for, resolve_task, task_given
+from .resolve import check_task, data_label, describe_task, model_spec_for, resolve_task, task_given
 
 __all__ = [
     "ALPHA",
@@ -45,6 +45,7 @@ __all__ = [
     "as_task",
     "check_task",
     "classification_metrics",
+    "data_label",
     "default_inputs",
     "describe_task",
     "distillation_loss",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,7 +22,7 @@ from ..factory import import_factory
 from .base import Task, TaskError, _number
 from .classification import TensorClassificationTask
 
-__all__ = ["check_task", "describe_task", "model_spec_for", "resolve_task", "task_given"]
+__all__ = ["check_task", "data_label", "describe_task", "model_spec_for", "resolve_task", "task_given"]
 
 
 def task_given(task: Task | str | None) -> str:
@@ -84,6 +85,18 @@ def model_spec_for(name: str, task: Task) -> dict[str, Any]:
     spec = {"model": str(name), "kwargs": dict(task.model_kwargs), "input_shape": shape}
     check_plain(spec, "spec")
     return spec
+
+
+def data_label(task: str | None, dataset: str, task_name: str | None = None) -> str:
+    """What a run's data is called in directory names, titles and metrics: a task factory's name, a task
+    object's ``task_name``, or the dataset (``folder:PATH`` as ``folder-<basename>``)."""
+    if task:
+        return task.rpartition(":")[2]
+    if task_name:
+        return task_name
+    if dataset.startswith("folder:"):
+        return "folder-" + Path(dataset.partition(":")[2]).name
+    return dataset
 
 
 def describe_task(task: Task) -> str:
