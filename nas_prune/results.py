@@ -184,7 +184,7 @@ def _format_bool(value) -> str:
     return str(bool(value))
 
 
-def _serialise_row(row: Mapping) -> dict[str, str]:
+def _serialise_row(row: Mapping, score_key: str = "accuracy") -> dict[str, str]:
     """Validate one trial and render every column as CSV text ('' = empty)."""
     unknown = set(row) - set(TRIAL_COLUMNS)
     if unknown:
@@ -220,7 +220,9 @@ def _serialise_row(row: Mapping) -> dict[str, str]:
     text["feasible"] = text["feasible"] or "False"
 
     state = text["state"]
-    for column in ("val_accuracy", "rung0_accuracy"):
+    for column in (
+        ("val_accuracy", "rung0_accuracy") if score_key == "accuracy" else ()
+    ):  # a task's score: any number
         if text[column] and not 0.0 <= float(text[column]) <= 1.0:
             raise ValueError(f"{column} must be in [0, 1], got {text[column]}")
     if text["val_accuracy"]:
@@ -324,11 +326,11 @@ def append_trial(path: str | os.PathLike, row: Mapping, score_key: str = "accura
         ValueError: an invalid row, or a ``trial_id`` that the file already holds.
     """
     path = Path(path)
-    text = _serialise_row(row)
     existing = read_trials(path)
+    key = existing.attrs["score_key"] if path.exists() else score_key
+    text = _serialise_row(row, key)
     if int(text["trial_id"]) in set(existing["trial_id"].tolist()):
         raise ValueError(f"trial_id {text['trial_id']} is already in {path}")
-    key = existing.attrs["score_key"] if path.exists() else score_key
     old = path.read_text(encoding="utf-8") if path.exists() else _csv_text([], header=True, score_key=key)
     if not old.endswith("\n"):
         old += "\n"
@@ -350,5 +352,6 @@ def write_trials(path: str | os.PathLike, df: pd.DataFrame) -> None:
     if df["trial_id"].duplicated().any():
         duplicates = sorted(df.loc[df["trial_id"].duplicated(), "trial_id"].tolist())
         raise ValueError(f"duplicated trial_id {duplicates}")
-    rows = [_serialise_row(record) for record in df[TRIAL_COLUMNS].to_dict(orient="records")]
-    atomic_write_text(path, _csv_text(rows, header=True, score_key=df.attrs.get("score_key", "accuracy")))
+    key = df.attrs.get("score_key", "accuracy")
+    rows = [_serialise_row(record, key) for record in df[TRIAL_COLUMNS].to_dict(orient="records")]
+    atomic_write_text(path, _csv_text(rows, header=True, score_key=key))

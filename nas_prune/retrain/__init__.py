@@ -25,6 +25,9 @@ Example:
     >>> model = nas_prune.load_pruned(Path(metrics["output"]) / "model.pt")
 """
 
+import sys
+import types
+
 from ..task import distillation_loss
 from .choose import Architecture, choose_architecture, output_name
 from .cli import main
@@ -45,3 +48,13 @@ __all__ = [
     "retrain",
     "write_summary",
 ]
+
+
+class _CallableModule(types.ModuleType):
+    """``nas_prune.retrain(...)`` is both this package and the function :func:`retrain`."""
+
+    def __call__(self, *args, **kwargs):
+        return retrain(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

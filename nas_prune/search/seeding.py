@@ -9,6 +9,7 @@ gate seed equal to an earlier seed is dropped.
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from ..atomic import atomic_write_text
 from ..objective import adapt_batchnorm
 from ..seeds import GATES, SeedContext, make_seeds
 from ..space import Budget
-from ..task import Task
+from ..task import Task, TaskError
 from ..train import evaluate
 
 __all__ = ["load_or_make_seeds"]
@@ -77,6 +78,18 @@ def gate_seeds(
     return result.seeds()
 
 
+def _make_seeds(ctx: SeedContext, names) -> dict[str, dict]:
+    """:func:`make_seeds`, with a seed whose scoring fails in the task (a score that raises on a pruned
+    model) skipped with a warning: the search goes on, as it does for a candidate that fails."""
+    made = {}
+    for name in names:
+        try:
+            made.update(make_seeds(ctx, (name,)))
+        except TaskError as err:
+            warnings.warn(f"seed {name} skipped: {err}", stacklevel=2)
+    return made
+
+
 def _heuristic_seeds(cfg, model, example, space, cost, budget, evaluator, guard) -> list:
     """The heuristics' seeds. With a latency budget the uniform seed is fitted to the measured latency
     first, and the other heuristics allocate that seed's FLOPs (or the FLOPs budget, if tighter); each
@@ -84,14 +97,14 @@ def _heuristic_seeds(cfg, model, example, space, cost, budget, evaluator, guard)
     never rejects a seed, and a seed sits just under the budget)."""
     ctx = SeedContext(model, example, space, cost, budget, cfg.importance, evaluator)
     if guard is None:
-        return list(make_seeds(ctx, cfg.seeds).items())
-    uniform = make_seeds(ctx, ("uniform",)).get("uniform")
+        return list(_make_seeds(ctx, cfg.seeds).items())
+    uniform = _make_seeds(ctx, ("uniform",)).get("uniform")
     uniform = guard.fit(uniform) if uniform is not None else None
     if uniform is None:
         return []
     share = cost.cost(uniform)[0] / cost.dense[0]
     ctx.budget = Budget(flops=min(budget.flops or 1.0, share), params=budget.params)
-    made = make_seeds(ctx, tuple(s for s in cfg.seeds if s != "uniform"))
+    made = _make_seeds(ctx, tuple(s for s in cfg.seeds if s != "uniform"))
     seeds = []
     for name in cfg.seeds:
         widths = uniform if name == "uniform" else made.get(name)

@@ -2,7 +2,7 @@
 
 Modules: ``base`` (:class:`Task`, its loaders and checks of what the user's callables return),
 ``classification`` (cross-entropy, accuracy, distillation from logits; the built-in datasets' fast
-in-memory task), ``resolve`` (a task from an object, a ``pkg.module:factory`` path or a dataset name,
+in-memory task), ``distill`` (distillation losses without labels, for other tasks), ``resolve`` (a task from an object, a ``pkg.module:factory`` path or a dataset name,
 and :func:`check_task`, the one-line errors before any heavy work).
 
 Example:
@@ -19,7 +19,6 @@ from .classification import (
     ClassificationTask,
     CrossEntropyStep,
     LogitDistillation,
-    SoftDistillation,
     TensorClassificationTask,
     accuracy,
     as_task,
@@ -27,6 +26,7 @@ from .classification import (
     distillation_loss,
     with_label_smoothing,
 )
+from .distill import OutputMatching, SoftDistillation, soft_kl
 from .resolve import check_task, data_label, describe_task, model_spec_for, resolve_task, task_given
 
 __all__ = [
@@ -37,6 +37,7 @@ __all__ = [
     "CrossEntropyStep",
     "DeviceLoader",
     "LogitDistillation",
+    "OutputMatching",
     "SoftDistillation",
     "Task",
     "TaskError",
@@ -53,6 +54,7 @@ __all__ = [
     "model_spec_for",
     "resolve_task",
     "score_key",
+    "soft_kl",
     "task_given",
     "with_label_smoothing",
 ]

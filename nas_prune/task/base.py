@@ -289,7 +289,7 @@ class Task:
         if self.distill_loss is None:
             raise TaskError(
                 f"--distill does not apply to this task ({self.name}): it has no distill_loss "
-                "(give Task(distill_loss=...), e.g. nas_prune.task.soft_distillation() for logits)"
+                "(give Task(distill_loss=...): nas_prune.task.SoftDistillation() for logits, OutputMatching() for any outputs)"
             )
         teacher.eval()
         loss = self.distill_loss

@@ -19,6 +19,7 @@ from torch import nn
 
 from ..data import DataSplits
 from .base import Task, TaskError
+from .distill import soft_kl
 
 __all__ = [
     "ALPHA",
@@ -26,7 +27,6 @@ __all__ = [
     "ClassificationTask",
     "CrossEntropyStep",
     "LogitDistillation",
-    "SoftDistillation",
     "TensorClassificationTask",
     "accuracy",
     "as_task",
@@ -86,18 +86,9 @@ def distillation_loss(
     gradients on the scale of the hard one (Hinton et al. 2015). The KL term is averaged over samples.
     """
     t = float(temperature)
-    soft = _soft_kl(student_logits, teacher_logits, t)
+    soft = soft_kl(student_logits, teacher_logits, t)
     hard = F.cross_entropy(student_logits.float(), targets)
     return alpha * t * t * soft + (1.0 - alpha) * hard
-
-
-def _soft_kl(student: torch.Tensor, teacher: torch.Tensor, t: float) -> torch.Tensor:
-    return F.kl_div(
-        F.log_softmax(student.float() / t, dim=-1),
-        F.log_softmax(teacher.float() / t, dim=-1),
-        reduction="batchmean",
-        log_target=True,
-    )
 
 
 @dataclass(frozen=True)
@@ -109,21 +100,6 @@ class LogitDistillation:
 
     def __call__(self, teacher_out: torch.Tensor, student_out: torch.Tensor, batch: Any) -> torch.Tensor:
         return distillation_loss(student_out, teacher_out, batch[1], self.temperature, self.alpha)
-
-
-@dataclass(frozen=True)
-class SoftDistillation:
-    """A ``distill_loss`` for any task whose outputs are logits (last dimension), without labels:
-    ``T^2 * KL(p_teacher || p_student)``; outputs that are tuples or dicts are matched element-wise."""
-
-    temperature: float = TEMPERATURE
-
-    def __call__(self, teacher_out: Any, student_out: Any, batch: Any) -> torch.Tensor:
-        from ..batch import tensors
-
-        pairs = zip(tensors(teacher_out), tensors(student_out), strict=True)
-        t = float(self.temperature)
-        return sum(t * t * _soft_kl(s.flatten(0, -2), k.flatten(0, -2), t) for k, s in pairs)
 
 
 @dataclass(eq=False)
