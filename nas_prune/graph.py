@@ -202,11 +202,8 @@ class ChannelGraph:
         for item in tp_group:
             node, handler = item.dep.target, item.dep.handler
             out_side = self.dg.is_out_channel_pruning_fn(handler)
-            carries = out_side or node.type not in _TRANSFORMS  # the group's channels reach this output
-            if node.type == _OPS.OUTPUT or (carries and node.grad_fn in self._outputs):
+            if self._is_output(node, out_side):
                 return None  # the network's final outputs are never a group
-            if not node.outputs and out_side:
-                return None
             module = node.module
             if node.type in _CHANNEL_MODULES and out_side and module in self._names:
                 members.append(self._names[module])
@@ -228,6 +225,16 @@ class ChannelGraph:
             modules=tuple(members),
             reason="; ".join(dict.fromkeys(reasons)),
             multiple=multiple,
+        )
+
+    def _is_output(self, node, out_side: bool) -> bool:
+        """Whether the group's channels leave the network at ``node``: one of the final output tensors
+        (unless ``node`` only reads the group, as a conv does), or a layer nothing reads."""
+        carries = out_side or node.type not in _TRANSFORMS
+        return (
+            node.type == _OPS.OUTPUT
+            or (carries and node.grad_fn in self._outputs)
+            or (out_side and not node.outputs)
         )
 
     def _blocks(self, item, channels: int) -> tuple[int, str]:
