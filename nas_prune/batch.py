@@ -29,9 +29,11 @@ __all__ = [
     "channels_last",
     "detach_cpu",
     "map_tensors",
+    "randomized",
     "resize_batch",
     "tensors",
     "to_device",
+    "zeros_batch",
 ]
 
 
@@ -91,6 +93,30 @@ def resize_batch(inputs: Any, size: int) -> Any:
         return t.repeat(reps, *([1] * (t.ndim - 1)))[:size].contiguous()
 
     return map_tensors(resize, inputs)
+
+
+def zeros_batch(inputs: Any, size: int, float_dtype: torch.dtype | None = None) -> Any:
+    """``inputs`` as zeros on the CPU with batch ``size``, dtypes kept (floating ones made ``float_dtype``
+    if given): where only structure and shapes matter (tracing, a file to rebuild a model from)."""
+
+    def zeros(t: torch.Tensor) -> torch.Tensor:
+        dtype = float_dtype if float_dtype is not None and t.is_floating_point() else t.dtype
+        return torch.zeros((size, *t.shape[1:]) if t.ndim else (), dtype=dtype)
+
+    return map_tensors(zeros, inputs)
+
+
+def randomized(inputs: Any, generator: torch.Generator | None = None) -> Any:
+    """``inputs`` with every floating tensor drawn afresh from a standard normal (others kept): values to
+    check an export on, when only shapes (and integer contents) of the example matter. A ``generator``
+    must be on the tensors' device."""
+
+    def draw(t: torch.Tensor) -> torch.Tensor:
+        if not t.is_floating_point():
+            return t
+        return torch.randn(t.shape, generator=generator, dtype=t.dtype, device=t.device)
+
+    return map_tensors(draw, inputs)
 
 
 def as_call_args(inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .atomic import atomic_torch_save
+from .batch import tensors, zeros_batch
 from .errors import NasPruneError
 from .models import build_from_spec
 from .plain import check_plain
@@ -24,6 +25,7 @@ from .results import parse_widths
 __all__ = [
     "checked_widths",
     "CHECKPOINT_SCHEMA_VERSION",
+    "example_from_spec",
     "MODEL_SCHEMA_VERSION",
     "load_checkpoint",
     "load_pruned",
@@ -143,25 +145,70 @@ def save_pruned(
     widths: Mapping[str, int],
     spec: Mapping[str, Any],
     importance: str | None = None,
+    example_inputs: Any = None,
 ) -> Path:
     """Write ``{"schema_version": 1, "state_dict", "widths", "spec"[, "importance"]}`` atomically.
 
     The file holds only tensors and plain data: ``torch.load(path, weights_only=True)`` reads it, and
-    :func:`load_pruned` rebuilds the model from it.
+    :func:`load_pruned` rebuilds the model from it. ``spec`` is ``{"model", "kwargs", "input_shape"}``;
+    a model whose forward takes a tuple or a dict of inputs passes ``example_inputs`` (or has them in
+    ``spec["example_inputs"]``): they are stored in the spec as zeros of the same structure, shapes and
+    dtypes at batch 2, and ``input_shape`` may then be left out.
     """
+    example = example_inputs if example_inputs is not None else spec.get("example_inputs")
+    saved: dict[str, Any] = {"model": str(spec["model"]), "kwargs": dict(spec.get("kwargs") or {})}
+    if example is None or spec.get("input_shape") is not None:
+        saved["input_shape"] = [int(d) for d in spec["input_shape"]]
+    if example is not None:
+        saved["example_inputs"] = _stored_example(example)
     payload: dict[str, Any] = {
         "schema_version": MODEL_SCHEMA_VERSION,
         "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
         "widths": {str(k): int(v) for k, v in widths.items()},
-        "spec": {
-            "model": str(spec["model"]),
-            "kwargs": dict(spec.get("kwargs") or {}),
-            "input_shape": [int(d) for d in spec["input_shape"]],
-        },
+        "spec": saved,
     }
     if importance is not None:
         payload["importance"] = str(importance)
+    check_plain(payload, "pruned model", tensors=True)
     return atomic_torch_save(payload, Path(path))
+
+
+def _stored_example(inputs: Any) -> Any:
+    """``inputs`` as a pruned-model file keeps them: zero tensors at batch 2 (dtypes kept) in plain dicts,
+    lists and tuples (``weights_only`` loading keeps tuples as tuples; a NamedTuple becomes a tuple)."""
+    if isinstance(inputs, torch.Tensor):
+        return zeros_batch(inputs, 2)
+    if isinstance(inputs, Mapping):
+        return {k: _stored_example(v) for k, v in inputs.items()}
+    if isinstance(inputs, list):
+        return [_stored_example(v) for v in inputs]
+    if isinstance(inputs, tuple):
+        return tuple(_stored_example(v) for v in inputs)
+    return inputs
+
+
+def example_from_spec(spec: Mapping[str, Any], where: str = "spec") -> Any:
+    """A batch of 2 the spec's model takes: its stored ``example_inputs`` (a tensor, a tuple or a dict of
+    them), else zeros of ``input_shape``. What a model is rebuilt (pruned to its widths) on.
+
+    Raises:
+        NasPruneError: neither valid example inputs nor a valid ``input_shape`` (naming ``where``).
+    """
+    example = spec.get("example_inputs")
+    if example is not None:
+        if not tensors(example):
+            raise NasPruneError(
+                f"{where}: spec's 'example_inputs' hold no tensor (got {type(example).__name__})"
+            )
+        return zeros_batch(example, 2)
+    shape = spec.get("input_shape")
+    if (
+        not isinstance(shape, (list, tuple))
+        or not shape
+        or not all(isinstance(d, int) and d > 0 for d in shape)
+    ):
+        raise NasPruneError(f"{where}: spec has no valid 'input_shape' (got {shape!r})")
+    return torch.zeros(2, *shape)
 
 
 def checked_widths(value: Any, where: str) -> dict[str, int]:
@@ -174,15 +221,9 @@ def checked_widths(value: Any, where: str) -> dict[str, int]:
 
 def _structure(spec: Mapping[str, Any], widths: Mapping[str, int], where: str) -> nn.Module:
     """The dense model of ``spec`` pruned to ``widths`` (fresh weights: only the shapes matter)."""
-    shape = spec.get("input_shape")
-    if (
-        not isinstance(shape, (list, tuple))
-        or not shape
-        or not all(isinstance(d, int) and d > 0 for d in shape)
-    ):
-        raise NasPruneError(f"{where}: spec has no valid 'input_shape' (got {shape!r})")
-    dense = build_from_spec(dict(spec))
-    return prune(dense, torch.zeros(2, *shape), dict(widths), "l1")
+    example = example_from_spec(spec, where)
+    dense = build_from_spec({k: v for k, v in spec.items() if k != "example_inputs"})
+    return prune(dense, example, dict(widths), "l1")
 
 
 def load_pruned(path: str | os.PathLike) -> nn.Module:

@@ -24,6 +24,8 @@ import torch.utils.benchmark as benchmark
 from thop import profile
 from thop.profile import register_hooks
 
+from .batch import as_call_args, batch_size, call_model, map_tensors, resize_batch, to_device
+
 __all__ = [
     "CostModel",
     "LayerCut",
@@ -42,8 +44,15 @@ def _no_ops(module, inputs, output):
     """thop hook that counts nothing (BatchNorm, activations, pooling...)."""
 
 
-def _batch_of(example_inputs) -> tuple[torch.Tensor, ...]:
-    return tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+class _Keywords(nn.Module):
+    """``model`` called with fixed keyword inputs: for thop, which passes only positional ones."""
+
+    def __init__(self, model: nn.Module, kwargs: dict[str, Any]):
+        super().__init__()
+        self.model, self.kwargs = model, kwargs
+
+    def forward(self, *args: Any) -> Any:
+        return self.model(*args, **self.kwargs)
 
 
 def count_params(model: nn.Module) -> int:
@@ -56,12 +65,13 @@ def count_macs(model: nn.Module, example_inputs) -> tuple[int, int]:
 
     Args:
         model: any ``nn.Module``; a deep copy is profiled in eval mode.
-        example_inputs: a batch (tensor or tuple of tensors); MACs are divided by its batch size.
+        example_inputs: a batch the model accepts (a tensor, a tuple of them or a dict of keyword inputs);
+            MACs are divided by its batch size (:func:`~nas_prune.batch.batch_size`).
 
     Returns:
         ``(macs, params)`` as ints.
     """
-    inputs = _batch_of(example_inputs)
+    args, kwargs = as_call_args(to_device(example_inputs, "cpu"))
     probe = copy.deepcopy(model).cpu().eval()
     # Hook only leaves: thop does not descend into a module that has a hook of its own.
     ops = {type(m): _no_ops for m in probe.modules() if not isinstance(m, _COUNTED) and not any(m.children())}
@@ -70,9 +80,8 @@ def count_macs(model: nn.Module, example_inputs) -> tuple[int, int]:
         if isinstance(m, _COUNTED) and type(m) not in register_hooks:
             ops[type(m)] = next(register_hooks[c] for c in type(m).__mro__ if c in register_hooks)
     with torch.no_grad():
-        total, _ = profile(probe, inputs=tuple(t.cpu() for t in inputs), custom_ops=ops, verbose=False)
-    batch = inputs[0].shape[0]
-    return int(round(float(total) / batch)), count_params(model)
+        total, _ = profile(_Keywords(probe, kwargs), inputs=args, custom_ops=ops, verbose=False)
+    return int(round(float(total) / max(1, batch_size(example_inputs)))), count_params(model)
 
 
 @contextlib.contextmanager
@@ -126,33 +135,45 @@ def measure_latency(
     Runs a deep copy in eval mode under ``torch.inference_mode()``: ``warmup`` passes first, then
     ``torch.utils.benchmark.Timer.blocked_autorange`` (it synchronises CUDA and fixes the CPU thread
     count: ``threads``, default torch's current) for at least ``min_run_time`` seconds and long enough
-    for about ``repeats`` blocks; the median block time is returned. Only the shape of
-    ``example_inputs`` is used; the input is resized to ``batch``. The first call makes the process keep
-    its freed memory (:func:`steady_heap`), so the timing is of compute, not of page faults.
+    for about ``repeats`` blocks; the median block time is returned. Only the structure and shapes of
+    ``example_inputs`` (a tensor, a tuple of them or a dict of keyword inputs) are used: every tensor is
+    resized to ``batch`` (:func:`~nas_prune.batch.resize_batch`) and floating ones drawn at random. The
+    first call makes the process keep its freed memory (:func:`steady_heap`), so the timing is of
+    compute, not of page faults.
     """
     steady_heap()
     device = torch.device(device)
     probe = copy.deepcopy(model).to(device).eval()
-    inputs = tuple(
-        torch.randn((batch, *t.shape[1:]), dtype=t.dtype, device=device)
-        if t.is_floating_point()
-        else t[:1].expand(batch, *t.shape[1:]).to(device)
-        for t in _batch_of(example_inputs)
-    )
+    args, kwargs = as_call_args(_timing_inputs(example_inputs, batch, device))
     num_threads = (threads or torch.get_num_threads()) if device.type == "cpu" else 1
     with torch.inference_mode(), _cpu_threads(threads if device.type == "cpu" else None):
         for _ in range(warmup):
-            probe(*inputs)
+            probe(*args, **kwargs)
         start = time.perf_counter()  # one more pass, warm: how long the timed blocks must run
-        probe(*inputs)
+        probe(*args, **kwargs)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         per_pass = time.perf_counter() - start
         timer = benchmark.Timer(
-            stmt="probe(*inputs)", globals={"probe": probe, "inputs": inputs}, num_threads=num_threads
+            stmt="probe(*args, **kwargs)",
+            globals={"probe": probe, "args": args, "kwargs": kwargs},
+            num_threads=num_threads,
         )
         measured = timer.blocked_autorange(min_run_time=max(min_run_time, 1.2 * repeats * per_pass))
     return float(measured.median * 1e3)
+
+
+def _timing_inputs(example_inputs: Any, batch: int, device: torch.device) -> Any:
+    """The example's structure at ``batch`` on ``device``: floating tensors drawn at random (made there,
+    not copied: a layer's input at batch 256 is large), the others' rows repeated."""
+
+    def make(t: torch.Tensor) -> torch.Tensor:
+        if t.is_floating_point():
+            shape = (batch, *t.shape[1:]) if t.ndim else ()
+            return torch.randn(shape, dtype=t.dtype, device=device)
+        return resize_batch(t, batch).to(device)
+
+    return map_tensors(make, example_inputs)
 
 
 class Speedup(NamedTuple):
@@ -255,6 +276,7 @@ class CostModel:
         from .graph import ChannelGraph  # graph imports nothing from here; keep the core acyclic
 
         probe = copy.deepcopy(model).cpu().eval()
+        example_inputs = to_device(example_inputs, "cpu")
         graph = ChannelGraph(probe, example_inputs)
         self.groups = {g.name: g.channels for g in graph.groups}
         area = _output_area(probe, example_inputs)
@@ -346,8 +368,7 @@ def _channels(module: nn.Module) -> int:
 
 def _output_area(model: nn.Module, example_inputs) -> dict[str, float]:
     """Per conv/linear layer: MACs per (output channel x input channel per group), per sample."""
-    inputs = _batch_of(example_inputs)
-    batch = inputs[0].shape[0]
+    batch = max(1, batch_size(example_inputs))
     area: dict[str, float] = {}
     hooks = []
     for name, module in model.named_modules():
@@ -362,7 +383,7 @@ def _output_area(model: nn.Module, example_inputs) -> dict[str, float]:
             hooks.append(module.register_forward_hook(record))
     try:
         with torch.no_grad():
-            model(*inputs)
+            call_model(model, to_device(example_inputs, "cpu"))
     finally:
         for hook in hooks:
             hook.remove()

@@ -4,7 +4,8 @@ A *channel group* is a set of output channels that must be kept or removed toget
 the outputs of every conv feeding it, a depthwise conv ties its input to its output channels, a concat
 shifts channel indices into the next layer. Torch-Pruning traces these couplings through autograd; this
 module names the groups stably, finds the network's outputs automatically (whatever the classifier's
-type), and decides how each group may be cut:
+type; every tensor of a tuple or dict of outputs, e.g. a detector's heads), and decides how each group
+may be cut:
 
 * a group read or produced by a grouped layer (grouped convolution, GroupNorm) keeps the number of groups
   and loses the same positions from every block: its width is a multiple of ``ChannelGroup.multiple``
@@ -30,6 +31,7 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
+from .batch import call_model, tensors
 from .errors import NasPruneError
 
 __all__ = ["ChannelGroup", "ChannelGraph", "channel_groups"]
@@ -49,6 +51,8 @@ _CHANNEL_MODULES = {
 # Autograd ops that reorder channels: Torch-Pruning would treat them as element-wise and get indices wrong.
 _REORDERING_OPS = ("transpose", "permute", "shuffle", "roll", "flip", "gather", "index", "unknown")
 _ROOTS = (nn.modules.conv._ConvNd, nn.Linear)
+# Layers whose outputs are other channels than their inputs: a group read by one does not reach its output.
+_TRANSFORMS = {_OPS.CONV, _OPS.DEPTHWISE_CONV, _OPS.LINEAR, _OPS.EMBED, _OPS.MHA, _OPS.LSTM}
 
 
 @dataclass(frozen=True)
@@ -83,7 +87,8 @@ class ChannelGraph:
 
     Args:
         model: the model to trace.
-        example_inputs: a batch the model accepts.
+        example_inputs: a batch the model accepts: a tensor, a tuple of them (positional inputs) or a
+            dict (keyword inputs), see :mod:`nas_prune.batch`.
         frozen: names of groups to freeze at full width (as :func:`channel_groups` names them).
 
     Raises:
@@ -96,12 +101,17 @@ class ChannelGraph:
         self._order = {name: i for i, name in enumerate(self._names.values())}
         self.groups: list[ChannelGroup] = []
         self._roots: dict[str, tuple[nn.Module, object]] = {}
+        self._outputs: set = set()  # grad_fns of the network's final output tensors
         was_training = model.training
         model.eval()
         try:
             with torch.enable_grad():  # Torch-Pruning traces through autograd
                 self.dg = tp.DependencyGraph().build_dependency(
-                    model, example_inputs=example_inputs, verbose=False
+                    model,
+                    example_inputs=example_inputs,
+                    forward_fn=call_model,  # a tensor is one argument, never unpacked along its batch
+                    output_transform=self._final_outputs,
+                    verbose=False,
                 )
         except Exception as err:  # noqa: BLE001 - any tracing failure freezes the model, never crashes
             self.dg = None
@@ -112,6 +122,13 @@ class ChannelGraph:
             model.train(was_training)
         self._freeze(set(frozen))
         self.groups.sort(key=lambda g: self._order[g.name])
+
+    def _final_outputs(self, outputs) -> list[torch.Tensor]:
+        """Every tensor of the model's outputs (a tensor, tuple or dict: several heads), remembered so that
+        no group holds an output's channels, even one the network also reads on (a returned feature map)."""
+        found = tensors(outputs)
+        self._outputs = {t.grad_fn for t in found if t.grad_fn is not None}
+        return found
 
     def traced(self, name: str) -> bool:
         """True when Torch-Pruning could build group ``name`` (false for a group frozen by its failure)."""
@@ -185,7 +202,7 @@ class ChannelGraph:
         for item in tp_group:
             node, handler = item.dep.target, item.dep.handler
             out_side = self.dg.is_out_channel_pruning_fn(handler)
-            if node.type == _OPS.OUTPUT or (not node.outputs and out_side):
+            if self._is_output(node, out_side):
                 return None  # the network's final outputs are never a group
             module = node.module
             if node.type in _CHANNEL_MODULES and out_side and module in self._names:
@@ -208,6 +225,16 @@ class ChannelGraph:
             modules=tuple(members),
             reason="; ".join(dict.fromkeys(reasons)),
             multiple=multiple,
+        )
+
+    def _is_output(self, node, out_side: bool) -> bool:
+        """Whether the group's channels leave the network at ``node``: one of the final output tensors
+        (unless ``node`` only reads the group, as a conv does), or a layer nothing reads."""
+        carries = out_side or node.type not in _TRANSFORMS
+        return (
+            node.type == _OPS.OUTPUT
+            or (carries and node.grad_fn in self._outputs)
+            or (out_side and not node.outputs)
         )
 
     def _blocks(self, item, channels: int) -> tuple[int, str]:

@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
+from .batch import call_model, resize_batch
 from .errors import NasPruneError
 from .graph import ChannelGraph, ChannelGroup
 from .importance import Importance, get_importance
@@ -146,7 +147,8 @@ def prune(
 
     Args:
         model: the dense model; left unchanged.
-        example_inputs: a batch the model accepts (used to trace couplings).
+        example_inputs: a batch the model accepts (used to trace couplings): a tensor, a tuple of them
+            (positional inputs) or a dict (keyword inputs).
         widths: ``{group name: channels to keep}`` or a fraction in (0, 1] of every prunable group.
         importance: a registered criterion name (``l1``, ``l2``, ``bn_scale``, ``taylor``) or a callable.
         round_to: kept channels are rounded half up to a multiple of this.
@@ -238,8 +240,7 @@ def _slice_extras(item, stand_in: nn.Module, extras: dict[str, torch.Tensor]) ->
 def _check_forward(model: nn.Module, example_inputs) -> None:
     """Run the slim model once on the first example (eval mode, no grad); a failure becomes a
     ``NasPruneError`` naming the innermost module that was running."""
-    inputs = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
-    inputs = tuple(t[:1] for t in inputs)  # one sample is enough to see a shape error, and cheaper
+    inputs = resize_batch(example_inputs, 1)  # one sample is enough to see a shape error, and cheaper
     names = {module: name for name, module in model.named_modules()}
     running: list[str] = []
 
@@ -255,7 +256,7 @@ def _check_forward(model: nn.Module, example_inputs) -> None:
     model.eval()
     try:
         with torch.no_grad():
-            model(*inputs)
+            call_model(model, inputs)
     except Exception as err:  # noqa: BLE001 - whatever broke, say where
         where = running[-1] if running and running[-1] else "the model's forward"
         raise NasPruneError(f"the pruned model fails in {where}: {type(err).__name__}: {err}") from err

@@ -274,6 +274,58 @@ COUPLING_MODELS = {
 }
 
 
+class DictDetector(nn.Module):
+    """Keyword inputs ``image`` and a per-sample ``scale``, a shared backbone, and two heads returned as a
+    dict: ``boxes`` (a conv straight off the backbone) and ``scores`` (a hidden layer, a conv, a sigmoid)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = conv_bn(3, 8)
+        self.body = conv_bn(8, 12, stride=2)
+        self.boxes = nn.Conv2d(12, 4, 1)
+        self.scores = nn.Sequential(conv_bn(12, 6), nn.Conv2d(6, 3, 1))
+
+    def forward(self, image, scale):
+        x = self.body(self.stem(image * scale.view(-1, 1, 1, 1)))
+        return {"boxes": self.boxes(x), "scores": self.scores(x).sigmoid()}
+
+
+class TwoStream(nn.Module):
+    """Positional inputs ``(x, y)`` joined by an add (coupling both stems), returning a tuple: the feature
+    map ``feat`` (an output the network also reads on) and the class logits."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = conv_bn(3, 8), conv_bn(1, 8)
+        self.mid = conv_bn(8, 10)
+        self.feat = nn.Conv2d(10, 6, 1)
+        self.fc = nn.Linear(6, 5)
+
+    def forward(self, x, y):
+        f = self.feat(self.mid(self.a(x) + self.b(y)))
+        return f, self.fc(torch.flatten(F.adaptive_avg_pool2d(f, 1), 1))
+
+
+def detector_inputs(batch: int = 2) -> dict[str, torch.Tensor]:
+    return {"image": torch.randn(batch, 3, 16, 16), "scale": torch.rand(batch) + 0.5}
+
+
+def two_stream_inputs(batch: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.randn(batch, 3, 16, 16), torch.randn(batch, 1, 16, 16)
+
+
+MULTI_INPUT_MODELS = {
+    "dict_detector": (DictDetector, detector_inputs),
+    "two_stream": (TwoStream, two_stream_inputs),
+}
+"""Models whose forward takes several inputs (a dict, a tuple) and returns several outputs."""
+# Their channel groups: the heads' and returned feature map's channels are outputs, never groups.
+MULTI_INPUT_GROUPS = {
+    "dict_detector": {"stem.0": 8, "body.0": 12, "scores.0.0": 6},
+    "two_stream": {"a.0": 8, "mid.0": 10},
+}
+
+
 def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
     """Give every BatchNorm non-trivial statistics and affine parameters, as a trained model has."""
     gen = torch.Generator().manual_seed(seed)
@@ -305,3 +357,11 @@ def coupling_model(request):
     torch.manual_seed(0)
     factory, shape = COUPLING_MODELS[request.param]
     return request.param, randomize_bn(factory()).eval(), torch.randn(2, *shape)
+
+
+@pytest.fixture(params=sorted(MULTI_INPUT_MODELS))
+def multi_input_model(request):
+    """(name, model in eval mode with random BN statistics, example inputs: a dict or a tuple)."""
+    torch.manual_seed(0)
+    factory, inputs = MULTI_INPUT_MODELS[request.param]
+    return request.param, randomize_bn(factory()).eval(), inputs()

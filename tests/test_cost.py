@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TwoLayer, random_widths
+from conftest import MULTI_INPUT_GROUPS, DictDetector, TwoLayer, detector_inputs, random_widths
 from torch.utils.flop_counter import FlopCounterMode
 
 from nas_prune import channel_groups, count_macs, create_model, measure_latency, model_names, prune
@@ -161,3 +161,42 @@ def test_cost_model_is_exact_on_random_widths(factory, shape):
     for seed in range(2):
         widths = random_widths(channel_groups(model, x), seed)
         assert cost.cost(widths) == count_macs(prune(model, x, widths), x)
+
+
+# --- models with several inputs (a tuple, a dict) and several outputs ------------------------------
+
+
+def test_macs_of_a_model_with_keyword_inputs_by_hand_per_sample():
+    model = DictDetector()
+    # stem 8 x 3x3x3 at 16x16; body 12 x 8x3x3 at 8x8 (stride 2); heads at 8x8: boxes 4 x 12,
+    # scores 6 x 12x3x3 then 3 x 6 (thop counts no bias).
+    macs = 8 * 27 * 256 + 12 * 72 * 64 + 4 * 12 * 64 + 6 * 108 * 64 + 3 * 6 * 64
+    params = sum(p.numel() for p in model.parameters())
+    assert count_macs(model, detector_inputs(2)) == (macs, params) == count_macs(model, detector_inputs(4))
+
+
+def test_cost_model_is_exact_for_several_inputs_and_outputs(multi_input_model):
+    name, model, inputs = multi_input_model
+    cost = CostModel(model, inputs)
+    assert cost.groups == MULTI_INPUT_GROUPS[name]
+    assert cost.dense == count_macs(model, inputs)
+    for seed in range(2):
+        widths = random_widths(channel_groups(model, inputs), seed)
+        assert cost.cost(widths) == count_macs(prune(model, inputs, widths), inputs)
+
+
+def test_measure_latency_resizes_every_input_to_the_batch(multi_input_model):
+    _, model, inputs = multi_input_model
+    seen = []
+    first = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    first.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[0]))  # copied with the model
+    for batch in (1, 4):
+        seen.clear()
+        assert (
+            measure_latency(model, inputs, batch=batch, warmup=1, repeats=2, threads=1, min_run_time=0.01) > 0
+        )
+        assert seen and set(seen) == {batch}
+    slim = prune(model, inputs, 0.5)
+    exact = sum(p.numel() for p in model.parameters()) / sum(p.numel() for p in slim.parameters())
+    speedup = measure_speedup(model, slim, inputs, batch=4, rounds=3, latency_fn=DriftingClock(0))
+    assert speedup.ratio == pytest.approx(exact)

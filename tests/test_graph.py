@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch_pruning as tp
-from conftest import ConvClassifier, Grouped, ShuffleUnit, TwoLayer
+from conftest import MULTI_INPUT_GROUPS, ConvClassifier, Grouped, ShuffleUnit, TwoLayer
 
 from nas_prune import channel_groups, create_model, model_names, prune
 
@@ -145,3 +145,32 @@ def test_a_per_channel_scale_parameter_joins_the_group_it_scales(kind):
     factory, shape = COUPLING_MODELS[kind]
     groups = {g.name: g for g in channel_groups(factory(), torch.randn(2, *shape))}
     assert groups["conv1.0"].prunable and groups["conv2.0"].prunable
+
+
+# --- models with several inputs (a tuple, a dict) and several outputs ------------------------------
+
+
+def test_several_inputs_and_outputs_give_groups_but_never_an_output(multi_input_model):
+    name, model, inputs = multi_input_model
+    groups = channel_groups(model, inputs)
+    assert {g.name: g.channels for g in groups} == MULTI_INPUT_GROUPS[name]
+    assert all(g.prunable for g in groups)
+    # Both heads' final layers (and a returned feature map that a head also reads) are outputs.
+    outputs = {"dict_detector": ("boxes", "scores.1"), "two_stream": ("feat", "fc")}[name]
+    assert not any(layer in g.modules for g in groups for layer in outputs)
+    if name == "two_stream":  # the add ties both inputs' stems
+        assert {"a.0", "b.0"} <= set(groups[0].modules)
+
+
+def test_a_tensor_input_is_one_argument_never_unpacked_along_its_batch():
+    class OptionalScale(TwoLayer):
+        seen: list = []
+
+        def forward(self, x, scale=None):
+            self.seen.append(tuple(x.shape))
+            return super().forward(x if scale is None else x * scale)
+
+    model = OptionalScale()
+    groups = channel_groups(model, torch.randn(2, 1, 8, 8))
+    assert [g.name for g in groups] == ["conv1", "conv2"]
+    assert model.seen and set(model.seen) == {(2, 1, 8, 8)}

@@ -7,9 +7,10 @@ from collections import Counter
 
 import pytest
 import torch
-from conftest import COUPLING_MODELS, Residual, TwoLayer
+from conftest import COUPLING_MODELS, MULTI_INPUT_GROUPS, DictDetector, Residual, TwoLayer, detector_inputs
 
 from nas_prune import channel_groups, create_model, prune
+from nas_prune.batch import batch_size, call_model, tensors
 from nas_prune.latency import LatencyLUT
 from nas_prune.space import WidthSpace
 
@@ -367,3 +368,49 @@ def test_without_prepare_missing_entries_scale_the_dense_ones(two_layer):
     one = LatencyLUT(TwoLayer(), torch.randn(2, 1, 8, 8), cache_dir=lut.path.parent, measure_fn=FakeTimer())
     small = {"conv1": 1, "conv2": 1}  # BatchNorm at 1 channel: below every measured one, scaled from 4
     assert one.layer_ms(small, measure_missing=False)[1] == pytest.approx(dense[4] / 4)
+
+
+# --- models with several inputs (a tuple, a dict) and several outputs ------------------------------
+
+
+class WholeModelInputs(FakeTimer):
+    """:class:`FakeTimer` for layers; a whole model takes ``DENSE_MS`` times its share of the dense
+    parameters, after a run on the inputs it was given (recorded)."""
+
+    def __init__(self, dense_params):
+        super().__init__()
+        self.dense_params, self.models = dense_params, []
+
+    def __call__(self, module, inputs, device):
+        if not any(module.children()):
+            return super().__call__(module, inputs, device)
+        self.models.append(inputs)
+        with torch.no_grad():
+            call_model(module.eval(), inputs)
+        return DENSE_MS * sum(p.numel() for p in module.parameters()) / self.dense_params
+
+
+def test_a_model_with_several_inputs_gets_keys_of_its_pruned_model_and_a_calibrated_prediction(
+    multi_input_model, tmp_path
+):
+    name, model, inputs = multi_input_model
+    timer = WholeModelInputs(sum(p.numel() for p in model.parameters()))
+    lut = LatencyLUT(model, inputs, cache_dir=tmp_path, measure_fn=timer, rounds=1, batch=3)
+    assert lut.groups == MULTI_INPUT_GROUPS[name]
+    widths = {g: max(1, c // 2) for g, c in lut.groups.items()}
+    slim = LatencyLUT(
+        prune(model, inputs, widths), inputs, cache_dir=tmp_path, measure_fn=FakeTimer(), rounds=1, batch=3
+    )
+    assert lut.layer_keys(widths) == slim.layer_keys({})
+    assert lut.predict({}) == pytest.approx(DENSE_MS) and 0 < lut.predict(widths) < DENSE_MS
+    lut.calibrate(count=3)  # prunes and times whole models on zero inputs of the model's structure
+    assert lut.calibration.samples == 4 and 0 < lut.predict(widths, measure_missing=False) < lut.predict({})
+    # The whole model was given its own input structure at the LUT's batch, never a bare shape.
+    assert all(type(got) is type(inputs) and batch_size(got) == 3 for got in timer.models)
+    assert [t.shape[1:] for t in tensors(timer.models[0])] == [t.shape[1:] for t in tensors(inputs)]
+
+
+def test_the_default_timer_times_a_model_with_keyword_inputs(tmp_path):
+    model, inputs = DictDetector().eval(), detector_inputs()
+    lut = LatencyLUT(model, inputs, cache_dir=tmp_path, rounds=1, threads=1)
+    assert lut.predict({}) > 0 and lut.predict({"body.0": 4}) > 0

@@ -2,10 +2,12 @@ import copy
 
 import pytest
 import torch
-from conftest import TwoLayer, random_widths, randomize_bn
+import torch.nn as nn
+from conftest import MULTI_INPUT_GROUPS, DictDetector, TwoLayer, detector_inputs, random_widths, randomize_bn
 
 from nas_prune import NasPruneError, channel_groups, create_model, model_names, prune
-from nas_prune.prune import mask, round_width
+from nas_prune.batch import call_model, map_tensors, tensors
+from nas_prune.prune import _check_forward, channel_importance, mask, round_width
 
 
 def _double(model, x):
@@ -214,3 +216,31 @@ def test_group_norm_keeps_its_groups_and_widths_step_by_them():
     slim = prune(model, x, {"0": 6})  # rounded half up to 8
     assert slim[0].out_channels == slim[1].num_channels == 8 and slim[1].num_groups == 4
     assert slim(x).shape == (2, 5)
+
+
+def test_several_inputs_and_outputs_prune_equals_mask_and_keep_the_output_structure(multi_input_model):
+    name, model, inputs = multi_input_model
+    model, inputs = model.double(), map_tensors(torch.Tensor.double, inputs)
+    dense = call_model(model, inputs)
+    state = copy.deepcopy(model.state_dict())
+    for widths in (0.5, random_widths(channel_groups(model, inputs), seed=1)):
+        slim = prune(model, inputs, widths)
+        out = call_model(slim, inputs)
+        assert type(out) is type(dense) and (not isinstance(out, dict) or out.keys() == dense.keys())
+        assert [t.shape for t in tensors(out)] == [t.shape for t in tensors(dense)]
+        masked = call_model(mask(model, inputs, widths), inputs)
+        assert all(
+            torch.allclose(a, b, atol=1e-5) for a, b in zip(tensors(out), tensors(masked), strict=True)
+        )
+        assert sum(p.numel() for p in slim.parameters()) < sum(p.numel() for p in model.parameters())
+    assert set(channel_importance(model, inputs)) == set(MULTI_INPUT_GROUPS[name])
+    _assert_unchanged(model, state)
+
+
+def test_a_pruned_model_with_keyword_inputs_that_cannot_run_names_the_layer():
+    model, inputs = DictDetector(), detector_inputs()
+    _check_forward(model, inputs)  # runs on one sample of every input
+    broken = copy.deepcopy(model)
+    broken.body[0] = nn.Conv2d(5, 12, 3, 2, 1)  # reads 5 channels, the stem gives 8
+    with pytest.raises(NasPruneError, match="fails in body.0"):
+        _check_forward(broken, inputs)

@@ -27,8 +27,9 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn as nn
 
+from ..batch import detach_cpu, map_tensors, tensors, zeros_batch
 from ..config import device_label
-from ..cost import CostModel, _batch_of, _cpu_threads
+from ..cost import CostModel, _cpu_threads
 from .calibration import KINDS, Calibration, agreement, default_samples, fit_calibration
 from .estimate import Estimator
 from .grid import plan
@@ -48,14 +49,17 @@ class LatencyLUT:
 
     Args:
         model: the dense model; a deep copy is traced and kept, the model itself is never touched.
-        example_inputs: a batch the model accepts (one tensor); only its per-sample shape matters.
+        example_inputs: a batch the model accepts (a tensor, a tuple of them or a dict of keyword
+            inputs); only its structure, per-sample shapes and dtypes matter.
         device: where layers are timed (``"cpu"``, ``"cuda"``...).
         batch: the batch size latency is predicted for.
         cache_dir: folder of the per-device JSON tables.
         threads: CPU threads for timing (default: torch's current setting); part of the device label.
         measure_fn: ``measure_fn(module, input_shape_with_batch, device) -> ms`` times one layer, or the
             whole dense model for the constant; default: :func:`~nas_prune.cost.measure_latency` (warm-up
-            then median) on a zero input of the model's dtype. Tests inject a deterministic one.
+            then median) on a zero input of the model's dtype. For a model with several inputs (a tuple
+            or dict) the whole model gets its zero inputs instead of a shape
+            (:data:`~nas_prune.latency.timing.MeasureFn`). Tests inject a deterministic one.
         rounds: each missing entry (and the dense model, for the constant) is timed this many times,
             in rounds over all missing entries, and the fastest round kept: a busy moment on a shared
             machine only ever adds time, and it then spoils one round of an entry, not the entry.
@@ -81,9 +85,9 @@ class LatencyLUT:
         measure_fn: MeasureFn | None = None,
         rounds: int = 3,
     ):
-        inputs = tuple(t.cpu() for t in _batch_of(example_inputs))  # traced on a CPU copy; timed on device
-        if len(inputs) != 1:
-            raise ValueError(f"LatencyLUT needs a model with one input tensor, got {len(inputs)}")
+        inputs = detach_cpu(example_inputs)  # traced on a CPU copy; timed on device
+        if not tensors(inputs):
+            raise ValueError("LatencyLUT needs example inputs with at least one tensor")
         if batch < 1 or rounds < 1:
             raise ValueError(f"batch and rounds must be >= 1, got {batch} and {rounds}")
         self.device = torch.device(device)
@@ -92,9 +96,12 @@ class LatencyLUT:
         self.threads = threads if self.device.type == "cpu" else None
         self._dense = copy.deepcopy(model).cpu().eval()
         self.dtype = next(
-            (p.dtype for p in self._dense.parameters() if p.is_floating_point()), inputs[0].dtype
+            (p.dtype for p in self._dense.parameters() if p.is_floating_point()), tensors(inputs)[0].dtype
         )
-        self._sample_shape = tuple(inputs[0].shape[1:])
+        self._inputs = inputs
+        single = _single_tensor(inputs)
+        # One input tensor: measure_fn gets shapes, and the fingerprint is the per-sample shape, as ever.
+        self._sample_shape = None if single is None else tuple(single.shape[1:])
         with _cpu_threads(self.threads):
             self.device_name = device_label(self.device)
         self._cache = Table(cache_dir, self.device_name)
@@ -111,7 +118,10 @@ class LatencyLUT:
         self._estimator = Estimator(self._slots, self._kinds, self._keys, self.table)
         self._cache.load()
         dense_keys = self.layer_keys({})
-        digest = hashlib.sha1("\n".join([repr(self._sample_shape), repr(self._dense), *dense_keys]).encode())
+        shapes = self._sample_shape
+        if shapes is None:
+            shapes = map_tensors(lambda t: (tuple(t.shape[1:]), str(t.dtype)), inputs)
+        digest = hashlib.sha1("\n".join([repr(shapes), repr(self._dense), *dense_keys]).encode())
         self._fingerprint = digest.hexdigest()[:16]
 
     def layer_keys(self, widths: Mapping[str, int]) -> list[str]:
@@ -221,7 +231,20 @@ class LatencyLUT:
         ``measure_fn``: the fastest of :attr:`rounds` rounds over all samples, each round in a new
         random order (:func:`~nas_prune.latency.timing.in_rounds`), so that what is compared is timed
         under the same conditions."""
-        return self._timer.pruned(self._dense, self._sample_shape, samples, seed)
+        return self._timer.pruned(self._dense, self._zeros(2), self._measured_inputs(), samples, seed)
+
+    def _zeros(self, batch: int):
+        """Zero inputs of the model's structure at ``batch`` (floating ones in the model's dtype)."""
+        if self._sample_shape is not None:
+            return torch.zeros((batch, *self._sample_shape), dtype=self.dtype)
+        return zeros_batch(self._inputs, batch, self.dtype)
+
+    def _measured_inputs(self):
+        """What ``measure_fn`` gets for the whole model: the input shape at :attr:`batch` for one input
+        tensor, else zero inputs of the model's structure at that batch."""
+        if self._sample_shape is not None:
+            return (self.batch, *self._sample_shape)
+        return self._zeros(self.batch)
 
     def validate(
         self, samples: Sequence[Mapping[str, int]], measure: Callable[[Mapping[str, int]], float]
@@ -317,9 +340,10 @@ class LatencyLUT:
                     "the latency LUT's dense model is not measured yet: call prepare() before predicting "
                     "with measure_missing=False"
                 )
-            shape = (self.batch, *self._sample_shape)
+            inputs = self._measured_inputs()
             timed = self._fill(
-                self._resolve({}), lambda: self._timer.measure(copy.deepcopy(self._dense), shape, self.device)
+                self._resolve({}),
+                lambda: self._timer.measure(copy.deepcopy(self._dense), inputs, self.device),
             )
             record = {"dense_ms": min(timed), "model": type(self._dense).__name__}
             constants[self._fingerprint] = record
@@ -327,3 +351,12 @@ class LatencyLUT:
             record["sums"] = self.kind_sums({}, measure_missing=True)
             self._cache.save()
         return record
+
+
+def _single_tensor(inputs) -> torch.Tensor | None:
+    """The one input tensor of ``inputs`` (a tensor, or a tuple or list of one), else ``None``."""
+    if isinstance(inputs, torch.Tensor):
+        return inputs
+    if isinstance(inputs, (tuple, list)) and len(inputs) == 1 and isinstance(inputs[0], torch.Tensor):
+        return inputs[0]
+    return None

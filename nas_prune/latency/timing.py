@@ -13,14 +13,23 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
 
+from ..batch import batch_size
 from ..cost import measure_latency
 from .slots import Slot, build
 
-MeasureFn = Callable[[nn.Module, tuple[int, ...], torch.device], float]
+MeasureFn = Callable[[nn.Module, Any, torch.device], float]
+"""``measure_fn(module, inputs, device) -> ms``: ``inputs`` is the input shape with batch (a tuple of
+ints) for a layer and for a model with one input tensor, and the inputs themselves (zeros at the LUT's
+batch, as the model takes them: a tuple or a dict) for a model with several."""
+
+
+def _is_shape(inputs: Any) -> bool:
+    return isinstance(inputs, (tuple, list)) and all(isinstance(d, int) for d in inputs)
 
 
 def in_rounds(
@@ -57,13 +66,19 @@ class Timer:
         self.device, self.dtype, self.batch, self.rounds, self.threads = device, dtype, batch, rounds, threads
         self.measure = measure_fn or self.time
 
-    def time(self, module: nn.Module, shape: tuple[int, ...], device: torch.device) -> float:
-        """Default ``measure_fn``: :func:`measure_latency` on a zero input, 10 ms of blocks for a layer
-        (thousands of entries are timed), 100 ms for a whole model."""
-        example = torch.zeros(shape, dtype=self.dtype)
+    def time(self, module: nn.Module, shape: Any, device: torch.device) -> float:
+        """Default ``measure_fn``: :func:`measure_latency` on a zero input of ``shape`` (or on ``shape``
+        itself, a model's inputs, see :data:`MeasureFn`), 10 ms of blocks for a layer (thousands of
+        entries are timed), 100 ms for a whole model."""
+        example = torch.zeros(shape, dtype=self.dtype) if _is_shape(shape) else shape
         seconds = 0.1 if any(module.children()) else 0.01
         return measure_latency(
-            module, example, device=device, batch=shape[0], threads=self.threads, min_run_time=seconds
+            module,
+            example,
+            device=device,
+            batch=batch_size(example),
+            threads=self.threads,
+            min_run_time=seconds,
         )
 
     def slot(self, slot: Slot, cin: int, cout: int, groups: int) -> float:
@@ -97,14 +112,14 @@ class Timer:
     def pruned(
         self,
         dense: nn.Module,
-        sample_shape: tuple[int, ...],
+        example: Any,
+        inputs: Any,
         samples: Sequence[Mapping[str, int]],
         seed: int = 0,
     ) -> list[float]:
-        """``dense`` pruned to each of ``samples`` (``{}``: the dense model), timed by :func:`in_rounds`."""
+        """``dense`` pruned to each of ``samples`` (``{}``: the dense model) on ``example`` (a batch it
+        takes), timed by :func:`in_rounds` with ``measure_fn``'s ``inputs`` (see :data:`MeasureFn`)."""
         from ..prune import prune  # prune imports the graph; keep this package importable on its own
 
-        example = torch.zeros((2, *sample_shape), dtype=self.dtype)
         models = [prune(dense, example, dict(w)) for w in samples]
-        shape = (self.batch, *sample_shape)
-        return in_rounds(models, lambda m: self.measure(m, shape, self.device), self.rounds, seed)
+        return in_rounds(models, lambda m: self.measure(m, inputs, self.device), self.rounds, seed)

@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 from torch.overrides import TorchFunctionMode
 
+from ..batch import call_model, to_device
 from ..cost import CostModel
 from .slots import Slot, config_of, kind_of
 
@@ -152,11 +153,10 @@ class _Functional(TorchFunctionMode):
         return out
 
 
-def trace(
-    model: nn.Module, cost: CostModel, inputs: tuple[torch.Tensor, ...]
-) -> tuple[list[Slot], list[str]]:
-    """One forward pass of a copy with hooks: the slots called, in order, and the unmodelled modules."""
-    probe = copy.deepcopy(model)
+def trace(model: nn.Module, cost: CostModel, inputs) -> tuple[list[Slot], list[str]]:
+    """One forward pass of a copy with hooks on ``inputs`` (a tensor, a tuple of them or a dict of keyword
+    inputs): the slots called, in order, and the unmodelled modules."""
+    probe, inputs = copy.deepcopy(model), to_device(inputs, "cpu")
     tracer = _Tracer(cost)
     leaves = [(name, module) for name, module in probe.named_modules() if not any(module.children())]
     hooks = [module.register_forward_pre_hook(tracer.enter) for _, module in leaves]
@@ -166,7 +166,7 @@ def trace(
     ]
     try:
         with torch.no_grad(), _Functional(tracer):
-            probe(*(t.cpu() for t in inputs))
+            call_model(probe, inputs)
     finally:
         for hook in hooks:
             hook.remove()
