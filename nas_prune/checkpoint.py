@@ -157,6 +157,8 @@ def save_pruned(
     """
     example = example_inputs if example_inputs is not None else spec.get("example_inputs")
     saved: dict[str, Any] = {"model": str(spec["model"]), "kwargs": dict(spec.get("kwargs") or {})}
+    if spec.get("given"):  # "object": a model given as a Python object, rebuilt only from it
+        saved["given"] = str(spec["given"])
     if example is None or spec.get("input_shape") is not None:
         saved["input_shape"] = [int(d) for d in spec["input_shape"]]
     if example is not None:
@@ -240,6 +242,12 @@ def load_pruned(path: str | os.PathLike) -> nn.Module:
     spec, state_dict = content["spec"], content["state_dict"]
     if not isinstance(spec, dict) or not isinstance(state_dict, dict):
         raise NasPruneError(f"{path} is not a nas_prune pruned model ('spec' or 'state_dict' is not a dict)")
+    if spec.get("given") == "object":
+        raise NasPruneError(
+            f"{path} was pruned from a model given as a Python object ({spec['model']}), which no name "
+            "rebuilds: load the export beside it (model.onnx or model.pt2: torch.export.load(...).module()), "
+            "or nas_prune.prune(<your model>, example, widths) and load_state_dict"
+        )
     model = _structure(spec, checked_widths(content["widths"], str(path)), str(path))
     load_weights(model, state_dict, str(path), detail=f" for widths {content['widths']}")
     return model.eval()

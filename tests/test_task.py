@@ -111,6 +111,9 @@ def test_retrain_and_a_baseline_of_it_through_the_python_api(api_run, trained, t
     assert metrics["score_name"] == "neg_mse" and math.isfinite(metrics["test_score"])
     assert "test_accuracy" not in metrics and metrics["dense"]["test_score"] < 0
     assert metrics["flops_ratio"] <= 0.5 + 1e-9
+    assert metrics["export"] and metrics["export_verified"]  # reloads without the user's source
+    with pytest.raises(NasPruneError, match="given as a Python object"):
+        nas_prune.load_pruned(Path(metrics["output"]) / "model.pt")
     summary = pd.read_csv(run / "retrain" / "summary.csv")
     assert {"test_score", "val_score"} <= set(summary.columns)
     distilled = nas_prune.retrain(

@@ -157,7 +157,7 @@ def _report(
             raise RuntimeError(
                 f"{s.method} left {figures.flops_ratio:.4f} of the FLOPs, over the budget {s.budget_flops}"
             )
-    save_pruned(out / "model.pt", slim.cpu(), outcome.widths, ctx.spec, "l2")
+    save_pruned(out / "model.pt", slim.cpu(), outcome.widths, ctx.spec, "l2")  # spec: example inputs too
     extra = outcome.extra
     choice = {"widths": outcome.widths, "steps": extra.pop("steps", 1), "sparsity": extra.pop("sparsity", None),
               "nonzero_macs": extra.pop("nonzero_macs", None), "budget_flops": s.budget_flops}  # fmt: skip

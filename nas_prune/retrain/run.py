@@ -94,8 +94,8 @@ def _open_run(run_dir: Path, model: nn.Module | None = None) -> _Run:
     spec = ckpt["spec"]
     dense = _dense_skeleton(run_dir, spec, model)
     given = read_config_extras(config_path).get("given") or {}
-    if not isinstance(spec.get("input_shape"), list):
-        raise NasPruneError(f"{dense_path} has a spec without 'input_shape'")
+    if not isinstance(spec.get("input_shape"), list) and spec.get("example_inputs") is None:
+        raise NasPruneError(f"{dense_path} has a spec without 'input_shape' or 'example_inputs'")
     try:
         dense.load_state_dict(ckpt["state_dict"])
     except (RuntimeError, TypeError) as err:
@@ -199,8 +199,12 @@ def _task(run: _Run, task: Task | str | None) -> Task:
         )
     c = run.cfg
     resolved = resolve_task(task if task is not None else c.task, c.dataset, c.data_dir, c.subset)
-    shape = model_spec_for(run.spec["model"], resolved)["input_shape"]
-    if shape != list(run.spec["input_shape"]):
+    shape = model_spec_for(run.spec["model"], resolved).get("input_shape")
+    if (
+        shape is not None
+        and run.spec.get("input_shape") is not None
+        and shape != list(run.spec["input_shape"])
+    ):
         raise NasPruneError(
             f"task {resolved.name} gives inputs of shape {shape}, but dense.pt expects {run.spec['input_shape']}"
         )
@@ -328,7 +332,7 @@ def _report(
         int(job.cfg.latency_batch_large), s["batch_size"], dense_accuracy,
     )  # fmt: skip
     slim = job.slim.cpu().eval()
-    save_pruned(out / "model.pt", slim, arch.widths, run.spec, run.cfg.importance)
+    save_pruned(out / "model.pt", slim, arch.widths, run.spec, run.cfg.importance, _structured(job.example))
     exported = _export(slim, job) if job.cfg.export else dict(_NO_EXPORT)
     choice = {"trial_id": arch.trial_id, "widths": dict(arch.widths), "distill": bool(job.cfg.distill),
               "temperature": s["temperature"], "alpha": s["alpha"], "budget_matched": bool(job.cfg.budget_matched)}  # fmt: skip
@@ -363,6 +367,11 @@ def _export(slim: nn.Module, job: _Job) -> dict[str, Any]:
             f"the export differs from PyTorch by {exported['export_max_abs_diff']:.2e}", stacklevel=3
         )
     return exported
+
+
+def _structured(example: Any) -> Any:
+    """Example inputs worth storing in model.pt: a tuple or dict of them (a tensor's shape is the spec's)."""
+    return None if isinstance(example, torch.Tensor) else example
 
 
 def _say_now(line: str) -> None:

@@ -75,15 +75,20 @@ def resolve_task(
 
 
 def model_spec_for(name: str, task: Task) -> dict[str, Any]:
-    """The plain-data spec of zoo model or ``pkg.module:factory`` ``name`` built for ``task``: its
-    ``model_kwargs`` and the shape of one example input (see :func:`nas_prune.models.model_spec`)."""
-    from ..batch import tensors
+    """The spec of zoo model or ``pkg.module:factory`` ``name`` built for ``task``: its ``model_kwargs``
+    and the shape of one example input (see :func:`nas_prune.models.model_spec`), or for a model that
+    takes a tuple or dict of inputs, zeros of them (``example_inputs``, see
+    :func:`nas_prune.checkpoint.example_from_spec`)."""
+    from ..batch import zeros_batch
     from ..plain import check_plain
 
-    example = tensors(task.example())
-    shape = [int(d) for d in example[0].shape[1:]] if example else []
-    spec = {"model": str(name), "kwargs": dict(task.model_kwargs), "input_shape": shape}
-    check_plain(spec, "spec")
+    example = task.example()
+    spec: dict[str, Any] = {"model": str(name), "kwargs": dict(task.model_kwargs)}
+    if isinstance(example, torch.Tensor):
+        spec["input_shape"] = [int(d) for d in example.shape[1:]]
+    else:  # a tuple or dict of inputs: zeros of their structure (what load_pruned rebuilds the model on)
+        spec["example_inputs"] = zeros_batch(example, 2)
+    check_plain(spec, "spec", tensors=True)
     return spec
 
 
