@@ -10,11 +10,17 @@ may be cut:
 * a group read or produced by a grouped layer (grouped convolution, GroupNorm) keeps the number of groups
   and loses the same positions from every block: its width is a multiple of ``ChannelGroup.multiple``
   (the least common multiple of those layers' group counts). Depthwise convolutions are handled exactly.
+* a group through an equal chunk or a channel shuffle (``view``/``transpose``/``view``) is cut alike in
+  every piece and shuffle group (:mod:`nas_prune.ties`); its root channels tied that way are whole
+  positions of ``multiple`` blocks, and the group is named and measured after its earliest layer.
 
 Groups that cannot be cut safely are frozen at full width, reported with ``prunable=False`` and a reason:
 
-* channels that flow through a permutation of the channel dimension (transpose/permute, e.g. a channel
-  shuffle) or through a reshape other than the flatten before a linear classifier;
+* channels that flow through any other permutation of the channel dimension (transpose/permute, e.g.
+  ``nn.ChannelShuffle``) or through a reshape other than the flatten before a linear classifier;
+* channels that chunks and channel shuffles tie all together (e.g. the stages of 116 and 232 channels of
+  pytorchcv's ``shufflenetv2_w1``) or in classes of different sizes, or a shuffle whose group count is
+  ambiguous;
 * a grouped layer reached through a concat or split (its blocks would not line up with the group's);
 * any part of the model on which Torch-Pruning itself fails (the error is the reason);
 * groups the user freezes by name (``frozen=``).
@@ -33,6 +39,7 @@ import torch_pruning as tp
 
 from .batch import call_model, tensors
 from .errors import NasPruneError
+from .ties import ShuffleTie, TiedGraph, tie_layout
 
 __all__ = ["ChannelGroup", "ChannelGraph", "channel_groups"]
 
@@ -98,15 +105,17 @@ class ChannelGraph:
     def __init__(self, model: nn.Module, example_inputs, frozen: Iterable[str] = ()):
         self.model = model
         self._names = {module: name for name, module in model.named_modules()}
+        self._modules = dict(model.named_modules())
         self._order = {name: i for i, name in enumerate(self._names.values())}
         self.groups: list[ChannelGroup] = []
         self._roots: dict[str, tuple[nn.Module, object]] = {}
         self._outputs: set = set()  # grad_fns of the network's final output tensors
+        self._orders: dict[str, list[int]] = {}  # group -> its root channels class by class (see tie_layout)
         was_training = model.training
         model.eval()
         try:
             with torch.enable_grad():  # Torch-Pruning traces through autograd
-                self.dg = tp.DependencyGraph().build_dependency(
+                self.dg = TiedGraph().build_dependency(
                     model,
                     example_inputs=example_inputs,
                     forward_fn=call_model,  # a tensor is one argument, never unpacked along its batch
@@ -137,12 +146,21 @@ class ChannelGraph:
     def tp_group(self, name: str, idxs=None):
         """The Torch-Pruning group of ``name`` over root channel indices ``idxs`` (default: all).
 
-        Built afresh on each call so concat/split index mappings reflect earlier cuts.
+        Built afresh on each call so concat/split index mappings reflect earlier cuts. A group whose tied
+        root channels are not blocks of the root's own order is seen class by class: ``idxs`` and the
+        items' ``root_idxs`` are positions in that order.
         """
         module, handler = self._roots[name]
+        order = self._orders.get(name)
         if idxs is None:
             idxs = list(range(self.dg.get_out_channels(module)))
-        return self.dg.get_pruning_group(module, handler, idxs)
+        if order is None:
+            return self.dg.get_pruning_group(module, handler, idxs)
+        tp_group = self.dg.get_pruning_group(module, handler, [order[i] for i in idxs])
+        position = {root: i for i, root in enumerate(order)}
+        for item in tp_group:
+            item.root_idxs = [position[r] for r in item.root_idxs]
+        return tp_group
 
     def _collect(self) -> None:
         """One group per conv/linear root not already covered (Torch-Pruning's ``get_all_groups``), with a
@@ -153,9 +171,12 @@ class ChannelGraph:
                 continue
             pruner = self.dg.get_pruner_of_module(module)
             channels = int(pruner.get_out_channels(module))
+            handler = pruner.prune_out_channels
             try:
-                tp_group = self.dg.get_pruning_group(module, pruner.prune_out_channels, list(range(channels)))
+                tp_group = self.dg.get_pruning_group(module, handler, list(range(channels)))
                 group = self._describe(tp_group)
+                if group is not None and any(item.dep.target in self.dg.ties for item in tp_group):
+                    module, handler, tp_group, group = self._tied(module, handler, tp_group, group)
             except Exception as err:  # noqa: BLE001 - Torch-Pruning's index mapping can fail on odd ops
                 visited.add(module)
                 reason = f"Torch-Pruning cannot map its channels ({type(err).__name__}: {str(err)[:200]})"
@@ -168,7 +189,36 @@ class ChannelGraph:
             )
             if group is not None and all(g.name != group.name for g in self.groups):
                 self.groups.append(group)
-                self._roots[group.name] = (module, pruner.prune_out_channels)
+                self._roots[group.name] = (module, handler)
+
+    def _tied(self, module, handler, tp_group, group: ChannelGroup):
+        """A group through a chunk or channel shuffle, rooted at its named layer (so its width is that
+        layer's), with its tied root channels as whole positions of ``multiple`` blocks, or frozen."""
+        named = self._modules[group.name]
+        if named is not module and isinstance(named, _ROOTS):
+            module, handler = named, self.dg.get_pruner_of_module(named).prune_out_channels
+            tp_group = self.dg.get_pruning_group(
+                module, handler, list(range(self.dg.get_out_channels(module)))
+            )
+            group = self._describe(tp_group)
+        classes = self.dg.root_classes(module, tp_group[0].dep.handler, group.channels)
+        ties = [self.dg.ties[item.dep.target] for item in tp_group if item.dep.target in self.dg.ties]
+        shuffles = list(dict.fromkeys(t.where for t in ties if isinstance(t, ShuffleTie)))
+        multiple, order, reason = tie_layout(shuffles, classes, group.channels)
+        if order is not None:
+            self._orders[group.name] = order
+        if multiple > 1 and group.multiple > 1:
+            reason = "grouped layers and equal chunks or channel shuffles both split its channels"
+        reasons = [r for r in (group.reason, reason) if r]
+        tied = ChannelGroup(
+            group.name,
+            group.channels,
+            not reasons,
+            group.modules,
+            "; ".join(reasons),
+            max(multiple, group.multiple),
+        )
+        return module, handler, tp_group, tied
 
     def _add_frozen(self, name: str, channels: int, reason: str) -> None:
         if all(g.name != name for g in self.groups):
@@ -211,6 +261,9 @@ class ChannelGraph:
             multiple = math.lcm(multiple, blocks)
             if reason:
                 reasons.append(reason)
+            elif node in self.dg.ties or node in self.dg.shuffle_nodes:  # mapped exactly by a tie
+                if getattr(self.dg.ties.get(node), "error", ""):
+                    reasons.append(self.dg.ties[node].error)
             elif node.type == _OPS.ELEMENTWISE and _reorders_channels(node):
                 reasons.append(f"channel reordering op {_op_name(node)}")
             elif node.type == _OPS.RESHAPE and not (_is_flatten_to_linear(node) or _views_a_vector(node)):

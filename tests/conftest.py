@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 import torch.nn as nn
@@ -159,6 +161,145 @@ class ShuffleUnit(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
+def pytorchcv_channel_shuffle(x, groups):
+    """pytorchcv's ``channel_shuffle``: view as (groups, channels per group), transpose, view back."""
+    batch, channels, height, width = x.size()
+    x = x.view(batch, groups, channels // groups, height, width)
+    x = torch.transpose(x, 1, 2).contiguous()
+    return x.view(batch, channels, height, width)
+
+
+def pytorchcv_channel_shuffle2(x, groups):
+    """pytorchcv's ``channel_shuffle2`` ("the alternative version"): view as (channels per group, groups)."""
+    batch, channels, height, width = x.size()
+    x = x.view(batch, channels // groups, groups, height, width)
+    x = torch.transpose(x, 1, 2).contiguous()
+    return x.view(batch, channels, height, width)
+
+
+class PytorchcvChannelShuffle(nn.Module):
+    """pytorchcv's ``ChannelShuffle`` module (``shuffle`` picks the variant)."""
+
+    def __init__(self, channels, groups, shuffle=pytorchcv_channel_shuffle):
+        super().__init__()
+        if channels % groups != 0:
+            raise ValueError("channels must be divisible by groups")
+        self.groups, self.shuffle = groups, shuffle
+
+    def forward(self, x):
+        return self.shuffle(x, self.groups)
+
+
+class PytorchcvConvBlock(nn.Module):
+    """pytorchcv's ``conv1x1_block`` / ``conv3x3_block``: conv, BatchNorm, ReLU."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2, bias=False)
+        self.bn = nn.BatchNorm2d(out_channels)
+        self.activ = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        return self.activ(self.bn(self.conv(x)))
+
+
+class PytorchcvShuffleUnit(nn.Module):
+    """pytorchcv's ShuffleNetV2 ``ShuffleUnit`` (without its optional SE block and residual): a downsample
+    unit runs a left branch (depthwise 3x3 stride 2, 1x1) beside the right one on the whole input; the
+    others chunk the input and run the right branch (1x1, depthwise 3x3, 1x1) on the second half; then
+    ``cat((y1, y2))`` and a channel shuffle of 2 groups. One ReLU module serves every activation."""
+
+    def __init__(self, in_channels, out_channels, downsample, shuffle=pytorchcv_channel_shuffle):
+        super().__init__()
+        self.downsample = downsample
+        mid_channels = out_channels // 2
+        self.compress_conv1 = nn.Conv2d(
+            in_channels if downsample else mid_channels, mid_channels, 1, bias=False
+        )
+        self.compress_bn1 = nn.BatchNorm2d(mid_channels)
+        stride = 2 if downsample else 1
+        self.dw_conv2 = nn.Conv2d(mid_channels, mid_channels, 3, stride, 1, groups=mid_channels, bias=False)
+        self.dw_bn2 = nn.BatchNorm2d(mid_channels)
+        self.expand_conv3 = nn.Conv2d(mid_channels, mid_channels, 1, bias=False)
+        self.expand_bn3 = nn.BatchNorm2d(mid_channels)
+        if downsample:
+            self.dw_conv4 = nn.Conv2d(in_channels, in_channels, 3, 2, 1, groups=in_channels, bias=False)
+            self.dw_bn4 = nn.BatchNorm2d(in_channels)
+            self.expand_conv5 = nn.Conv2d(in_channels, mid_channels, 1, bias=False)
+            self.expand_bn5 = nn.BatchNorm2d(mid_channels)
+        self.activ = nn.ReLU(inplace=True)
+        self.c_shuffle = PytorchcvChannelShuffle(out_channels, 2, shuffle)
+
+    def forward(self, x):
+        if self.downsample:
+            y1 = self.dw_bn4(self.dw_conv4(x))
+            y1 = self.activ(self.expand_bn5(self.expand_conv5(y1)))
+            x2 = x
+        else:
+            y1, x2 = torch.chunk(x, chunks=2, dim=1)
+        y2 = self.activ(self.compress_bn1(self.compress_conv1(x2)))
+        y2 = self.dw_bn2(self.dw_conv2(y2))
+        y2 = self.activ(self.expand_bn3(self.expand_conv3(y2)))
+        x = torch.cat((y1, y2), dim=1)
+        return self.c_shuffle(x)
+
+
+class PytorchcvShuffleNetV2(nn.Module):
+    """ShuffleNetV2 as pytorchcv's ``shufflenetv2_w1`` writes it, tiny: an init block (3x3 stride-2 conv
+    block, 3x3 stride-2 max-pool), stages of ``ShuffleUnit`` (the first of each downsamples), a 1x1 final
+    block, average pooling to 1x1 and a linear classifier. Stage 1 has four units (as in ``w1``), so chunks
+    and shuffles tie its channels all together; stage 2 has two."""
+
+    def __init__(
+        self,
+        channels=((16,) * 4, (32,) * 2),
+        init_block_channels=8,
+        final_block_channels=64,
+        in_channels=3,
+        in_size=32,
+        num_classes=10,
+        shuffle=pytorchcv_channel_shuffle,
+    ):
+        super().__init__()
+        self.features = nn.Sequential()
+        init_block = nn.Sequential()
+        init_block.add_module("conv", PytorchcvConvBlock(in_channels, init_block_channels, 3, stride=2))
+        init_block.add_module("pool", nn.MaxPool2d(kernel_size=3, stride=2, padding=0, ceil_mode=True))
+        self.features.add_module("init_block", init_block)
+        in_channels = init_block_channels
+        for i, channels_per_stage in enumerate(channels):
+            stage = nn.Sequential()
+            for j, out_channels in enumerate(channels_per_stage):
+                stage.add_module(
+                    f"unit{j + 1}", PytorchcvShuffleUnit(in_channels, out_channels, j == 0, shuffle)
+                )
+                in_channels = out_channels
+            self.features.add_module(f"stage{i + 1}", stage)
+        self.features.add_module("final_block", PytorchcvConvBlock(in_channels, final_block_channels, 1))
+        self.features.add_module("final_pool", nn.AvgPool2d(in_size // 2 ** (2 + len(channels)), stride=1))
+        self.output = nn.Linear(final_block_channels, num_classes)
+
+    def forward(self, x):
+        x = self.features(x)
+        x = x.view(x.size(0), -1)
+        return self.output(x)
+
+
+class Chunked(nn.Module):
+    """A chunk without a shuffle: the halves of one conv's output feed two different convs, then add."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = conv_bn(3, 16)
+        self.left, self.right = conv_bn(8, 12, k=1), conv_bn(8, 12, k=1)
+        self.fc = nn.Linear(12, 10)
+
+    def forward(self, x):
+        x1, x2 = self.stem(x).chunk(2, dim=1)
+        x = self.left(x1) + self.right(x2)
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
 class ConvClassifier(nn.Module):
     """All-convolutional: the classifier is a 1x1 conv followed by global pooling (no Linear)."""
 
@@ -265,6 +406,12 @@ COUPLING_MODELS = {
     "depthwise": (Depthwise, (3, 16, 16)),
     "grouped": (Grouped, (3, 16, 16)),
     "shuffle": (ShuffleUnit, (3, 16, 16)),
+    "shufflenetv2_pytorchcv": (PytorchcvShuffleNetV2, (3, 32, 32)),
+    "shufflenetv2_pytorchcv_shuffle2": (
+        partial(PytorchcvShuffleNetV2, shuffle=pytorchcv_channel_shuffle2),
+        (3, 32, 32),
+    ),
+    "chunked": (Chunked, (3, 16, 16)),
     "conv_classifier": (ConvClassifier, (3, 16, 16)),
     "grouped_residual": (GroupedResidual, (3, 16, 16)),
     "masked_conv": (MaskedConvNet, (3, 16, 16)),

@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 from conftest import MULTI_INPUT_GROUPS, DictDetector, TwoLayer, detector_inputs, random_widths, randomize_bn
 
-from nas_prune import NasPruneError, channel_groups, create_model, model_names, prune
+from nas_prune import NasPruneError, channel_groups, count_macs, create_model, model_names, prune
 from nas_prune.batch import call_model, map_tensors, tensors
 from nas_prune.prune import _check_forward, channel_importance, mask, round_width
 
@@ -119,13 +119,26 @@ def test_bad_widths_raise(widths, message):
 
 
 def test_frozen_group_cannot_be_shrunk_but_uniform_width_skips_it():
-    from conftest import ShuffleUnit
+    from conftest import PytorchcvShuffleNetV2
 
-    x = torch.randn(2, 3, 16, 16)
-    with pytest.raises(NasPruneError, match="cannot be pruned: .*channel reordering"):
-        prune(ShuffleUnit(), x, {"stem.0": 4})
-    slim = prune(ShuffleUnit(), x, 0.5)
-    assert slim.head[0].in_channels == 16 and slim.branch[0][0].out_channels == 4
+    x, stage1 = torch.randn(2, 3, 32, 32), "features.stage1.unit1.expand_conv3"
+    with pytest.raises(NasPruneError, match="cannot be pruned: 4 channel shuffles .* tie all 8 channels"):
+        prune(PytorchcvShuffleNetV2(), x, {stage1: 4})
+    slim = prune(PytorchcvShuffleNetV2(), x, 0.5)
+    unit1 = slim.features.stage1.unit1
+    assert unit1.expand_conv3.out_channels == 8 and unit1.compress_conv1.out_channels == 4
+
+
+@pytest.mark.parametrize("kind", ["shufflenetv2_pytorchcv", "shufflenetv2_pytorchcv_shuffle2"])
+def test_pytorchcv_shufflenet_loses_a_real_share_of_its_macs(kind):
+    from conftest import COUPLING_MODELS
+
+    factory, shape = COUPLING_MODELS[kind]
+    model, x = _double(randomize_bn(factory()), torch.randn(2, *shape))
+    slim = prune(model, x, 0.5)
+    assert count_macs(slim, x)[0] < 0.55 * count_macs(model, x)[0]  # 46% (44% with channel_shuffle2)
+    assert slim(x).shape == model(x).shape == (2, 10)
+    assert torch.allclose(slim(x), mask(model, x, 0.5)(x), atol=1e-10)
 
 
 def test_user_frozen_groups_keep_their_width():

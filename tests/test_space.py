@@ -75,10 +75,12 @@ def test_spanning_architectures_reach_from_narrow_to_dense_irregular_per_group()
 
 
 def test_frozen_and_unprunable_groups_stay_fixed():
-    x = torch.randn(1, 3, 16, 16)
-    space = _space(ShuffleUnit(), x, frozen=["branch.0.0"])
-    assert set(space.fixed) == {"stem.0", "branch.0.0"}  # shuffled channels, and the user's choice
-    assert space.names == ["head.0"]
+    from conftest import PytorchcvShuffleNetV2
+
+    stage1, branch = "features.stage1.unit1.expand_conv3", "features.stage1.unit1.compress_conv1"
+    space = _space(PytorchcvShuffleNetV2(), torch.randn(1, 3, 32, 32), frozen=[branch])
+    assert set(space.fixed) == {stage1, branch}  # channels tied all together by shuffles, the user's choice
+    assert len(space.names) == 8 and "features.stage2.unit1.expand_conv3" in space.names
     with pytest.raises(NasPruneError, match="not channel groups"):
         _space(TwoLayer(), torch.randn(1, 1, 8, 8), frozen=["nope"])
 

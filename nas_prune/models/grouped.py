@@ -1,7 +1,7 @@
 """The zoo's grouped- and depthwise-convolution models: CIFAR MobileNetV2, ResNeXt-20 and ShuffleNetV2.
 
 Their channel couplings are the hard cases for pruning (depthwise convs tie input to output, grouped
-convs lose the same positions from each group, a channel shuffle freezes what it mixes). Their
+convs lose the same positions from each group, a channel shuffle cuts the halves it mixes alike). Their
 factories (``mobilenetv2``, ``resnext20``, ``shufflenetv2``) register on import.
 """
 
@@ -197,5 +197,5 @@ def resnext20(in_channels: int = 3, num_classes: int = 10) -> nn.Module:
 
 @register_model
 def shufflenetv2(in_channels: int = 3, num_classes: int = 10) -> nn.Module:
-    """CIFAR ShuffleNetV2 0.5x (two units per stage): branch widths are searched, shuffled channels frozen."""
+    """CIFAR ShuffleNetV2 0.5x (two units per stage): branch widths and stage outputs (in pairs) are searched."""
     return ShuffleNetV2(in_channels, num_classes)
