@@ -316,6 +316,16 @@ def _arch_step(
     return ce.item(), (ratios[0].item(), ratios[1].item())
 
 
+def _weight_step(gates: WidthGates, batch: Any, training_step, optimizer, schedule) -> float:
+    """One SGD step of the supernet's weights on a training batch at the sampled widths; its loss."""
+    loss = loss_and_metrics(training_step(gates, batch))[0]
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    schedule.step()
+    return loss.item()
+
+
 def train_gates(
     model: nn.Module,
     example_inputs,
@@ -389,14 +399,9 @@ def train_gates(
         record(0)
         bar = tqdm(range(1, steps + 1), desc="gates", disable=not settings.progress, leave=False)
         for step in bar:
-            batch = to_device(next(train_batches), device)
             gates.sample(generator)
-            loss = loss_and_metrics(training_step(gates, batch))[0]
-            weights.zero_grad(set_to_none=True)
-            loss.backward()
-            weights.step()
-            schedule.step()
-            losses = {"train_loss": loss.item()}
+            batch = to_device(next(train_batches), device)
+            losses = {"train_loss": _weight_step(gates, batch, training_step, weights, schedule)}
             if step > warmup:
                 val_batch = to_device(next(val_batches), device)
                 val_loss, ratios = _arch_step(

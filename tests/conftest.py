@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import partial
+from pathlib import Path
 
 import pytest
 import torch
@@ -512,3 +513,16 @@ def multi_input_model(request):
     torch.manual_seed(0)
     factory, inputs = MULTI_INPUT_MODELS[request.param]
     return request.param, randomize_bn(factory()).eval(), inputs()
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    """A local Ray for one test module, with ``tests/`` on the workers' path (they import the fakes)."""
+    import ray
+
+    from nas_prune.search.workers import start_ray
+
+    started = start_ray(None, runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).parent)}})
+    yield
+    if started:
+        ray.shutdown()

@@ -16,23 +16,12 @@ from nas_prune.results import read_trials
 from nas_prune.search import parse_latency_budget
 from nas_prune.search.journal import Journal
 from nas_prune.search.ladder import Ladder
-from nas_prune.search.workers import start_ray
 
 TESTS = Path(__file__).parent
 EVALUATED = ["complete", "stopped", "failed"]
 SEEDS = ["uniform", "l2", "sensitivity", "gates"]
 DENSE_TOTAL = 32 + 32 + 64 + 64 + 128  # convnet's channels
 FAIL, HOPELESS = [7, 8, 9], [4, 5, 6, 12, 13, 14]  # widths of convnet's first group the fake plants
-
-
-@pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    started = start_ray(None, runtime_env={"env_vars": {"PYTHONPATH": str(TESTS)}})
-    yield
-    if started:
-        ray.shutdown()
 
 
 def _fake(markers: Path, **kw):

@@ -27,7 +27,6 @@ from nas_prune.cli import run_cli
 from nas_prune.errors import NasPruneError
 from nas_prune.retrain import main as retrain_main
 from nas_prune.search import main as search_main
-from nas_prune.search.workers import start_ray
 from nas_prune.task import Task, TaskError, check_task, resolve_task
 
 TESTS = Path(__file__).parent
@@ -35,16 +34,6 @@ LADDER = dict(trials=6, workers=1, rungs=1, epochs_per_trial=0.2, reduction_fact
 CLI_LADDER = ["--trials", "5", "--workers", "1", "--rungs", "1", "--epochs-per-trial", "0.2",
               "--reduction-factor", "2", "--gate-epochs", "0"]  # fmt: skip
 PATHS = ["--task", "task_fakes:regression_task", "--model", "task_fakes:two_head_net"]
-
-
-@pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    started = start_ray(None, runtime_env={"env_vars": {"PYTHONPATH": str(TESTS)}})
-    yield
-    if started:
-        ray.shutdown()
 
 
 @pytest.fixture(scope="module")
