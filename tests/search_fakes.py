@@ -34,3 +34,20 @@ class FakeEvaluator:
             "val_accuracy": min(1.0, (0.2 + 0.6 * share) * (0.7 + 0.2 * min(epochs, 1.0)) + jitter),
             "epochs": epochs,
         }
+
+
+class CrashOnceEvaluator(FakeEvaluator):
+    """Kills its worker process the first time it scores ``crash_trial`` (a marker file remembers it)."""
+
+    def __init__(self, settings, crash_trial, **kwargs):
+        super().__init__(settings, **kwargs)
+        self.crash_trial = crash_trial
+
+    def __call__(self, widths, epochs=0.0, seed=0):
+        import os
+
+        crashed = self.marker_dir / "crashed"
+        if seed == self.crash_trial and not crashed.exists():
+            crashed.touch()
+            os._exit(1)  # the process dies mid-call, as a killed worker does
+        return super().__call__(widths, epochs, seed)

@@ -397,3 +397,22 @@ def test_no_architecture_is_evaluated_twice_and_an_exhausted_grid_ends_rung_zero
         for t in optuna.load_study(study_name=s.study_name, storage=storage).trials
     )
     assert repeats >= 200  # the cap of repeats in a row that ended rung 0
+
+
+def test_a_worker_that_dies_mid_ladder_is_restarted_and_its_calls_retried(ray_session, tmp_path):
+    from search_fakes import CrashOnceEvaluator
+
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    evaluator = functools.partial(
+        CrashOnceEvaluator, crash_trial=6, marker_dir=str(markers), dense_total=DENSE_TOTAL
+    )
+    trials = nas_prune.search(
+        budget_flops=0.5, dataset="synthetic", model="convnet", trials=16, workers=2, pretrain_epochs=1,
+        epochs_per_trial=0.5, reduction_factor=4, gate_epochs=0, startup_trials=4, output=str(tmp_path / "run"),
+        quiet=True, evaluator=evaluator,
+    )  # fmt: skip
+    assert (markers / "crashed").exists()  # the worker did die on trial 6
+    assert not (trials["state"] == "failed").any(), trials.loc[trials["state"] == "failed", "error"].tolist()
+    assert trials.loc[trials["trial_id"] == 6, "rung0_accuracy"].notna().all()
+    assert trials["rung0_accuracy"].notna().sum() == 16

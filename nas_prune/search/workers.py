@@ -6,8 +6,10 @@ more than that in set-up. So ``--workers`` long-lived actors each build a
 rung-0 candidates per call, one fine-tune per call). Each actor has two calls queued, so it never waits
 for the driver. The same actors run on a Ray cluster with ``--ray-address``.
 
-A job that raises (NaN loss, out of memory, a bug in a user model) comes back as an ``error`` result;
-an actor that dies fails its jobs with an error and is replaced.
+A job that raises (NaN loss, out of memory, a bug in a user model) comes back as an ``error`` result.
+A worker process that dies (killed, out of host memory, a crash in native code) is restarted by Ray
+and its calls are retried on the restarted actor (``max_restarts``, ``max_task_retries``), so nothing
+is lost; only when the retries are spent do its jobs come back failed, and a new actor takes over.
 """
 
 from __future__ import annotations
@@ -25,7 +27,10 @@ import ray
 from ..errors import NasPruneError
 from ..objective import CandidateEvaluator, TrialSettings
 
-__all__ = ["Job", "WorkerPool", "ship_by_value", "start_ray"]
+__all__ = ["MAX_RESTARTS", "MAX_TASK_RETRIES", "Job", "WorkerPool", "ship_by_value", "start_ray"]
+
+MAX_RESTARTS = 3  # Ray restarts a dead worker this often ...
+MAX_TASK_RETRIES = 2  # ... and reruns each of its calls this often: a candidate that kills it thrice fails
 
 
 def start_ray(address: str | None, runtime_env: dict | None = None) -> bool:
@@ -137,7 +142,9 @@ class WorkerPool:
             raise NasPruneError(
                 f"--gpus-per-trial {gpus:g}: the Ray cluster has {resources.get('GPU', 0):g} GPUs"
             )
-        self.actor_class = ray.remote(num_cpus=cpus, num_gpus=gpus)(_Worker)
+        self.actor_class = ray.remote(
+            num_cpus=cpus, num_gpus=gpus, max_restarts=MAX_RESTARTS, max_task_retries=MAX_TASK_RETRIES
+        )(_Worker)
         ship_by_value(settings.model, settings.task, factory)
         self.args = (ray.put(settings), factory)
         self.actors = [self.actor_class.remote(*self.args) for _ in range(n)]
@@ -179,8 +186,10 @@ class WorkerPool:
             self.load[index] -= 1
             try:
                 yield from ray.get(ref)
-            except ray.exceptions.RayError as err:  # the actor died: its jobs failed, a new one takes over
-                message = f"the worker crashed: {type(err).__name__}"
+            except (
+                ray.exceptions.RayError
+            ) as err:  # died and retried in vain: its jobs failed, a new one takes over
+                message = f"the worker crashed {MAX_TASK_RETRIES + 1} times: {type(err).__name__}"
                 for job in jobs:
                     yield {"trial_id": job.trial_id, "rung": job.rung, "epochs": job.epochs, "error": message}
                 self.actors[index] = self.actor_class.remote(*self.args)
