@@ -258,3 +258,49 @@ def test_a_task_carves_validation_streams_batches_and_keeps_subsets(user_script)
     assert len(first) == 5 and all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
     assert isinstance(task, Task) and task.score_key == "score"
     check_task(task, user_script.two_head_net())
+
+
+class _KeywordBatches(torch.utils.data.Dataset):
+    """Items ``({"image", "scale"}, target)`` for ``conftest.DictDetector``, which takes keyword inputs."""
+
+    def __init__(self, count: int, seed: int):
+        gen = torch.Generator().manual_seed(seed)
+        self.x, self.s = torch.randn(count, 3, 16, 16, generator=gen), torch.rand(count, generator=gen) + 0.5
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return {"image": self.x[i], "scale": self.s[i]}, self.x[i, :1, ::2, ::2].clone()
+
+
+def _boxes_step(model, batch):
+    inputs, target = batch
+    return torch.nn.functional.mse_loss(model(**inputs)["boxes"][:, :1], target)
+
+
+def _boxes_score(model, batches):
+    return -sum(float(torch.nn.functional.mse_loss(model(**i)["boxes"][:, :1], t)) for i, t in batches)
+
+
+def test_a_latency_budget_on_a_model_with_keyword_inputs(ray_session, tmp_path):
+    from conftest import DictDetector, detector_inputs
+
+    task = Task(
+        train=_KeywordBatches(96, 0), test=_KeywordBatches(32, 1), training_step=_boxes_step, score=_boxes_score,
+        score_name="neg_mse", example_inputs=detector_inputs(), name="boxes",
+    )  # fmt: skip
+    model = DictDetector()
+    nas_prune.fit(model, task, epochs=1, batch_size=16, progress=False)
+    latency = lambda m, inputs, device=None, batch=1, **kw: nas_prune.count_macs(m, inputs)[0] / 1e4  # noqa: E731
+    trials = nas_prune.search(
+        model=model, task=task, budget_latency="0.7", trials=5, workers=1, rungs=0, gate_epochs=0, batch_size=16,
+        lut_samples=2, output=str(tmp_path / "run"), quiet=True, latency_fn=latency,
+    )  # fmt: skip
+    assert (trials["state"] == "complete").all() and trials["feasible"].all()
+    assert (trials["latency_ratio"] <= 0.7 + 1e-9).all() and trials["val_score"].notna().all()
+    metrics = nas_prune.retrain(
+        tmp_path / "run", model=model, task=task, init="inherit", epochs=0.2, quiet=True, progress=False,
+        latency_fn=latency,
+    )  # fmt: skip
+    assert metrics["export_verified"] and metrics["speedup"] > 1.0

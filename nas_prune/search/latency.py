@@ -18,17 +18,21 @@ limit was fixed neither drops the candidates nor starves the seeds.
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
+from torch import nn
 
 from ..atomic import atomic_write_text
+from ..batch import batch_size
 from ..config import device_label
 from ..cost import measure_latency
 from ..errors import NasPruneError
@@ -140,6 +144,14 @@ def _key(widths: dict[str, int]) -> str:
     return json.dumps(dict(widths), sort_keys=True)
 
 
+def _injected(latency_fn: Callable, module: nn.Module, shape_or_inputs: Any, device) -> float:
+    """An injected ``latency_fn(model, inputs, device, batch)`` as the LUT's ``measure_fn``, which gets a
+    layer's input shape, or a whole model's inputs when the model takes a tuple or dict of them."""
+    if isinstance(shape_or_inputs, (tuple, list)) and all(isinstance(d, int) for d in shape_or_inputs):
+        shape_or_inputs = torch.zeros(shape_or_inputs)
+    return latency_fn(module, shape_or_inputs, device, batch_size(shape_or_inputs))
+
+
 def latency_guard(
     cfg, budget, model, example, space, run_dir: Path, device, latency_fn, resume: bool, quiet: bool
 ) -> LatencyGuard | None:
@@ -158,7 +170,7 @@ def latency_guard(
         return None
     layer_fn = None
     if latency_fn is not None:
-        layer_fn = lambda module, shape, dev: latency_fn(module, torch.zeros(shape), dev, shape[0])  # noqa: E731
+        layer_fn = functools.partial(_injected, latency_fn)
     lut = LatencyLUT(
         model, example, device=device, batch=cfg.latency_batch, cache_dir=cfg.lut_dir, measure_fn=layer_fn
     )

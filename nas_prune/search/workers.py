@@ -103,8 +103,10 @@ class Job:
 class _Worker:
     """The actor: builds the evaluator once, then scores jobs one after the other."""
 
-    def __init__(self, settings: TrialSettings, factory: Callable[[TrialSettings], Callable]):
-        self.evaluate = factory(settings)
+    def __init__(self, settings: list, factory: Callable[[TrialSettings], Callable]):
+        self.evaluate = factory(
+            ray.get(settings[0])
+        )  # the settings' ref, held by the pool: a restart reads it again
 
     def ready(self) -> bool:
         return True
@@ -146,7 +148,7 @@ class WorkerPool:
             num_cpus=cpus, num_gpus=gpus, max_restarts=MAX_RESTARTS, max_task_retries=MAX_TASK_RETRIES
         )(_Worker)
         ship_by_value(settings.model, settings.task, factory)
-        self.args = (ray.put(settings), factory)
+        self.args = ([ray.put(settings)], factory)  # a ref inside a list: read by the actor, kept by the pool
         self.actors = [self.actor_class.remote(*self.args) for _ in range(n)]
         ray.get([actor.ready.remote() for actor in self.actors])  # data loaded: the ladder's clock starts
         self.queue: list[list[Job]] = []
