@@ -397,6 +397,11 @@ def test_no_architecture_is_evaluated_twice_and_an_exhausted_grid_ends_rung_zero
         for t in optuna.load_study(study_name=s.study_name, storage=storage).trials
     )
     assert repeats >= 200  # the cap of repeats in a row that ended rung 0
+    sampler = json.loads((tmp_path / "run" / "fidelity.json").read_text())["sampler"]
+    assert sampler["repeated_proposals"] == repeats and 0 < sampler["repeat_share"] < 1
+    scored = trials[trials["state"] != "infeasible"]
+    assert sampler["model_share"] == pytest.approx((scored["source"] == "optuna").mean())
+    assert sum(sampler["sources"].values()) == len(scored)
 
 
 def test_a_worker_that_dies_mid_ladder_is_restarted_and_its_calls_retried(ray_session, tmp_path):

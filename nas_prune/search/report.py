@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import pandas as pd
@@ -13,13 +14,16 @@ from ..results import PROPOSAL_SOURCES, public_trials
 from .driver import LadderStats
 from .journal import Journal
 from .ladder import Ladder, correlations, fidelity_warning
+from .study import repeated_proposals
 
 __all__ = ["fidelity_report", "print_summary", "write_outputs"]
 
 
 def fidelity_report(journal: Journal, ladder: Ladder, stats: LadderStats | None, workers: int) -> dict:
     """fidelity.json: per rung the evaluations and their worker-time throughput, the rank correlations
-    between consecutive rungs, and this session's Ray + Optuna overhead share."""
+    between consecutive rungs, this session's Ray + Optuna overhead share, and the sampler: the share of
+    rung-0 candidates its model chose (not a seed, start-up or fallback draw), every source's count and
+    the proposals skipped because they repeated an evaluated architecture."""
     rungs = []
     for rung, epochs in enumerate(ladder.epochs):
         seconds = [
@@ -36,6 +40,9 @@ def fidelity_report(journal: Journal, ladder: Ladder, stats: LadderStats | None,
             "per_hour": len(seconds) * 3600.0 / wall if wall > 0 else None,
         })  # fmt: skip
     pairs = correlations(journal, ladder)
+    scored = [c for c in journal.candidates.values() if not c.get("infeasible")]
+    proposed = sum(c["source"] in PROPOSAL_SOURCES for c in journal.candidates.values())
+    repeats = repeated_proposals(journal.path.parent)
     return {
         "schema_version": 1,
         "rungs": rungs,
@@ -46,6 +53,12 @@ def fidelity_report(journal: Journal, ladder: Ladder, stats: LadderStats | None,
         "warning": fidelity_warning(pairs),
         "workers": workers,
         "reduction_factor": ladder.reduction,
+        "sampler": {
+            "model_share": sum(c["source"] == "optuna" for c in scored) / len(scored) if scored else None,
+            "sources": dict(Counter(c["source"] for c in scored)),
+            "repeated_proposals": repeats,
+            "repeat_share": repeats / (repeats + proposed) if repeats + proposed else None,
+        },
     }
 
 
@@ -97,10 +110,12 @@ def print_summary(
     proposed = trials[trials["source"].isin(PROPOSAL_SOURCES)]
     infeasible = (proposed["state"] == "infeasible").mean() if len(proposed) else 0.0
     model_share = (proposed["source"] == "optuna").mean() if len(proposed) else 0.0
+    sampler = fidelity["sampler"]
     print(
         f"\nCandidates: {len(trials)} ({', '.join(f'{v} {k}' for k, v in counts.items())}); "
-        f"{infeasible:.1%} of proposals infeasible; {model_share:.0%} chosen by the sampler's model "
-        "(not its random start-up)."
+        f"{infeasible:.1%} of proposals infeasible; {model_share:.0%} of proposals and "
+        f"{sampler['model_share'] or 0:.0%} of rung-0 candidates chosen by the sampler's model (not a seed, "
+        f"its random start-up or a draw after a repeat); {sampler['repeated_proposals']} repeated proposals skipped."
     )
     if band_share is not None:
         print(

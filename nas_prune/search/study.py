@@ -31,7 +31,7 @@ from optuna.trial import TrialState, create_trial
 from ..errors import NasPruneError
 from .projection import KEEP_MIN
 
-__all__ = ["Proposals"]
+__all__ = ["Proposals", "repeated_proposals"]
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # multivariate TPE
@@ -142,3 +142,18 @@ class Proposals:
                 else:
                     study.tell(frozen.number, float(accuracy))
         return lost
+
+
+def repeated_proposals(run_dir: Path) -> int:
+    """How many proposals of the run in ``run_dir`` repeated an architecture already journaled (failed in
+    their study with the ``repeat`` mark by :meth:`Proposals.drop`, never evaluated)."""
+    path = run_dir / "study.db"
+    if not path.is_file():
+        return 0
+    storage = f"sqlite:///{path.resolve()}"
+    total = 0
+    for summary in optuna.get_all_study_summaries(storage):
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+        total += sum(bool(t.user_attrs.get("repeat")) for t in failed)
+    return total
