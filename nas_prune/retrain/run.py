@@ -217,8 +217,8 @@ def _plan(
     """The run, the task, the architecture, its pruned model and the settings; every bad input fails here."""
     run = _open_run(run_dir, model)
     task = _task(run, task)
-    if cfg.distill and task.distill_loss is None:
-        task.distillation_step(run.dense)  # raises: --distill does not apply to this task
+    if cfg.distill:
+        task.check_distillation()
     arch = choose_architecture(run_dir, rank=cfg.rank, trial=cfg.trial)
     example = task.example()
     slim = prune(run.dense, example, arch.widths, run.cfg.importance)  # unknown group -> NasPruneError

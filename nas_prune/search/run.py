@@ -46,20 +46,17 @@ __all__ = ["search"]
 
 
 def _settings(config, resume, changes, objects: _Objects) -> tuple[SearchConfig, Path]:
-    model_object, task_object = objects.model is not None, objects.task is not None
     if resume is not None:
         run_dir = Path(resume)
         cfg = resume_config(run_dir, changes)
         objects.check_resume(run_dir)
-        if model_object:
-            cfg = cfg.replace(model=type(objects.model).__name__)
-        cfg = validate(cfg, model_object, task_object)
     else:
         cfg = (config or SearchConfig()).replace(**changes)
-        if model_object:
-            cfg = cfg.replace(model=type(objects.model).__name__)
-        cfg = validate(cfg, model_object, task_object)
-        task_name = objects.task.name if task_object else None
+    if objects.model is not None:  # the run is named after the model's class
+        cfg = cfg.replace(model=type(objects.model).__name__)
+    cfg = validate(cfg, objects.model is not None, objects.task is not None)
+    if resume is None:
+        task_name = objects.task.name if objects.task is not None else None
         run_dir = Path(cfg.output) if cfg.output else default_output(cfg, make_budget(cfg), task_name)
         cfg = cfg.replace(output=str(run_dir))
     prepare_run_dir(run_dir, resume is not None)

@@ -283,14 +283,19 @@ class Task:
             raise TaskError(f"the task's score raised {type(err).__name__}: {err}") from err
         return {self.score_key: _number(value, "score")}
 
-    def distillation_step(self, teacher: nn.Module, **options: Any) -> Callable[[nn.Module, Any], Any]:
-        """A training step that distils from ``teacher`` with ``distill_loss``; a TaskError without one.
-        ``options`` (temperature, alpha) are for tasks that take them (classification)."""
+    def check_distillation(self) -> None:
+        """A TaskError when this task has no ``distill_loss`` (``--distill`` then does not apply)."""
         if self.distill_loss is None:
             raise TaskError(
                 f"--distill does not apply to this task ({self.name}): it has no distill_loss "
-                "(give Task(distill_loss=...): nas_prune.task.SoftDistillation() for logits, OutputMatching() for any outputs)"
+                "(give Task(distill_loss=...): nas_prune.task.SoftDistillation() for logits, OutputMatching() "
+                "for any outputs)"
             )
+
+    def distillation_step(self, teacher: nn.Module, **options: Any) -> Callable[[nn.Module, Any], Any]:
+        """A training step that distils from ``teacher`` with ``distill_loss``; a TaskError without one.
+        ``options`` (temperature, alpha) are for tasks that take them (classification)."""
+        self.check_distillation()
         teacher.eval()
         loss = self.distill_loss
 
