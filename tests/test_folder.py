@@ -209,3 +209,22 @@ def test_bad_arguments_and_late_corrupt_images(tmp_path):
     with pytest.raises(TaskError, match="3.png") as err:
         list(task.loader("train", 32, train=False))
     assert "\n" not in str(err.value)
+
+
+def test_the_commands_take_a_folder_tree(tmp_path, capsys):
+    from nas_prune.cli import run_cli
+    from nas_prune.search import main as search_main
+    from nas_prune.train import main as train_main
+
+    root = make_tree(tmp_path / "pets", n=8, size=(16, 16))
+    out = tmp_path / "dense.pt"
+    argv = ["--dataset", f"folder:{root}", "--model", "convnet", "--epochs", "0.5", "--batch-size", "8",
+            "--output", str(out), "--no-progress"]  # fmt: skip
+    assert run_cli(train_main, argv) == 0
+    ckpt = torch.load(out, weights_only=True)
+    assert ckpt["spec"]["kwargs"] == {"in_channels": 3, "num_classes": 3} and 0 <= ckpt["val_accuracy"] <= 1
+    argv = ["--dataset", f"folder:{root}", "--model", "convnet", "--budget-flops", "0.5", "--dry-run"]
+    assert run_cli(search_main, argv) == 0
+    assert "convnet on folder-pets" in capsys.readouterr().out
+    assert run_cli(search_main, ["--dataset", f"folder:{tmp_path / 'nowhere'}", "--budget-flops", "0.5"]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
