@@ -45,8 +45,10 @@ __all__ = ["CandidateEvaluator", "TrialSettings", "adapt_batchnorm", "evaluate_c
 class TrialSettings:
     """Everything a worker needs to score candidates, picklable so Ray ships it to workers once.
 
-    ``dense_state`` holds the dense weights (CPU tensors); ``model`` (a module given as an object, its
-    class shipped by Ray's serialisation) or else ``spec`` rebuilds the architecture. ``task`` is a
+    ``dense_state`` holds the dense weights (CPU tensors), or a width-shared supernet's with its channel
+    ``ranking`` (:mod:`nas_prune.supernet`: candidates are sliced by it instead of ``importance``);
+    ``model`` (a module given as an object, its class shipped by Ray's serialisation) or else ``spec``
+    rebuilds the architecture. ``task`` is a
     :class:`~nas_prune.task.Task`, a ``pkg.module:factory`` path to one (imported on the worker), or None
     for classification on ``dataset``.
     """
@@ -67,6 +69,7 @@ class TrialSettings:
     seed: int = 0
     task: Task | str | None = None
     model: nn.Module | None = None
+    ranking: dict[str, torch.Tensor] | None = None
 
     def make_task(self) -> Task:
         """The task (the readers cache parsed files per process). The split seed is always 0, as in the
@@ -171,7 +174,8 @@ class CandidateEvaluator:
         """
         start = time.perf_counter()
         seed_everything(self.settings.seed + seed)
-        slim = prune(self.dense, self.example, widths, self.settings.importance).to(self.device)
+        ranking = self.settings.ranking if self.settings.ranking is not None else self.settings.importance
+        slim = prune(self.dense, self.example, widths, ranking).to(self.device)
         slim = slim.to(memory_format=torch.channels_last)
         adapt_batchnorm(slim, self.bn_batches, len(self.bn_batches), self.device, self.task.inputs)
         done = self.fine_tune(slim, epochs, self.settings.seed + seed) if epochs > 0 else 0.0

@@ -126,11 +126,13 @@ def _select(graph: ChannelGraph, widths, importance, round_to) -> dict[str, list
     Every group is scored on the unpruned weights before anything is cut, so root indices stay valid.
     """
     keep = resolve_widths(graph.groups, widths, round_to)
-    scorer = get_importance(importance)
+    fixed = importance if isinstance(importance, Mapping) else None
+    scorer = None if fixed is not None else get_importance(importance)
     drops = {}
     for group in graph.groups:
         if keep[group.name] < group.channels:
-            order = channel_order(_group_scores(graph, scorer, group), group.multiple)
+            scores = fixed[group.name] if fixed is not None else _group_scores(graph, scorer, group)
+            order = channel_order(scores, group.multiple)
             drops[group.name] = sorted(order[keep[group.name] :].tolist())
     return drops
 
@@ -139,7 +141,7 @@ def prune(
     model: nn.Module,
     example_inputs,
     widths: Mapping[str, int] | float,
-    importance: str | Importance = "l2",
+    importance: str | Importance | Mapping[str, torch.Tensor] = "l2",
     round_to: int = 1,
     frozen: Iterable[str] = (),
 ) -> nn.Module:
@@ -150,7 +152,9 @@ def prune(
         example_inputs: a batch the model accepts (used to trace couplings): a tensor, a tuple of them
             (positional inputs) or a dict (keyword inputs).
         widths: ``{group name: channels to keep}`` or a fraction in (0, 1] of every prunable group.
-        importance: a registered criterion name (``l1``, ``l2``, ``bn_scale``, ``taylor``) or a callable.
+        importance: a registered criterion name (``l1``, ``l2``, ``bn_scale``, ``taylor``), a callable, or
+            fixed scores ``{group name: one score per channel}`` (a supernet's ranking, see
+            :mod:`nas_prune.supernet`: keep exactly the channels a width was trained with).
         round_to: kept channels are rounded half up to a multiple of this.
         frozen: group names kept at full width (a uniform fraction skips them; a dict may not shrink them).
 

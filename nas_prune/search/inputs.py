@@ -78,6 +78,8 @@ def _check_ladder(cfg: SearchConfig) -> None:
         raise NasPruneError(
             "--epochs-per-trial and --gate-epochs must be >= 0, --pretrain-epochs > 0, --gate-seeds >= 1"
         )
+    if cfg.supernet_epochs < 0 or cfg.supernet_widths < 0:
+        raise NasPruneError("--supernet-epochs and --supernet-widths must be >= 0")
     if cfg.rungs < 0 or cfg.reduction_factor < 2:
         raise NasPruneError(
             f"--rungs must be >= 0 and --reduction-factor >= 2, got {cfg.rungs} and {cfg.reduction_factor}"

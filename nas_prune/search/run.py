@@ -38,7 +38,7 @@ from .ladder import Ladder
 from .latency import LatencyGuard, latency_guard, measure_latencies
 from .projection import Projector
 from .report import fidelity_report, print_summary, write_outputs
-from .seeding import load_or_make_seeds
+from .seeding import load_or_make_seeds, load_or_train_supernet
 from .study import Proposals
 from .workers import WorkerPool, start_ray
 
@@ -267,12 +267,14 @@ def _prepare(
         given=objects.given(cfg),
     )  # fmt: skip
     seeds = load_or_make_seeds(cfg, model, example, space, cost, budget, task, device, run_dir, guard, quiet)
+    supernet = load_or_train_supernet(cfg, model, example, space, task, run_dir, device, quiet)
     latency = None if guard is None else (lambda w: guard.violation(w)[0], guard.aim_ms())
     projector = Projector(space, cost, budget, latency, latency_binding=guard is not None and guard.trusted)
     levels = _levels(cfg, projector, quiet)
     settings = TrialSettings(
         spec=spec,
-        dense_state={k: v.cpu() for k, v in model.state_dict().items()},
+        dense_state=supernet.state_dict if supernet else {k: v.cpu() for k, v in model.state_dict().items()},
+        ranking=supernet.ranking if supernet else None,
         dataset=cfg.dataset,
         data_dir=cfg.data_dir,
         subset=cfg.subset,

@@ -1,4 +1,5 @@
-"""The seeds of a search: the pruning heuristics' architectures and the gate supernet's, made once.
+"""The seeds of a search (the pruning heuristics' architectures and the gate supernet's) and the
+width-shared supernet rung 0 slices: made once, kept in the run directory.
 
 Seeds are computed before the ladder starts and kept in ``seeds.json`` (``[[source, widths], ...]``), so a
 resumed run climbs the same seeds without recomputing them (the sensitivity analysis and the gate
@@ -17,10 +18,11 @@ from ..atomic import atomic_write_text
 from ..objective import adapt_batchnorm
 from ..seeds import GATES, SeedContext, make_seeds
 from ..space import Budget
+from ..supernet import Supernet, SupernetSettings, load_supernet, save_supernet, train_supernet
 from ..task import Task, TaskError
 from ..train import evaluate
 
-__all__ = ["load_or_make_seeds"]
+__all__ = ["load_or_make_seeds", "load_or_train_supernet"]
 
 
 def _sensitivity_evaluator(task: Task, cfg, device) -> Callable:
@@ -135,3 +137,28 @@ def load_or_make_seeds(
         seeds += [(GATES, w) for w in gated if all(w != known for _, known in seeds)]
     atomic_write_text(path, json.dumps(seeds))
     return seeds
+
+
+def load_or_train_supernet(
+    cfg, model, example, space, task: Task, run_dir: Path, device, quiet
+) -> Supernet | None:
+    """The width-shared supernet of ``--supernet-epochs`` (None for 0): ``run_dir/supernet.pt`` when it
+    was trained with these settings, else trained now from the dense model and saved there."""
+    if cfg.supernet_epochs <= 0:
+        return None
+    key = {"epochs": float(cfg.supernet_epochs), "random_widths": int(cfg.supernet_widths), "lr": float(cfg.lr),
+           "batch_size": int(cfg.batch_size), "importance": cfg.importance, "seed": int(cfg.seed)}  # fmt: skip
+    path = run_dir / "supernet.pt"
+    found = load_supernet(path, key)
+    if found is not None:
+        return found
+    if not quiet:
+        print(
+            f"Training the width-shared supernet for {cfg.supernet_epochs:g} epochs (largest, smallest and "
+            f"{cfg.supernet_widths} random widths per step; --supernet-epochs 0 skips it) ..."
+        )
+    supernet = train_supernet(
+        model, example, space, task, SupernetSettings(**key, device=str(device), progress=not quiet)
+    )
+    save_supernet(path, supernet, key)
+    return supernet

@@ -101,17 +101,24 @@ class Job:
 
 
 class _Worker:
-    """The actor: builds the evaluator once, then scores jobs one after the other."""
+    """The actor: builds the evaluator once, then scores jobs one after the other.
 
-    def __init__(self, settings: list, factory: Callable[[TrialSettings], Callable]):
-        self.evaluate = factory(
-            ray.get(settings[0])
-        )  # the settings' ref, held by the pool: a restart reads it again
+    The settings arrive with every call, as a reference inside a list, not through the constructor: Ray
+    cannot restart an actor whose constructor took an object-store reference (ray-project/ray#53727),
+    and a restarted actor builds its evaluator again on its first (retried) call.
+    """
 
-    def ready(self) -> bool:
+    def __init__(self, factory: Callable[[TrialSettings], Callable]):
+        self.factory, self.evaluate = factory, None
+
+    def ready(self, settings: list) -> bool:
+        """Build the evaluator (load the data, the dense model) from ``settings[0]``, a reference."""
+        if self.evaluate is None:
+            self.evaluate = self.factory(ray.get(settings[0]))
         return True
 
-    def run(self, jobs: list[Job]) -> list[dict]:
+    def run(self, jobs: list[Job], settings: list) -> list[dict]:
+        self.ready(settings)
         out = []
         for job in jobs:
             start = time.perf_counter()
@@ -148,9 +155,9 @@ class WorkerPool:
             num_cpus=cpus, num_gpus=gpus, max_restarts=MAX_RESTARTS, max_task_retries=MAX_TASK_RETRIES
         )(_Worker)
         ship_by_value(settings.model, settings.task, factory)
-        self.args = ([ray.put(settings)], factory)  # a ref inside a list: read by the actor, kept by the pool
-        self.actors = [self.actor_class.remote(*self.args) for _ in range(n)]
-        ray.get([actor.ready.remote() for actor in self.actors])  # data loaded: the ladder's clock starts
+        self.factory, self.settings = factory, [ray.put(settings)]  # sent with every call, kept here
+        self.actors = [self.actor_class.remote(factory) for _ in range(n)]
+        ray.get([actor.ready.remote(self.settings) for actor in self.actors])  # data loaded: the clock starts
         self.queue: list[list[Job]] = []
         self.running: dict = {}  # object ref -> (actor index, jobs)
         self.load = [0] * n
@@ -171,7 +178,7 @@ class WorkerPool:
             if self.load[index] >= 2:  # two calls per actor: one running, one waiting
                 return
             jobs = self.queue.pop(0)
-            self.running[self.actors[index].run.remote(jobs)] = (index, jobs)
+            self.running[self.actors[index].run.remote(jobs, self.settings)] = (index, jobs)
             self.load[index] += 1
 
     def idle_slots(self) -> int:
@@ -194,7 +201,7 @@ class WorkerPool:
                 message = f"the worker crashed {MAX_TASK_RETRIES + 1} times: {type(err).__name__}"
                 for job in jobs:
                     yield {"trial_id": job.trial_id, "rung": job.rung, "epochs": job.epochs, "error": message}
-                self.actors[index] = self.actor_class.remote(*self.args)
+                self.actors[index] = self.actor_class.remote(self.factory)
         self._dispatch()
 
     def close(self) -> None:

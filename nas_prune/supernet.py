@@ -1,0 +1,157 @@
+"""A width-shared supernet: the dense weights trained so that every width on the grid works.
+
+Rung 0 scores a candidate without fine-tuning. Sliced from the dense weights, a narrow candidate scores
+near chance at aggressive budgets (issue 24: every rung-0 score of a 10%-FLOPs resnet20 search was
+0.06-0.22 on ten classes), so the ladder promotes almost at random. A supernet trained to be sliced
+(AutoSlim, Yu & Huang 2019; BigNAS; OFA) fixes that: any sub-network then scores near what it would
+reach after training, and the ranking follows.
+
+Training follows the *sandwich rule*: each step trains the largest width with the task's loss, then
+the smallest and ``random_widths`` random grid widths with *in-place distillation* from the largest's
+outputs (the task's ``distill_loss``; the task's own loss for a task without one), gradients summed,
+one optimiser step. Channels stay in the dense model's importance order: :class:`~nas_prune.gates.WidthGates`
+masks every width to its top channels by the dense model's scores, and :attr:`Supernet.ranking` keeps
+those scores, so ``prune(supernet_model, example, widths, importance=ranking)`` keeps exactly the
+channels that width was trained with.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .atomic import atomic_torch_save
+from .batch import to_device
+from .gates import WidthGates
+from .prune import channel_importance
+from .space import WidthSpace
+from .task import Task, loss_and_metrics
+from .train import make_optimizer, make_scheduler, resolve_device, seed_everything
+
+__all__ = ["Supernet", "SupernetSettings", "load_supernet", "save_supernet", "train_supernet"]
+
+
+@dataclass(frozen=True)
+class SupernetSettings:
+    """How the supernet is trained: ``epochs`` passes over the task's training split (fractions
+    allowed), each step the largest, the smallest and ``random_widths`` random widths; SGD at ``lr``
+    with a cosine schedule; channels ranked by ``importance`` on the dense weights."""
+
+    epochs: float
+    random_widths: int = 2
+    lr: float = 0.01
+    weight_decay: float = 5e-4
+    batch_size: int = 128
+    importance: str = "l2"
+    seed: int = 0
+    device: str = "cpu"
+    progress: bool = True
+
+
+@dataclass
+class Supernet:
+    """Trained shared weights and the channel ranking that slices them.
+
+    Attributes:
+        state_dict: the supernet's weights, shaped like the dense model's.
+        ranking: group -> one score per channel (the dense model's), what width ``w`` keeps the top ``w`` of;
+            pass it to :func:`nas_prune.prune` as ``importance``.
+        history: per logged step: ``step``, ``epoch``, ``largest_loss``, ``distill_loss``.
+    """
+
+    state_dict: dict[str, torch.Tensor]
+    ranking: dict[str, torch.Tensor]
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def model(self, dense: nn.Module) -> nn.Module:
+        """A copy of ``dense`` carrying the supernet's weights (slice it with ``importance=ranking``)."""
+        model = copy.deepcopy(dense)
+        model.load_state_dict(self.state_dict)
+        return model
+
+
+def _widths(space: WidthSpace, rng: random.Random, count: int) -> list[dict[str, int]]:
+    """The sandwich's student widths: the smallest, then ``count`` uniform draws from the grid."""
+    return [space.smallest(), *(space.random(rng) for _ in range(count))]
+
+
+def train_supernet(
+    model: nn.Module, example_inputs: Any, space: WidthSpace, task: Task, settings: SupernetSettings
+) -> Supernet:
+    """Train a width-shared supernet from ``model``'s weights with the sandwich rule (module docstring).
+
+    ``model`` is left unchanged. Raises :class:`~nas_prune.task.TaskError` for a task whose step or
+    distillation loss is not a scalar.
+    """
+    if not (settings.epochs > 0 and math.isfinite(settings.epochs)):
+        raise ValueError(f"supernet epochs must be a positive number, got {settings.epochs}")
+    device = resolve_device(settings.device)
+    seed_everything(settings.seed)
+    ranking = channel_importance(model, example_inputs, settings.importance)
+    loader = task.loader("train", settings.batch_size, train=True, seed=settings.seed, device=device,
+                         drop_last=task.size("train") > settings.batch_size)  # fmt: skip
+    steps = max(1, math.ceil(settings.epochs * len(loader)))
+    batches = itertools.chain.from_iterable(itertools.repeat(loader))
+    rng, history = random.Random(settings.seed), []
+    distill = task.distill_loss
+    with WidthGates(model, example_inputs, space, settings.importance) as net:
+        net.model.to(device).train()
+        net.to(device)
+        optimizer = make_optimizer(net.model, lr=settings.lr, weight_decay=settings.weight_decay)
+        schedule = make_scheduler(optimizer, steps)
+        bar = tqdm(range(1, steps + 1), desc="supernet", disable=not settings.progress, leave=False)
+        for step in bar:
+            batch = to_device(next(batches), device)
+            optimizer.zero_grad(set_to_none=True)
+            net.set_widths(space.dense())
+            largest = loss_and_metrics(task.training_step(net, batch))[0]
+            largest.backward()
+            with torch.no_grad():
+                teacher = task.forward(net, batch)
+            students = 0.0
+            for widths in _widths(space, rng, settings.random_widths):
+                net.set_widths(widths)
+                out = task.forward(net, batch) if distill is not None else None
+                loss = distill(teacher, out, batch) if distill is not None else task.training_step(net, batch)
+                loss = loss_and_metrics(loss)[0]
+                loss.backward()
+                students += loss.item()
+            optimizer.step()
+            schedule.step()
+            if step % max(1, steps // 50) == 0 or step == steps:
+                history.append({"step": step, "epoch": step / len(loader), "largest_loss": largest.item(),
+                                "distill_loss": students / (1 + settings.random_widths)})  # fmt: skip
+                bar.set_postfix(
+                    largest=f"{largest.item():.3f}", students=f"{history[-1]['distill_loss']:.3f}"
+                )
+        state = {k: v.detach().cpu().clone() for k, v in net.model.state_dict().items()}
+    return Supernet(state, {k: v.cpu() for k, v in ranking.items()}, history)
+
+
+def save_supernet(path: str | Path, supernet: Supernet, settings: Mapping[str, Any]) -> Path:
+    """Write the supernet (weights, ranking, history, the ``settings`` it was trained with) atomically;
+    tensors and plain data only."""
+    payload = {"state_dict": supernet.state_dict, "ranking": supernet.ranking, "history": supernet.history,
+               "settings": dict(settings)}  # fmt: skip
+    return atomic_torch_save(payload, Path(path))
+
+
+def load_supernet(path: str | Path, settings: Mapping[str, Any]) -> Supernet | None:
+    """The supernet at ``path`` if it was trained with these ``settings`` (else None: train it again)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if payload.get("settings") != dict(settings):
+        return None
+    return Supernet(payload["state_dict"], payload["ranking"], payload.get("history", []))
