@@ -151,18 +151,9 @@ class TensorClassificationTask(ClassificationTask):
             data = dataclasses.replace(data, **{split: type(part)(part.x[:limit], part.y[:limit])})
         return data.loader(split, batch_size, train=train, **kwargs)
 
-    def cached_val(self, batch_size: int, device: torch.device) -> list[Any]:
-        from ..batch import channels_last
-
-        return [channels_last(b) for b in self.loader("val", batch_size, train=False, device=device)]
-
     def example(self) -> torch.Tensor:
         """Zeros of two images (only shapes matter)."""
         return torch.zeros(2, *self.data.input_shape)
-
-    @property
-    def input_shape(self) -> list[int]:
-        return self.data.input_shape
 
 
 def with_label_smoothing(task: Task, label_smoothing: float) -> Task:
