@@ -48,7 +48,10 @@ class TrialSettings:
     ``dense_state`` holds the dense weights (CPU tensors), or a width-shared supernet's with its channel
     ``ranking`` (:mod:`nas_prune.supernet`: candidates are sliced by it instead of ``importance``);
     ``model`` (a module given as an object, its class shipped by Ray's serialisation) or else ``spec``
-    rebuilds the architecture. ``task`` is a
+    rebuilds the architecture. With a supernet, ``judge_state`` holds the dense weights: fine-tune jobs
+    then also score the candidate as rung 0 would without the supernet (``dense_judge``: sliced from
+    the dense model by ``importance``, adaptive BN), so fidelity.json compares both judges on the same
+    candidates. ``task`` is a
     :class:`~nas_prune.task.Task`, a ``pkg.module:factory`` path to one (imported on the worker), or None
     for classification on ``dataset``.
     """
@@ -70,6 +73,7 @@ class TrialSettings:
     task: Task | str | None = None
     model: nn.Module | None = None
     ranking: dict[str, torch.Tensor] | None = None
+    judge_state: dict[str, torch.Tensor] | None = None
 
     def make_task(self) -> Task:
         """The task (the readers cache parsed files per process). The split seed is always 0, as in the
@@ -82,10 +86,10 @@ class TrialSettings:
             self.dataset, self.data_dir, val_fraction=self.val_fraction, seed=0, subset=self.subset
         )
 
-    def dense_model(self) -> nn.Module:
-        """A fresh dense model with the dense weights."""
+    def dense_model(self, state: dict[str, torch.Tensor] | None = None) -> nn.Module:
+        """A fresh dense model with the dense weights (or ``state``)."""
         model = copy.deepcopy(self.model) if self.model is not None else build_from_spec(self.spec)
-        model.load_state_dict(self.dense_state)
+        model.load_state_dict(self.dense_state if state is None else state)
         return model
 
 
@@ -142,6 +146,8 @@ class CandidateEvaluator:
         self.device = resolve_device(settings.device)
         self.task = settings.make_task()
         self.dense = settings.dense_model().eval()
+        judge = settings.judge_state
+        self.judge = None if judge is None else settings.dense_model(judge).eval()
         self.example = self.task.example()
         bn_loader = self.task.loader(
             "train", settings.batch_size, train=True, seed=settings.seed, device=self.device
@@ -170,17 +176,25 @@ class CandidateEvaluator:
 
         Returns:
             ``val_accuracy`` (the task's validation score, whatever its name), ``epochs`` (fine-tuning
-            done) and ``wall_s``.
+            done) and ``wall_s``; for a fine-tune with ``judge_state`` set, also ``dense_judge``.
         """
         start = time.perf_counter()
         seed_everything(self.settings.seed + seed)
         ranking = self.settings.ranking if self.settings.ranking is not None else self.settings.importance
-        slim = prune(self.dense, self.example, widths, ranking).to(self.device)
+        slim = self._sliced(self.dense, widths, ranking)
+        done = self.fine_tune(slim, epochs, self.settings.seed + seed) if epochs > 0 else 0.0
+        result = {"val_accuracy": self.validate(slim.eval()), "epochs": done}
+        if epochs > 0 and self.judge is not None:
+            judged = self._sliced(self.judge, widths, self.settings.importance)
+            result["dense_judge"] = self.validate(judged)
+        return {**result, "wall_s": time.perf_counter() - start}
+
+    def _sliced(self, model: nn.Module, widths: dict[str, int], ranking) -> nn.Module:
+        """``widths`` cut from ``model`` keeping the channels ``ranking`` ranks first, BatchNorm adapted."""
+        slim = prune(model, self.example, widths, ranking).to(self.device)
         slim = slim.to(memory_format=torch.channels_last)
         adapt_batchnorm(slim, self.bn_batches, len(self.bn_batches), self.device, self.task.inputs)
-        done = self.fine_tune(slim, epochs, self.settings.seed + seed) if epochs > 0 else 0.0
-        score = self.validate(slim.eval())
-        return {"val_accuracy": score, "epochs": done, "wall_s": time.perf_counter() - start}
+        return slim
 
 
 def evaluate_candidate(

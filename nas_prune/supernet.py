@@ -21,7 +21,7 @@ import copy
 import itertools
 import math
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,10 @@ from .space import WidthSpace
 from .task import Task, loss_and_metrics
 from .train import make_optimizer, make_scheduler, resolve_device, seed_everything
 
-__all__ = ["Supernet", "SupernetSettings", "load_supernet", "save_supernet", "train_supernet"]
+__all__ = ["Sampler", "Supernet", "SupernetSettings", "load_supernet", "save_supernet", "train_supernet"]
+
+Sampler = Callable[[random.Random], dict[str, int]]
+"""Draws one student architecture (group -> width) from a random generator."""
 
 
 @dataclass(frozen=True)
@@ -80,18 +83,29 @@ class Supernet:
         return model
 
 
-def _widths(space: WidthSpace, rng: random.Random, count: int) -> list[dict[str, int]]:
-    """The sandwich's student widths: the smallest, then ``count`` uniform draws from the grid."""
-    return [space.smallest(), *(space.random(rng) for _ in range(count))]
+def _widths(
+    space: WidthSpace, rng: random.Random, count: int, sample: Sampler | None
+) -> list[dict[str, int]]:
+    """The sandwich's student widths: the smallest, then ``count`` draws of ``sample`` (uniform on the
+    grid without one)."""
+    draw = sample or space.random
+    return [space.smallest(), *(draw(rng) for _ in range(count))]
 
 
 def train_supernet(
-    model: nn.Module, example_inputs: Any, space: WidthSpace, task: Task, settings: SupernetSettings
+    model: nn.Module,
+    example_inputs: Any,
+    space: WidthSpace,
+    task: Task,
+    settings: SupernetSettings,
+    sample: Sampler | None = None,
 ) -> Supernet:
     """Train a width-shared supernet from ``model``'s weights with the sandwich rule (module docstring).
 
-    ``model`` is left unchanged. Raises :class:`~nas_prune.task.TaskError` for a task whose step or
-    distillation loss is not a scalar.
+    ``sample(rng) -> widths`` draws the random students (default: uniform on the grid). The search passes
+    random architectures projected onto its budget, so the shared weights are trained where its
+    candidates are. ``model`` is left unchanged. Raises :class:`~nas_prune.task.TaskError` for a task
+    whose step or distillation loss is not a scalar.
     """
     if not (settings.epochs > 0 and math.isfinite(settings.epochs)):
         raise ValueError(f"supernet epochs must be a positive number, got {settings.epochs}")
@@ -119,7 +133,7 @@ def train_supernet(
             with torch.no_grad():
                 teacher = task.forward(net, batch)
             students = 0.0
-            for widths in _widths(space, rng, settings.random_widths):
+            for widths in _widths(space, rng, settings.random_widths, sample):
                 net.set_widths(widths)
                 out = task.forward(net, batch) if distill is not None else None
                 loss = distill(teacher, out, batch) if distill is not None else task.training_step(net, batch)

@@ -12,7 +12,7 @@ import nas_prune
 from nas_prune.config import SearchConfig
 from nas_prune.search.inputs import build_space
 from nas_prune.search.journal import Journal
-from nas_prune.search.ladder import Ladder, correlations, fidelity_warning
+from nas_prune.search.ladder import Ladder, correlations, fidelity_warning, judges
 from nas_prune.search.latency import MAX_MARGIN, LatencyGuard
 from nas_prune.search.projection import KEEP_MIN, Projector, level_schedule, scores_of
 from nas_prune.space import Budget
@@ -143,6 +143,28 @@ def test_correlations_and_the_weak_rung_warning(tmp_path):
     disagree = _journal(tmp_path / "b", {i: (1.0, [i / 10, 1 - i / 10]) for i in range(6)})
     pairs = correlations(disagree, Ladder.build(1.0, 1, 2))
     assert pairs[0]["kendall"] == pytest.approx(-1.0) and "does not predict" in fidelity_warning(pairs)
+
+
+def test_both_judges_are_ranked_against_the_top_rung_on_the_same_candidates(tmp_path):
+    """With a supernet, rung 0 is the supernet judge and the fine-tune jobs' ``dense_judge`` the dense one;
+    only candidates with all three scores count, for both."""
+    ladder = Ladder.build(1.0, 2, 2)
+    journal = _journal(tmp_path, {i: (1.0, [i / 10, 0.5, i / 10 + 0.1]) for i in range(5)})
+    journal.append(*({"kind": "result", "trial_id": i, "rung": 1, "val_accuracy": 0.5,
+                      "dense_judge": 1 - i / 10} for i in range(4)))  # fmt: skip
+    journal.append({"kind": "candidate", "trial_id": 9, "source": "random", "level": 1.0, "widths": {"a": 1}})
+    journal.append({"kind": "result", "trial_id": 9, "rung": 0, "val_accuracy": 0.9})  # never fine-tuned
+    both = judges(journal, ladder, supernet=True)
+    assert (
+        both["top_rung"] == 2 and both["supernet"]["n"] == both["dense"]["n"] == 4
+    )  # trial 4: no dense_judge
+    assert both["supernet"]["kendall"] == pytest.approx(1.0) and both["dense"]["kendall"] == pytest.approx(
+        -1.0
+    )
+    without = judges(journal, ladder, supernet=False)  # rung 0 is the dense judge itself
+    assert without["supernet"] is None and without["dense"]["n"] == 5
+    assert without["dense"]["kendall"] == pytest.approx(1.0)
+    assert judges(journal, Ladder.build(1.0, 0, 2), supernet=True)["supernet"]["n"] == 0  # no fine-tune rung
 
 
 def test_journal_survives_a_torn_last_line(tmp_path):

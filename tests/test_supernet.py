@@ -33,10 +33,12 @@ def trained():
     return data, model, space, supernet
 
 
-def _judge(data, model, state, ranking=None):
+def _judge(data, model, state, ranking=None, batch_size=128):
     spec = model_spec("convnet", data.in_channels, data.num_classes, data.input_shape)
     return CandidateEvaluator(
-        TrialSettings(spec=spec, dense_state=state, dataset="synthetic", ranking=ranking)
+        TrialSettings(
+            spec=spec, dense_state=state, dataset="synthetic", ranking=ranking, batch_size=batch_size
+        )
     )
 
 
@@ -73,19 +75,32 @@ def test_a_fixed_ranking_keeps_the_channels_a_width_was_trained_with(trained):
 def test_rung_zero_slices_the_supernet_when_a_search_has_one(ray_session, tmp_path):
     run = tmp_path / "run"
     trials = nas_prune.search(
-        budget_flops=0.3, dataset="synthetic", model="convnet", trials=5, workers=1, rungs=0, pretrain_epochs=1,
-        gate_epochs=0, supernet_epochs=0.5, batch_size=32, output=str(run), quiet=True,
+        budget_flops=0.3, dataset="synthetic", model="convnet", trials=6, workers=1, rungs=1, epochs_per_trial=0.2,
+        reduction_factor=2, pretrain_epochs=1, gate_epochs=0, supernet_epochs=0.5, batch_size=32, output=str(run),
+        quiet=True,
     )  # fmt: skip
     config = json.loads(json.dumps(__import__("yaml").safe_load((run / "config.yaml").read_text())))
     assert config["settings"]["supernet_epochs"] == 0.5
-    key = {"epochs": 0.5, "random_widths": 2, "lr": 0.01, "batch_size": 32, "importance": "l2", "seed": 0}
+    key = {"epochs": 0.5, "random_widths": 2, "lr": 0.01, "batch_size": 32, "importance": "l2", "seed": 0,
+           "students": "budget"}  # fmt: skip
     supernet = load_supernet(run / "supernet.pt", key)
     assert supernet is not None
     data = load_dataset("synthetic")
     dense = nas_prune.create_model("convnet", in_channels=1, num_classes=data.num_classes)
-    judge = _judge(data, dense, supernet.state_dict, supernet.ranking)
+    judge = _judge(data, dense, supernet.state_dict, supernet.ranking, batch_size=32)  # the search's batches
     for _, row in trials[trials["source"].isin(["uniform", "l2"])].iterrows():
         widths = json.loads(row["widths"])
         assert judge(widths, 0.0, int(row["trial_id"]))["val_accuracy"] == pytest.approx(
             row["rung0_accuracy"]
         )
+    # both judges, on the same candidates: every fine-tune also scored the dense-sliced candidate
+    judges = json.loads((run / "fidelity.json").read_text())["judges"]
+    top = int((trials["state"] == "complete").sum())
+    assert judges["top_rung"] == 1 and judges["supernet"]["n"] == judges["dense"]["n"] == top >= 3
+    dense_weights = torch.load(run / "dense.pt", weights_only=True)["state_dict"]
+    dense_judge = _judge(data, dense, dense_weights, batch_size=32)
+    lines = [json.loads(line) for line in (run / "evaluations.jsonl").read_text().splitlines()]
+    fine_tuned = [e for e in lines if e["kind"] == "result" and e["rung"] == 1]
+    widths = {e["trial_id"]: e["widths"] for e in lines if e["kind"] == "candidate"}
+    for event in fine_tuned:  # the dense judge is rung 0 as it would be without the supernet
+        assert event["dense_judge"] == pytest.approx(dense_judge(widths[event["trial_id"]])["val_accuracy"])

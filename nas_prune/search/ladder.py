@@ -72,6 +72,16 @@ class Ladder:
         return sorted(chosen)
 
 
+def rank_agreement(pairs: list[tuple[float, float]]) -> dict:
+    """``n``, Kendall tau and Spearman rho of ``(a, b)`` pairs (None below 3 pairs or when undefined)."""
+    kendall = spearman = None
+    if len(pairs) >= 3:
+        a, b = zip(*pairs, strict=True)
+        kendall = _finite(stats.kendalltau(a, b).statistic)
+        spearman = _finite(stats.spearmanr(a, b).statistic)
+    return {"n": len(pairs), "kendall": kendall, "spearman": spearman}
+
+
 def correlations(journal: Journal, ladder: Ladder) -> list[dict]:
     """Kendall tau and Spearman rho between consecutive rungs, on the candidates scored at both."""
     out = []
@@ -81,15 +91,34 @@ def correlations(journal: Journal, ladder: Ladder) -> list[dict]:
             for t in journal.candidates
             if journal.score(t, lower) is not None and journal.score(t, lower + 1) is not None
         ]
-        kendall = spearman = None
-        if len(pairs) >= 3:
-            a, b = zip(*pairs, strict=True)
-            kendall = _finite(stats.kendalltau(a, b).statistic)
-            spearman = _finite(stats.spearmanr(a, b).statistic)
-        out.append(
-            {"lower": lower, "upper": lower + 1, "n": len(pairs), "kendall": kendall, "spearman": spearman}
-        )
+        out.append({"lower": lower, "upper": lower + 1, **rank_agreement(pairs)})
     return out
+
+
+def judges(journal: Journal, ladder: Ladder, supernet: bool) -> dict:
+    """Both rung-0 judges against the top rung, on the same candidates (those with all three scores).
+
+    ``supernet``: the rung-0 score when the run sliced a supernet; ``dense``: the candidate sliced from
+    the dense weights with adaptive BN: rung 0's own score without a supernet, else the ``dense_judge``
+    that fine-tune jobs record. A judge the run did not use is None.
+    """
+    top = ladder.top
+    rows = []
+    for trial_id in journal.candidates:
+        final, rung0 = journal.score(trial_id, top), journal.score(trial_id, 0)
+        dense = rung0
+        if supernet:
+            judged = [
+                r.get("dense_judge") for (t, k), r in journal.results.items() if t == trial_id and k > 0
+            ]
+            dense = next((v for v in judged if v is not None), None)
+        if top > 0 and None not in (final, rung0, dense):
+            rows.append((rung0, dense, final))
+    return {
+        "top_rung": top,
+        "supernet": rank_agreement([(r[0], r[2]) for r in rows]) if supernet else None,
+        "dense": rank_agreement([(r[1], r[2]) for r in rows]),
+    }
 
 
 def _finite(value) -> float | None:

@@ -13,15 +13,18 @@ from ..pareto import best_arch, write_best_arch, write_pareto
 from ..results import PROPOSAL_SOURCES, public_trials
 from .driver import LadderStats
 from .journal import Journal
-from .ladder import Ladder, correlations, fidelity_warning
+from .ladder import Ladder, correlations, fidelity_warning, judges
 from .study import repeated_proposals
 
 __all__ = ["fidelity_report", "print_summary", "write_outputs"]
 
 
-def fidelity_report(journal: Journal, ladder: Ladder, stats: LadderStats | None, workers: int) -> dict:
+def fidelity_report(
+    journal: Journal, ladder: Ladder, stats: LadderStats | None, workers: int, supernet: bool = False
+) -> dict:
     """fidelity.json: per rung the evaluations and their worker-time throughput, the rank correlations
-    between consecutive rungs, this session's Ray + Optuna overhead share, and the sampler: the share of
+    between consecutive rungs, both rung-0 judges' against the top rung (``judges``, see
+    :func:`~nas_prune.search.ladder.judges`), this session's Ray + Optuna overhead share, and the sampler: the share of
     rung-0 candidates its model chose (not a seed, start-up or fallback draw), every source's count and
     the proposals skipped because they repeated an evaluated architecture."""
     rungs = []
@@ -47,6 +50,7 @@ def fidelity_report(journal: Journal, ladder: Ladder, stats: LadderStats | None,
         "schema_version": 1,
         "rungs": rungs,
         "correlations": pairs,
+        "judges": judges(journal, ladder, supernet),
         "overhead_share": None if stats is None else stats.overhead_share,
         "idle_share": None if stats is None else stats.idle_share,
         "ladder_seconds": None if stats is None else stats.wall,
@@ -131,6 +135,12 @@ def print_summary(
         if p["kendall"] is not None:
             print(
                 f"  rung {p['lower']} -> {p['upper']} on {p['n']}: Kendall {p['kendall']:.2f}, Spearman {p['spearman']:.2f}"
+            )
+    for name, agreement in fidelity["judges"].items():
+        if isinstance(agreement, dict) and agreement["kendall"] is not None:
+            print(
+                f"  {name} judge (rung 0) -> top rung on {agreement['n']}: Kendall {agreement['kendall']:.2f}, "
+                f"Spearman {agreement['spearman']:.2f}"
             )
     if fidelity["overhead_share"] is not None:
         print(

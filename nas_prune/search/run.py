@@ -38,7 +38,7 @@ from .ladder import Ladder
 from .latency import LatencyGuard, latency_guard, measure_latencies
 from .projection import Projector
 from .report import fidelity_report, print_summary, write_outputs
-from .seeding import load_or_make_seeds, load_or_train_supernet
+from .seeding import budget_sampler, load_or_make_seeds, load_or_train_supernet
 from .study import Proposals
 from .workers import WorkerPool, start_ray
 
@@ -204,7 +204,7 @@ def search(
         setup.latency_device,
         latency_fn,
     )
-    fidelity = fidelity_report(journal, ladder, stats, cfg.workers)
+    fidelity = fidelity_report(journal, ladder, stats, cfg.workers, supernet=cfg.supernet_epochs > 0)
     fidelity["budget_band_share"] = _band_share(journal, setup.projector, cfg.budget_band)
     front = write_outputs(
         run_dir, trials, fidelity, cfg, setup.budget, setup.dense, setup.space, setup.guard,
@@ -267,14 +267,18 @@ def _prepare(
         given=objects.given(cfg),
     )  # fmt: skip
     seeds = load_or_make_seeds(cfg, model, example, space, cost, budget, task, device, run_dir, guard, quiet)
-    supernet = load_or_train_supernet(cfg, model, example, space, task, run_dir, device, quiet)
     latency = None if guard is None else (lambda w: guard.violation(w)[0], guard.aim_ms())
     projector = Projector(space, cost, budget, latency, latency_binding=guard is not None and guard.trusted)
     levels = _levels(cfg, projector, quiet)
+    supernet = load_or_train_supernet(
+        cfg, model, example, space, task, run_dir, device, quiet, budget_sampler(projector, levels)
+    )
+    dense_state = {k: v.cpu() for k, v in model.state_dict().items()}
     settings = TrialSettings(
         spec=spec,
-        dense_state=supernet.state_dict if supernet else {k: v.cpu() for k, v in model.state_dict().items()},
+        dense_state=supernet.state_dict if supernet else dense_state,
         ranking=supernet.ranking if supernet else None,
+        judge_state=dense_state if supernet else None,
         dataset=cfg.dataset,
         data_dir=cfg.data_dir,
         subset=cfg.subset,

@@ -21,8 +21,9 @@ from ..space import Budget
 from ..supernet import Supernet, SupernetSettings, load_supernet, save_supernet, train_supernet
 from ..task import Task, TaskError
 from ..train import evaluate
+from .projection import KEEP_MIN, level_schedule
 
-__all__ = ["load_or_make_seeds", "load_or_train_supernet"]
+__all__ = ["budget_sampler", "load_or_make_seeds", "load_or_train_supernet"]
 
 
 def _sensitivity_evaluator(task: Task, cfg, device) -> Callable:
@@ -139,15 +140,31 @@ def load_or_make_seeds(
     return seeds
 
 
+def budget_sampler(projector, levels) -> Callable:
+    """Random architectures projected onto the search's cost levels as often as the ladder samples each
+    (:func:`level_schedule`), as ``--sampler random`` proposes them: the supernet's random students, so
+    its shared weights are trained where the candidates are."""
+    names = list(projector.space.choices)
+
+    def sample(rng):
+        scores = {name: rng.uniform(KEEP_MIN, 1.0) for name in names}
+        widths = projector.project(scores, level_schedule(rng.randrange(3 * len(levels)), levels))
+        return widths if widths is not None else projector.space.smallest()
+
+    return sample
+
+
 def load_or_train_supernet(
-    cfg, model, example, space, task: Task, run_dir: Path, device, quiet
+    cfg, model, example, space, task: Task, run_dir: Path, device, quiet, sample: Callable | None = None
 ) -> Supernet | None:
     """The width-shared supernet of ``--supernet-epochs`` (None for 0): ``run_dir/supernet.pt`` when it
-    was trained with these settings, else trained now from the dense model and saved there."""
+    was trained with these settings, else trained now from the dense model and saved there. ``sample``
+    draws its random students (see :func:`budget_sampler`)."""
     if cfg.supernet_epochs <= 0:
         return None
     key = {"epochs": float(cfg.supernet_epochs), "random_widths": int(cfg.supernet_widths), "lr": float(cfg.lr),
-           "batch_size": int(cfg.batch_size), "importance": cfg.importance, "seed": int(cfg.seed)}  # fmt: skip
+           "batch_size": int(cfg.batch_size), "importance": cfg.importance, "seed": int(cfg.seed),
+           "students": "budget" if sample is not None else "grid"}  # fmt: skip
     path = run_dir / "supernet.pt"
     found = load_supernet(path, key)
     if found is not None:
@@ -155,10 +172,16 @@ def load_or_train_supernet(
     if not quiet:
         print(
             f"Training the width-shared supernet for {cfg.supernet_epochs:g} epochs (largest, smallest and "
-            f"{cfg.supernet_widths} random widths per step; --supernet-epochs 0 skips it) ..."
+            f"{cfg.supernet_widths} random on-budget widths per step; --supernet-epochs 0 skips it) ..."
         )
+    settings = {k: v for k, v in key.items() if k != "students"}
     supernet = train_supernet(
-        model, example, space, task, SupernetSettings(**key, device=str(device), progress=not quiet)
+        model,
+        example,
+        space,
+        task,
+        SupernetSettings(**settings, device=str(device), progress=not quiet),
+        sample,
     )
     save_supernet(path, supernet, key)
     return supernet
