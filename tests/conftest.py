@@ -517,10 +517,11 @@ def multi_input_model(request):
 
 @pytest.fixture(scope="module")
 def ray_session():
-    """A local Ray for one test module, with ``tests/`` on the workers' path (they import the fakes)."""
-    import ray
+    """A local Ray for one test module, with ``tests/`` on the workers' path (they import the fakes).
+    ``nas_prune.search`` first: it sets Ray's token-auth mode, which Ray reads when it is imported."""
+    from nas_prune.search.workers import start_ray  # isort: skip
 
-    from nas_prune.search.workers import start_ray
+    import ray
 
     started = start_ray(None, runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).parent)}})
     yield
