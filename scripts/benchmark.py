@@ -44,31 +44,45 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
 
-import matplotlib
+import pandas as pd
 
-matplotlib.use("Agg")
-import pandas as pd  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmark_report, beside this script
+
+from benchmark_report import (  # noqa: E402
+    COLUMNS,
+    FINAL_PATHS,
+    ORDER,
+    SEARCH_ROWS,
+    SUPERNET_ROWS,
+    goal_lines,
+    judge_lines,
+    markdown_table,
+    shared_architectures,
+    spread_lines,
+    summarize,
+    supernet_goal_lines,
+    verdict,
+    verdict_lines,
+    write_plot,
+    write_report,
+)
 
 import nas_prune  # noqa: E402
-from nas_prune.baselines import (  # noqa: E402
-    FINETUNE_SHARE,
-    METHODS,
-    BaselineConfig,
-    iterative_targets,
-    run_baseline,
-)
-from nas_prune.config import hardware_info  # noqa: E402
+from nas_prune.baselines import METHODS, BaselineConfig, iterative_targets, run_baseline  # noqa: E402
 from nas_prune.data import load_dataset  # noqa: E402
 from nas_prune.models import create_model, model_spec  # noqa: E402
 from nas_prune.retrain import retrain  # noqa: E402
 from nas_prune.train import fit, resolve_device, save_checkpoint, seed_everything  # noqa: E402
+
+__all__ = [  # the report's parts are re-exported: tests and callers use them from here
+    "ORDER", "SEARCH_ROWS", "goal_lines", "markdown_table", "shared_architectures", "verdict", "verdict_lines",
+    "main",
+]  # fmt: skip
 
 CPU_DEFAULTS = dict(
     model="convnet", subset=20000, dense_epochs=3.0, epochs=3.0, trials=240, epochs_per_trial=0.5,
@@ -78,18 +92,6 @@ FULL_DEFAULTS = dict(
     model="resnet20", subset=None, dense_epochs=30.0, epochs=30.0, trials=1000, epochs_per_trial=2.0,
     workers=4, gpus_per_trial=0.25, device="cuda",
 )  # fmt: skip
-FINAL_PATHS = {  # the searched best through each final path of ``nas_prune.retrain``
-    "search-best": dict(init="scratch"),
-    "search-best-budget": dict(init="scratch", budget_matched=True),
-    "search-best-inherit": dict(init="inherit"),
-    "search-best-distill": dict(init="inherit", distill=True),
-}
-SEARCH_ROWS = (*FINAL_PATHS, "search-random-best", "search-uniform-seed", "search-l2-seed")
-ORDER = [*SEARCH_ROWS, *METHODS]
-COLUMNS = [
-    "method", "seed", "trial_id", "source", "test_accuracy", "val_accuracy", "macs", "nonzero_macs",
-    "params", "flops_ratio", "latency_ms", "latency_device", "epochs", "wall_s", "output", "widths",
-]  # fmt: skip
 NOT_SETTINGS = ("output", "seeds", "full")  # may differ between a run and its restart
 VERSION = 2  # of the runs in runs.csv: 1 had a broken soft-filter, no random-search control, no widths
 
@@ -113,6 +115,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--gpus-per-trial", type=float, default=None)
     parser.add_argument("--iterative-step", type=float, default=0.1)
+    parser.add_argument(
+        "--supernet-epochs", type=float, default=0.0,
+        help="> 0: both searches train a width-shared supernet of these epochs (rung 0 slices it) and the "
+        "report is issue 24's: SUPERNET_ROWS at equal final and equal total epochs",
+    )  # fmt: skip
     parser.add_argument("--device", default=None)
     parser.add_argument("--output", default="results")
     args = parser.parse_args(argv)
@@ -179,6 +186,12 @@ def run_search(
     if (run_dir / "config.yaml").is_file():
         return nas_prune.search(resume=run_dir, **common)
     control = dict(sampler="random", seeds=(), gate_epochs=0.0) if sampler == "random" else {}
+    shared = run_dir.parent / "search" / "supernet.pt"
+    if sampler == "random" and shared.is_file():  # the same settings train the same supernet: reuse it
+        run_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copy(shared, run_dir / "supernet.pt")
+    if args.supernet_epochs > 0:
+        control["supernet_epochs"] = args.supernet_epochs
     return nas_prune.search(
         model=args.model, dataset=args.dataset, data_dir=args.data_dir, subset=args.subset,
         checkpoint=str(checkpoint), budget_flops=args.budget_flops,
@@ -221,12 +234,16 @@ def search_architectures(
     return chosen
 
 
-def baseline_settings(args: argparse.Namespace, method: str, seed: int, checkpoint: Path, out: Path):
-    """The method's settings with the equal-epoch rule of the module docstring."""
-    epochs, extra = args.epochs, {}
+def baseline_settings(
+    args: argparse.Namespace, method: str, seed: int, checkpoint: Path, out: Path, epochs: float | None = None
+):
+    """The method's settings with the equal-epoch rule of the module docstring (``epochs``: instead of
+    ``--epochs``)."""
+    epochs = args.epochs if epochs is None else epochs
+    extra = {}
     if method == "iterative-l2":
         steps = len(iterative_targets(args.budget_flops, args.iterative_step))
-        epochs = args.epochs / steps
+        epochs = epochs / steps
         extra = dict(step=args.iterative_step, epochs_between=epochs)
     if method == "lottery-ticket":  # trains its own dense model from theta0: no --checkpoint
         epochs = (args.dense_epochs + args.epochs) / 2
@@ -236,6 +253,33 @@ def baseline_settings(args: argparse.Namespace, method: str, seed: int, checkpoi
         checkpoint=None if method == "lottery-ticket" else str(checkpoint), output=str(out),
         progress=False, **extra,
     )  # fmt: skip
+
+
+def supernet_runs(args, archs: dict, checkpoint: Path, work: Path, finished: set, timed) -> None:
+    """The rows of :data:`SUPERNET_ROWS` for every seed, skipping those in runs.csv."""
+    for seed in range(args.seeds):
+        for name, (what, how, every_seed, total) in SUPERNET_ROWS.items():
+            if (name, seed) in finished or (seed > 0 and not every_seed):
+                continue
+            epochs = args.epochs + (args.supernet_epochs if total else 0.0)
+            out = work / "runs" / f"{name}-seed{seed}"
+            print(f"seed {seed}: {name} ({epochs:g} epochs) ...", flush=True)
+            if what in METHODS:
+                settings = baseline_settings(args, what, seed, checkpoint, out, epochs)
+                metrics = timed("runs_s", lambda s=settings: run_baseline(s, quiet=True))
+                append_row(work / "runs.csv", row_of(name, seed, metrics))
+                continue
+            if what not in archs:
+                continue
+            run_dir, trial_id, source = archs[what]
+            where = {} if "top" in how else {"trial": trial_id, "output": out}
+            metrics = timed(
+                "runs_s",
+                lambda r=run_dir, s=seed, w=where, h=how, e=epochs: retrain(
+                    r, epochs=e, seed=s, device=args.device, quiet=True, progress=False, **w, **h
+                ),
+            )
+            append_row(work / "runs.csv", row_of(name, seed, metrics, source))
 
 
 def row_of(method: str, seed: int, m: dict, source: str | None = None) -> dict:
@@ -249,216 +293,6 @@ def row_of(method: str, seed: int, m: dict, source: str | None = None) -> dict:
 def append_row(path: Path, row: dict) -> None:
     frame = pd.DataFrame([row], columns=COLUMNS)
     frame.to_csv(path, mode="a", header=not path.is_file(), index=False)
-
-
-def summarize(runs: pd.DataFrame, order: list[str]) -> pd.DataFrame:
-    runs = runs.assign(macs_shown=runs["nonzero_macs"].fillna(runs["macs"]))
-    table = runs.groupby("method").agg(
-        seeds=("seed", "count"),
-        acc_mean=("test_accuracy", "mean"),
-        acc_std=("test_accuracy", "std"),
-        macs=("macs_shown", "mean"),
-        params=("params", "mean"),
-        latency_ms=("latency_ms", "median"),
-        wall_s=("wall_s", "mean"),
-        trial_id=("trial_id", "first"),
-        source=("source", "first"),
-    )
-    return table.reindex([m for m in order if m in table.index])
-
-
-def verdict(table: pd.DataFrame, other: str, mine: str = "search-best") -> str:
-    a, b = table.loc[mine], table.loc[other]
-    diff = a["acc_mean"] - b["acc_mean"]
-    pooled = math.sqrt((a["acc_std"] ** 2 + b["acc_std"] ** 2) / 2)
-    head = f"- vs `{other}`: {100 * diff:+.2f} points of test accuracy"
-    if not math.isfinite(pooled):
-        return f"{head}; one seed only, so no spread to judge it against: no claim either way."
-    tail = f" (pooled std {100 * pooled:.2f})"
-    if diff > pooled:
-        return f"{head}{tail}: the searched architecture beats it."
-    if diff < -pooled:
-        return f"{head}{tail}: the searched architecture is worse than it."
-    return f"{head}{tail}: the searched architecture does NOT beat it (difference within the spread)."
-
-
-def markdown_table(frame: pd.DataFrame) -> str:
-    """A pipe table (pandas' ``to_markdown`` needs tabulate, which is not a dependency)."""
-    cells = frame.astype(str)
-    rows = [list(frame.columns), ["---"] * len(frame.columns), *cells.to_numpy().tolist()]
-    return "\n".join("| " + " | ".join(row) + " |" for row in rows)
-
-
-def shared_architectures(runs: pd.DataFrame, order: list[str]) -> list[list[str]]:
-    """Groups of rows trained on identical widths in every seed (e.g. a searched best that is a seed
-    trial, or ``l2-structured`` and the ``l2`` seed trial): their differences come from training only."""
-    groups: dict[str, list[str]] = {}
-    for method in order:
-        widths = set(runs.loc[runs["method"] == method, "widths"].dropna())
-        if len(widths) == 1:
-            groups.setdefault(widths.pop(), []).append(method)
-    return [group for group in groups.values() if len(group) > 1]
-
-
-def verdict_lines(table: pd.DataFrame) -> list[str]:
-    """The verdicts: first the search against its random-search control, then against every other row."""
-    if "search-best" not in table.index:
-        return ["The search found no feasible architecture: there is nothing to compare."]
-    lines = ["**Against the control, a random search with the same trial count:**", ""]
-    if "search-random-best" in table.index:
-        lines.append(verdict(table, "search-random-best"))
-    else:
-        lines.append(
-            "- no `search-random-best` row (the random search found no feasible architecture): no claim "
-            "that the search beats random sampling."
-        )
-    others = [m for m in table.index if m not in ("search-best", "search-random-best")]
-    return [*lines, "", "**Against the other rows:**", "", *[verdict(table, m) for m in others]]
-
-
-def goal_lines(table: pd.DataFrame) -> list[str]:
-    """The issue's goal: the searched best through its best final path beats the best structured
-    baseline by >= 0.3 points of mean test accuracy and by more than the pooled std, at equal training
-    (``search-best-budget`` trains longer by design, so it is shown but not judged)."""
-    paths = [m for m in FINAL_PATHS if m in table.index and not FINAL_PATHS[m].get("budget_matched")]
-    structured = [m for m in METHODS if m != "l1-unstructured" and m in table.index]
-    if not paths or not structured:
-        return []
-    mine = max(paths, key=lambda m: table.loc[m, "acc_mean"])
-    other = max(structured, key=lambda m: table.loc[m, "acc_mean"])
-    diff = table.loc[mine, "acc_mean"] - table.loc[other, "acc_mean"]
-    pooled = math.sqrt((table.loc[mine, "acc_std"] ** 2 + table.loc[other, "acc_std"] ** 2) / 2)
-    met = diff >= 0.003 and math.isfinite(pooled) and diff > pooled
-    ranked = sorted(paths, key=lambda m: -table.loc[m, "acc_mean"])
-    return [
-        "**Goal: the search's best final model beats the best structured baseline by >= 0.3 points and "
-        "by more than the pooled std, at equal training** (l1-unstructured is not the bar: its dense kernels "
-        "give no speed-up; `search-best-budget` trains dense/slim FLOPs times longer, so it is not judged).",
-        "",
-        "- Final paths of the searched architecture, best first: "
-        + ", ".join(f"`{m}` {table.loc[m, 'acc_mean']:.4f}" for m in ranked),
-        f"- best path `{mine}` vs best structured baseline `{other}`: {100 * diff:+.2f} points"
-        + (f" (pooled std {100 * pooled:.2f})" if math.isfinite(pooled) else " (one seed: no std)")
-        + (": **met**." if met else ": **not met**."),
-    ]
-
-
-def spread_lines(random_trials: pd.DataFrame) -> list[str]:
-    """How much any search can gain: the spread of rung-0 accuracy among the random control's on-budget
-    proposals, and of top-rung accuracy among those promoted to it (a biased sample: the best ones)."""
-    rnd = random_trials[(random_trials["source"] == "random") & random_trials["feasible"].astype(bool)]
-    if "level" in rnd:
-        rnd = rnd[rnd["level"].fillna(1.0) == 1.0]
-    rung0 = rnd["rung0_accuracy"].fillna(rnd["val_accuracy"]).dropna() if "rung0_accuracy" in rnd else None
-    if rung0 is None or rung0.empty:
-        return []
-    top = rnd[(rnd["rung"] == rnd["rung"].max()) & (rnd["state"] == "complete")]["val_accuracy"].dropna()
-
-    def spread(values: pd.Series) -> str:
-        return f"min {values.min():.4f} / median {values.median():.4f} / max {values.max():.4f} (n={len(values)})"
-
-    lines = [
-        "**Spread among on-budget random architectures** (the random control's proposals at the budget; "
-        "validation accuracy):",
-        "",
-        f"- rung 0 (slim + adaptive BN, no fine-tuning): {spread(rung0)}",
-    ]
-    if not top.empty and int(rnd["rung"].max()) > 0:
-        lines.append(
-            f"- top rung (rung {int(rnd['rung'].max())}, only those promoted to it, so the best of the rung-0 "
-            f"sample): {spread(top)}"
-        )
-    return lines
-
-
-def write_report(
-    args, table: pd.DataFrame, timings: dict, out: Path, notes: list[str], command: list[str],
-    spread: list[str] = (),
-) -> None:  # fmt: skip
-    shown = pd.DataFrame(
-        {
-            "method": [
-                f"{m} (trial {int(r.trial_id)}, {r.source})" if m in SEARCH_ROWS else m
-                for m, r in table.iterrows()
-            ],
-            "test acc (mean ± std)": [
-                f"{r.acc_mean:.4f} ± {r.acc_std:.4f}" if math.isfinite(r.acc_std) else f"{r.acc_mean:.4f}"
-                for r in table.itertuples()
-            ],
-            "seeds": table["seeds"].to_numpy(),
-            "MMACs": (table["macs"] / 1e6).round(2).to_numpy(),
-            "params (k)": (table["params"] / 1e3).round(1).to_numpy(),
-            "latency ms (batch 1)": table["latency_ms"].round(3).to_numpy(),
-            "prune + train s / run": table["wall_s"].round(1).to_numpy(),
-        }
-    )
-    nan = float("nan")
-    lines = [
-        "# Benchmark: searched widths vs pruning baselines",
-        "",
-        f"{args.model} on {args.dataset} "
-        f"({'full training set' if args.subset is None else f'fixed training subset of {args.subset}'}), "
-        f"budget {args.budget_flops:g} of the dense FLOPs, {args.seeds} seed(s) per method. Dense model: "
-        f"{f'--checkpoint {args.checkpoint}' if args.checkpoint else f'{args.dense_epochs:g} epochs'}. "
-        f"Every method trains its pruned network {args.epochs:g} epochs (iterative-l2 split over its "
-        f"steps; soft-filter {1 - FINETUNE_SHARE:g} of them soft-pruned, the rest fine-tuning after the "
-        f"cut; lottery-ticket "
-        f"{(args.dense_epochs + args.epochs) / 2:g} dense from its own theta0 + the same for the ticket). "
-        f"The `search-*` rows are retrained from scratch for the same epochs, except the searched best's other "
-        f"final paths: `search-best-budget` (scratch, epochs x dense/slim FLOPs: more training), "
-        f"`search-best-inherit` (its inherited filters, adaptive BN, fine-tuned the same epochs) and "
-        f"`search-best-distill` (inherit + distillation from the dense model); the search took "
-        f"{timings.get('search_s', nan):.0f} s and its control, a random search without seed "
-        f"architectures (`search-random-best`; its trial id is one of `bench/search-random/trials.csv`), "
-        f"{timings.get('search_random_s', nan):.0f} s, each {args.trials} rung-0 candidates, top rung "
-        f"{args.epochs_per_trial:g} epochs. MACs of l1-unstructured are its non-zero MACs (its dense "
-        "kernels run at the dense latency). Latency: median over seeds of each run's measured median, "
-        "batch 1. Time per run: pruning and training, without the final measurements.",
-        "",
-        markdown_table(shown),
-        *(["", *notes] if notes else []),
-        "",
-        "## Does the searched architecture beat each baseline?",
-        "",
-        "Mean test-accuracy difference (searched best minus the other), judged against the pooled std "
-        "over seeds: only a difference larger than the pooled std counts as a win.",
-        "",
-        *verdict_lines(table),
-        "",
-        *goal_lines(table),
-        "",
-        *spread,
-        "",
-        "## Command",
-        "",
-        "```",
-        shlex.join(["python", "scripts/benchmark.py", *command]),
-        "```",
-        "",
-        "## Machine",
-        "",
-        "```",
-        json.dumps(hardware_info(), indent=2),
-        "```",
-        "",
-        f"Total wall time of the runs in this report: {timings.get('total_s', nan) / 60:.1f} min "
-        "(dense model, searches and every run, summed over restarts where recorded).",
-        "",
-    ]
-    (out / "benchmark.md").write_text("\n".join(lines))
-
-
-def write_plot(table: pd.DataFrame, out: Path) -> None:
-    fig = Figure(figsize=(8, 4.5), layout="constrained")
-    ax = fig.add_subplot()
-    colors = ["tab:red" if m in SEARCH_ROWS else "tab:blue" for m in table.index]
-    ax.bar(range(len(table)), table["acc_mean"], yerr=table["acc_std"].fillna(0), color=colors, capsize=4)
-    ax.set_xticks(range(len(table)), table.index, rotation=30, ha="right")
-    low = (table["acc_mean"] - table["acc_std"].fillna(0)).min()
-    ax.set_ylim(max(0.0, low - 0.02), min(1.0, table["acc_mean"].max() + 0.02))
-    ax.set_ylabel("test accuracy (mean ± std over seeds)")
-    ax.set_title("Same FLOPs budget, same training epochs (red: search)")
-    fig.savefig(out / "benchmark.png", dpi=120)
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -490,7 +324,9 @@ def main(argv: list[str] | None = None) -> Path:
     # 3. Every method x every seed, skipping runs already in runs.csv.
     done = pd.read_csv(runs_csv) if runs_csv.is_file() else pd.DataFrame(columns=COLUMNS)
     finished = set(zip(done["method"], done["seed"].astype(int), strict=True))
-    for seed in range(args.seeds):
+    if args.supernet_epochs > 0:
+        supernet_runs(args, archs, checkpoint, work, finished, timed)
+    for seed in range(args.seeds if args.supernet_epochs <= 0 else 0):
         for method in METHODS:
             if (method, seed) in finished:
                 continue
@@ -519,8 +355,9 @@ def main(argv: list[str] | None = None) -> Path:
     # 4. Report and plot.
     runs = pd.read_csv(runs_csv)
     runs = runs[runs["seed"] < args.seeds]
-    table = summarize(runs, ORDER)
-    shared = shared_architectures(runs, ORDER)
+    order = list(SUPERNET_ROWS) if args.supernet_epochs > 0 else ORDER
+    table = summarize(runs, order)
+    shared = shared_architectures(runs, order)
     notes = [
         "Rows with the same architecture (identical widths in every seed; their differences come from "
         "how they were trained, not from the widths):",
@@ -528,7 +365,16 @@ def main(argv: list[str] | None = None) -> Path:
         *["- " + " = ".join(f"`{m}`" for m in group) for group in shared],
     ] if shared else []  # fmt: skip
     command = sys.argv[1:] if argv is None else argv
-    write_report(args, table, timings, out, notes, command, spread_lines(random_trials))
+    spread = spread_lines(random_trials)
+    if args.supernet_epochs > 0:
+        spread = [
+            *supernet_goal_lines(table, args.budget_flops),
+            "",
+            *judge_lines(search_dir, random_dir),
+            "",
+            *spread,
+        ]
+    write_report(args, table, timings, out, notes, command, spread)
     write_plot(table, out)
     print(f"Wrote {out / 'benchmark.md'} and {out / 'benchmark.png'}", flush=True)
     return out / "benchmark.md"
