@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import partial
 from pathlib import Path
 
@@ -518,11 +519,13 @@ def multi_input_model(request):
 @pytest.fixture(scope="module")
 def ray_session():
     """A local Ray for one test module, with ``tests/`` on the workers' path (they import the fakes)."""
-    import ray
+    from nas_prune.search.workers import start_ray  # before Ray: nas_prune.search sets its environment
 
-    from nas_prune.search.workers import start_ray
-
-    started = start_ray(None, runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).parent)}})
+    here = Path(__file__).parent  # the fakes, and the nas_prune under test (not another install's)
+    path = os.pathsep.join([str(here), str(here.parent)])
+    started = start_ray(None, runtime_env={"env_vars": {"PYTHONPATH": path}})
     yield
     if started:
+        import ray
+
         ray.shutdown()
