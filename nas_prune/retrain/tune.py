@@ -3,7 +3,7 @@
 Each finalist is one Tune trial that runs the single-architecture retrain (:func:`.run.train_job`, the
 one training path) into its usual folder ``RUN_DIR/retrain/<init>[-distill][-budget]-trial<ID>/`` and
 reports every epoch to Tune (``val_score``, ``epoch``, the losses) with the epoch's checkpoint. Tune's
-results live in ``RUN_DIR/retrain/tune/<variant>-top<K>/``; rerunning the same command restores the
+results live in ``RUN_DIR/retrain/tune/<variant>-top<K>[-asha]/``; rerunning the same command restores the
 experiment (errored trials included), and a restored trial continues from its last checkpoint, so no
 finished epoch is trained again. When every trial is done, the driver reports the finalists one at a
 time (test score, latency, export: latencies are never timed in parallel), picks the best by validation
@@ -14,6 +14,7 @@ Ray is imported only in this module's functions (the one place outside :mod:`nas
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -72,7 +73,7 @@ def retrain_top(
     say = jobs[0].say
     start = time.perf_counter()
     variant = output_name(config.init, 0, config.distill, config.budget_matched).removesuffix("-trial0")
-    name = f"{variant}-top{len(jobs)}"
+    name = f"{variant}-top{len(jobs)}{'-asha' if config.asha else ''}"
     say(f"Retraining the top {len(jobs)} architectures (trials {', '.join(str(a.trial_id) for a in archs)}) "
         f"as Ray Tune trials in {run_dir / 'retrain' / TUNE_DIR / name}")  # fmt: skip
     outcomes = _run_tuner(run_dir, config, jobs, name, quiet)
@@ -243,7 +244,8 @@ def _report(
     done = finished_job(job)
     if done is not None:
         return done
-    history, resumed = train_job(job, progress=False, quiet=True)  # loads the trained weights
+    silent = dataclasses.replace(job, say=lambda *a, **k: None)
+    history, resumed = train_job(silent, progress=False, quiet=True)  # only loads the trained weights
     latency_fn = latency_fn or run_module.measure_latency
     return report_job(job, latency_fn, start, history, float(metrics.get("resumed_from_epoch", resumed)))
 
