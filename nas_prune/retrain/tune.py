@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -76,7 +77,7 @@ def retrain_top(
     name = f"{variant}-top{len(jobs)}{'-asha' if config.asha else ''}"
     say(f"Retraining the top {len(jobs)} architectures (trials {', '.join(str(a.trial_id) for a in archs)}) "
         f"as Ray Tune trials in {run_dir / 'retrain' / TUNE_DIR / name}")  # fmt: skip
-    outcomes = _run_tuner(run_dir, config, jobs, name, quiet)
+    outcomes = _run_tuner(run_dir, config, jobs, name, model, quiet)
     finalists = []
     for job in jobs:
         metrics = _report(job, outcomes.get(job.arch.trial_id), latency_fn, start)
@@ -117,7 +118,12 @@ def _plan_all(
 
 
 def _run_tuner(
-    run_dir: Path, config: RetrainConfig, jobs: list[RetrainJob], name: str, quiet: bool
+    run_dir: Path,
+    config: RetrainConfig,
+    jobs: list[RetrainJob],
+    name: str,
+    model: nn.Module | None,
+    quiet: bool,
 ) -> dict[int, dict[str, Any]]:
     """Run (or restore and finish) the Tune experiment; per trial_id its ``error`` and last ``metrics``."""
     import ray
@@ -126,14 +132,14 @@ def _run_tuner(
     started = start_ray(config.ray_address)
     try:
         first = jobs[0]
-        ship_by_value(first.task, None if first.run.spec.get("given") != "object" else first.run.dense)
+        ship_by_value(first.task, model)
         cpus = int(ray.cluster_resources().get("CPU", os.cpu_count() or 1))
         threads = max(1, cpus // len(jobs))
         gpus = 1.0 / len(jobs) if first.device.type == "cuda" else 0
         trainable = tune.with_resources(
             tune.with_parameters(
                 _trial, run_dir=str(run_dir), config=config, task=first.task, archs={j.arch.trial_id: j.arch for j in jobs},
-                model=first.run.dense if first.run.spec.get("given") == "object" else None, threads=threads,
+                model=model, threads=threads,
                 cwd=os.getcwd(),
             ),
             {"cpu": threads, "gpu": gpus},
@@ -167,7 +173,7 @@ def _asha(jobs: list[RetrainJob]) -> Any:
     """ASHA on the validation score, rungs at 1, 2, 4, ... reported epochs, half promoted at each."""
     from ray.tune.schedulers import ASHAScheduler
 
-    rounds = max(1, int(-(-jobs[0].settings["epochs"] // 1)))  # reports per trial: ceil(epochs)
+    rounds = max(1, math.ceil(jobs[0].settings["epochs"] - 1e-9))  # reports per trial (fit's rounds)
     return ASHAScheduler(
         metric=METRIC, mode="max", time_attr="training_iteration", max_t=rounds, grace_period=1,
         reduction_factor=2,
