@@ -160,12 +160,13 @@ def save_supernet(path: str | Path, supernet: Supernet, settings: Mapping[str, A
     return atomic_torch_save(payload, Path(path))
 
 
-def load_supernet(path: str | Path, settings: Mapping[str, Any]) -> Supernet | None:
-    """The supernet at ``path`` if it was trained with these ``settings`` (else None: train it again)."""
+def load_supernet(path: str | Path, settings: Mapping[str, Any] | None) -> Supernet | None:
+    """The supernet at ``path`` if it was trained with these ``settings`` (else None: train it again);
+    ``settings=None`` takes it whatever its settings (a retrain inheriting from the run's supernet)."""
     path = Path(path)
     if not path.is_file():
         return None
     payload = torch.load(path, map_location="cpu", weights_only=True)
-    if payload.get("settings") != dict(settings):
+    if settings is not None and payload.get("settings") != dict(settings):
         return None
     return Supernet(payload["state_dict"], payload["ranking"], payload.get("history", []))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import partial
 from pathlib import Path
 
@@ -517,13 +518,14 @@ def multi_input_model(request):
 
 @pytest.fixture(scope="module")
 def ray_session():
-    """A local Ray for one test module, with ``tests/`` on the workers' path (they import the fakes).
-    ``nas_prune.search`` first: it sets Ray's token-auth mode, which Ray reads when it is imported."""
-    from nas_prune.search.workers import start_ray  # isort: skip
+    """A local Ray for one test module, with ``tests/`` on the workers' path (they import the fakes)."""
+    from nas_prune.search.workers import start_ray  # before Ray: nas_prune.search sets its environment
 
-    import ray
-
-    started = start_ray(None, runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).parent)}})
+    here = Path(__file__).parent  # the fakes, and the nas_prune under test (not another install's)
+    path = os.pathsep.join([str(here), str(here.parent)])
+    started = start_ray(None, runtime_env={"env_vars": {"PYTHONPATH": path}})
     yield
     if started:
+        import ray
+
         ray.shutdown()

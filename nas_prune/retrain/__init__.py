@@ -14,9 +14,15 @@ fine-tuning the inherited weights. This package does both, so a run can show it:
   ``loss = alpha * T^2 * KL(softmax(t / T) || softmax(s / T)) + (1 - alpha) * CE(s, y)``. A task without
   one says that ``--distill`` does not apply.
 
+* ``--init inherit`` of a run with a width-shared supernet (``supernet.pt``) starts from the
+  supernet's weights sliced by its channel ranking (``--inherit-from supernet|dense``).
+* ``--top K``: the K best top-rung architectures retrained with identical settings as parallel Ray Tune
+  trials (:mod:`.tune`), the best picked by validation score.
+
 Modules: :mod:`.choose` (which architecture), :mod:`.weights` (re-initialisation),
-:mod:`.config` (:class:`RetrainConfig`), :mod:`.run` (:func:`retrain`), :mod:`.summary` (the table and
-plot of every variant), :mod:`.cli` (``python -m nas_prune.retrain RUN_DIR``). Output goes to
+:mod:`.config` (:class:`RetrainConfig`), :mod:`.run` (:func:`retrain`), :mod:`.tune` (``--top K``;
+imported only when used, as it imports Ray), :mod:`.summary` (the table and plot of every variant),
+:mod:`.cli` (``python -m nas_prune.retrain RUN_DIR``). Output goes to
 ``RUN_DIR/retrain/<init>[-distill][-budget]-trial<ID>/``: ``metrics.json``, ``model.pt``, ``model.onnx``
 (or ``model.pt2``) and, while training, ``checkpoint.pt``, from which an interrupted run continues.
 
@@ -29,7 +35,7 @@ import sys
 import types
 
 from ..task import distillation_loss
-from .choose import Architecture, choose_architecture, output_name
+from .choose import Architecture, choose_architecture, choose_top, output_name
 from .cli import main
 from .config import RetrainConfig
 from .run import retrain
@@ -41,6 +47,7 @@ __all__ = [
     "Architecture",
     "RetrainConfig",
     "choose_architecture",
+    "choose_top",
     "distillation_loss",
     "main",
     "output_name",

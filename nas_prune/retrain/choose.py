@@ -15,7 +15,7 @@ from ..checkpoint import checked_widths
 from ..errors import NasPruneError
 from ..results import read_trials
 
-__all__ = ["Architecture", "choose_architecture", "output_name", "read_json"]
+__all__ = ["Architecture", "choose_architecture", "choose_top", "output_name", "read_json"]
 
 
 @dataclass(frozen=True)
@@ -141,6 +141,32 @@ def choose_architecture(
         )
     row = front.iloc[rank]
     return _from_row(row, f"rank {rank} of {pareto_path}", f"rank {rank} (pareto.csv by accuracy)")
+
+
+def choose_top(run_dir: str | os.PathLike, top: int) -> list[Architecture]:
+    """The ``top`` most accurate complete feasible architectures of trials.csv (the top rung).
+
+    Sorted by validation score (descending), then FLOPs, then trial_id, as ``--rank`` sorts pareto.csv;
+    the first is best_arch.json's.
+
+    Raises:
+        NasPruneError: no trials.csv, ``top`` < 1, or more than there are (the message says how many).
+    """
+    path = Path(run_dir) / "trials.csv"
+    if not path.is_file():
+        raise NasPruneError(f"{run_dir} has no trials.csv, so --top {top} cannot be looked up")
+    if top < 1:
+        raise NasPruneError(f"--top must be at least 1, got {top}")
+    trials = _read_table(path)
+    done = trials[(trials["state"] == "complete") & trials["feasible"].astype(bool)]
+    done = done.assign(_neg=lambda d: -d["val_accuracy"])
+    done = done.sort_values(["_neg", "flops", "trial_id"], kind="mergesort").reset_index(drop=True)
+    if top > len(done):
+        raise NasPruneError(
+            f"--top {top} is more than the {len(done)} complete feasible top-rung architectures in {path}"
+        )
+    return [_from_row(row, f"trial {row['trial_id']} in {path}", f"top {k + 1} of {top} (trials.csv)")
+            for k, (_, row) in enumerate(done.head(top).iterrows())]  # fmt: skip
 
 
 def output_name(init: str, trial_id: int, distill: bool = False, budget_matched: bool = False) -> str:

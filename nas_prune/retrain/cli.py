@@ -18,7 +18,9 @@ def _parser() -> ArgumentParser:
         description="Retrain an architecture found by a search (from scratch or from the inherited "
         "weights, optionally distilled from the dense model), export it and compare it with the dense "
         "model. Writes RUN_DIR/retrain/<init>[-distill][-budget]-trial<ID>/ (metrics.json, model.pt, "
-        "model.onnx) and RUN_DIR/retrain/summary.csv + summary.png. Rerun the same command to continue "
+        "model.onnx) and RUN_DIR/retrain/summary.csv + summary.png. --top K retrains the K best "
+        "top-rung architectures as parallel Ray Tune trials (results in RUN_DIR/retrain/tune/) and "
+        "picks one by validation score (RUN_DIR/retrain/top.json). Rerun the same command to continue "
         "an interrupted retrain.",
     )
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a search run directory (results/<run>)")

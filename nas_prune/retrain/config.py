@@ -11,9 +11,10 @@ from ..cli import option
 from ..errors import NasPruneError
 from ..task import ALPHA, TEMPERATURE
 
-__all__ = ["DEFAULT_LR", "INITS", "RetrainConfig"]
+__all__ = ["DEFAULT_LR", "INHERIT_FROM", "INITS", "RetrainConfig"]
 
 INITS = ("scratch", "inherit")
+INHERIT_FROM = ("supernet", "dense")
 DEFAULT_LR = {"scratch": 0.1, "inherit": 0.01}
 
 
@@ -27,6 +28,23 @@ class RetrainConfig:
         "0 = best_arch.json (default: 0)",
     )
     trial: int | None = option(None, "retrain this trial_id of trials.csv instead of a --rank")
+    top: int | None = option(
+        None,
+        "retrain the K most accurate complete feasible top-rung architectures of trials.csv with "
+        "identical settings, as parallel Ray Tune trials, and pick the best by validation score "
+        "(RUN_DIR/retrain/top.json); Tune's results live in RUN_DIR/retrain/tune/ and rerunning the "
+        "same command resumes an interrupted run",
+        metavar="K",
+    )
+    asha: bool = option(
+        False,
+        "with --top: an ASHA scheduler on the validation score stops the worse half of the finalists "
+        "at each rung of epochs (1, 2, 4, ...); stopped finalists are not reported",
+        show_default=False,
+    )
+    ray_address: str | None = option(
+        None, "with --top: join this Ray cluster (RUN_DIR must be on storage every node shares)"
+    )
     epochs: float | None = option(
         None,
         "training epochs, fractions allowed (default: as many as the dense model was trained, "
@@ -37,6 +55,14 @@ class RetrainConfig:
         "scratch: re-initialise the weights (fixed seed) and train; inherit: keep the dense model's "
         "kept filters, re-estimate BatchNorm statistics and fine-tune",
         choices=INITS,
+    )
+    inherit_from: str | None = option(
+        None,
+        "with --init inherit: start from the search's width-shared supernet (RUN_DIR/supernet.pt, "
+        "sliced by its channel ranking) or from the dense model's kept filters (default: supernet "
+        "when the run has one, else dense)",
+        choices=INHERIT_FROM,
+        show_default=False,
     )
     budget_matched: bool = option(
         False,
@@ -83,6 +109,11 @@ class RetrainConfig:
             raise NasPruneError("give either --rank or --trial, not both")
         if self.init not in INITS:
             raise NasPruneError(f"--init must be scratch or inherit, got {self.init!r}")
+        if self.inherit_from is not None and self.inherit_from not in INHERIT_FROM:
+            raise NasPruneError(f"--inherit-from must be supernet or dense, got {self.inherit_from!r}")
+        if self.inherit_from is not None and self.init != "inherit":
+            raise NasPruneError("--inherit-from only applies with --init inherit")
+        self._validate_top()
         _check_number("--epochs", self.epochs, 0.0)
         _check_number("--lr", self.lr, 0.0)
         _check_number("--weight-decay", self.weight_decay, 0.0, closed=True)
@@ -95,6 +126,15 @@ class RetrainConfig:
             if value is not None and int(value) < 1:
                 raise NasPruneError(f"{name} must be at least 1, got {value}")
         return self
+
+    def _validate_top(self) -> None:
+        if self.top is not None:
+            if self.trial is not None or self.rank is not None:
+                raise NasPruneError("give --top K or a single architecture (--rank, --trial), not both")
+            if int(self.top) < 1:
+                raise NasPruneError(f"--top must be at least 1, got {self.top}")
+        elif self.asha or self.ray_address is not None:
+            raise NasPruneError("--asha and --ray-address only apply with --top K")
 
 
 def _check_number(name: str, value: float | None, low: float, high: float = math.inf, closed: bool = False):

@@ -31,6 +31,7 @@ from ..final import cached_accuracy, final_figures, metrics_record, write_metric
 from ..models import MODELS, build_from_spec
 from ..objective import adapt_batchnorm
 from ..prune import prune
+from ..supernet import load_supernet
 from ..task import Task, data_label, model_spec_for, resolve_task
 from ..train import Checkpointing, epoch_reporter, fit, resolve_device, resumed_epochs
 from .choose import Architecture, choose_architecture, output_name, read_json
@@ -38,7 +39,7 @@ from .config import DEFAULT_LR, RetrainConfig
 from .summary import print_comparison, write_summary
 from .weights import reinitialize
 
-__all__ = ["retrain"]
+__all__ = ["RetrainJob", "finished_job", "plan_job", "previous_metrics", "report_job", "retrain", "train_job"]
 
 BN_BATCHES = 20  # batches of adaptive BN before fine-tuning inherited weights (as in the search)
 CHECKPOINT = "checkpoint.pt"
@@ -121,7 +122,7 @@ def _open_run(run_dir: Path, model: nn.Module | None = None) -> _Run:
 
 
 @dataclass
-class _Job:
+class RetrainJob:
     """One retrain: the run, the architecture and its pruned model, the settings a rerun must match."""
 
     run: _Run
@@ -135,6 +136,7 @@ class _Job:
     device: torch.device
     example: Any
     say: Callable[..., None]
+    inherit_from: str | None = None
 
 
 def retrain(
@@ -150,7 +152,8 @@ def retrain(
     on_epoch_end: Callable[[int, dict[str, Any]], Any] | None = None,
     **overrides: Any,
 ) -> dict[str, Any]:
-    """Retrain one architecture of a search run and write model, export and metrics.
+    """Retrain one architecture of a search run (or, with ``top=K``, its K best as Ray Tune trials) and
+    write model, export and metrics.
 
     Args:
         run_dir: a search run directory (config.yaml, dense.pt, trials.csv, pareto.csv, best_arch.json).
@@ -168,26 +171,27 @@ def retrain(
 
     Returns:
         The content of ``metrics.json`` plus ``output`` (the folder). An already finished retrain with
-        the same settings is not trained again: its metrics are returned.
+        the same settings is not trained again: its metrics are returned. With ``top=K``: the picked
+        finalist's, plus ``finalists`` (every finished finalist's name, trial, validation and test
+        score) and ``top`` (the path of ``top.json``); see :func:`nas_prune.retrain.tune.retrain_top`.
 
     Raises:
         NasPruneError: bad settings, or a run directory, architecture or data that cannot be used.
     """
     cfg = (config or RetrainConfig()).replace(**overrides).validate()
-    job = _plan(Path(run_dir), cfg, output, quiet, model, task)
-    done = _finished(job)
+    if cfg.top is not None:
+        if output is not None or on_epoch_end is not None:
+            raise NasPruneError("--output (and on_epoch_end) do not apply with --top K")
+        from .tune import retrain_top  # Ray is imported only there
+
+        return retrain_top(run_dir, cfg, model=model, task=task, quiet=quiet, latency_fn=latency_fn)
+    job = plan_job(Path(run_dir), cfg, output=output, quiet=quiet, model=model, task=task)
+    done = finished_job(job)
     if done is not None:
         return done
-    ensure_output_dir(job.out)
     start = time.perf_counter()
-    resumed_from = resumed_epochs(job.out / CHECKPOINT)
-    history = _start_and_fit(job, progress, quiet, on_epoch_end, resumed_from)
-    extra = {
-        "train_seconds": sum(row["train_seconds"] for row in history),
-        "resumed_from_epoch": resumed_from,
-        "history": history,
-    }
-    return _report(job, latency_fn or measure_latency, start, extra)
+    history, resumed_from = train_job(job, progress, quiet, on_epoch_end)
+    return report_job(job, latency_fn or measure_latency, start, history, resumed_from)
 
 
 def _task(run: _Run, task: Task | str | None) -> Task:
@@ -211,17 +215,26 @@ def _task(run: _Run, task: Task | str | None) -> Task:
     return resolved
 
 
-def _plan(
-    run_dir: Path, cfg: RetrainConfig, output, quiet: bool, model: nn.Module | None, task: Task | str | None
-) -> _Job:
-    """The run, the task, the architecture, its pruned model and the settings; every bad input fails here."""
+def plan_job(
+    run_dir: Path,
+    cfg: RetrainConfig,
+    *,
+    output: str | os.PathLike | None = None,
+    quiet: bool = False,
+    model: nn.Module | None = None,
+    task: Task | str | None = None,
+    arch: Architecture | None = None,
+) -> RetrainJob:
+    """The run, the task, the architecture (``arch``, else ``cfg``'s rank or trial), its pruned model and
+    the settings; every bad input fails here."""
     run = _open_run(run_dir, model)
     task = _task(run, task)
     if cfg.distill:
         task.check_distillation()
-    arch = choose_architecture(run_dir, rank=cfg.rank, trial=cfg.trial)
+    arch = arch or choose_architecture(run_dir, rank=cfg.rank, trial=cfg.trial)
     example = task.example()
-    slim = prune(run.dense, example, arch.widths, run.cfg.importance)  # unknown group -> NasPruneError
+    inherit_from = _inherit_from(run, cfg)
+    slim = _slim(run, example, arch.widths, inherit_from)  # unknown group -> NasPruneError
     flops_ratio = count_macs(slim, example)[0] / count_macs(run.dense, example)[0]
     base_epochs = float(cfg.epochs) if cfg.epochs is not None else run.dense_epochs
     settings = {
@@ -240,25 +253,53 @@ def _plan(
         "weight_decay": float(cfg.weight_decay),
         "importance": str(run.cfg.importance),
     }
+    if inherit_from == "supernet":  # only then: earlier retrains' settings stay equal
+        settings["inherit_from"] = inherit_from
     name = output_name(cfg.init, arch.trial_id, cfg.distill, cfg.budget_matched)
     out = Path(output) if output is not None else run_dir / "retrain" / name
     say = (lambda *a, **k: None) if quiet else print
     device = resolve_device(cfg.device)
-    return _Job(run, arch, cfg, task, slim, settings, flops_ratio, out, device, example, say)
+    return RetrainJob(
+        run, arch, cfg, task, slim, settings, flops_ratio, out, device, example, say, inherit_from
+    )
 
 
-def _finished(job: _Job) -> dict[str, Any] | None:
-    """The metrics of a finished retrain with these settings (reported again), else None; an
-    unfinished or finished one with other settings is an error."""
+def _inherit_from(run: _Run, cfg: RetrainConfig) -> str | None:
+    """Where ``--init inherit`` takes its weights: ``supernet`` or ``dense`` (None for scratch)."""
+    if cfg.init != "inherit":
+        return None
+    has_supernet = (run.run_dir / "supernet.pt").is_file()
+    chosen = cfg.inherit_from or ("supernet" if has_supernet else "dense")
+    if chosen == "supernet" and not has_supernet:
+        raise NasPruneError(
+            f"--inherit-from supernet: {run.run_dir} has no supernet.pt (search with --supernet-epochs > 0)"
+        )
+    return chosen
+
+
+def _slim(run: _Run, example: Any, widths: dict[str, int], inherit_from: str | None) -> nn.Module:
+    """The dense model pruned to ``widths``; from the supernet's weights and channel ranking (exactly
+    the channels each width was trained with) when inheriting from it."""
+    if inherit_from != "supernet":
+        return prune(run.dense, example, widths, run.cfg.importance)
+    path = run.run_dir / "supernet.pt"
+    try:
+        supernet = load_supernet(path, None)
+        shared = supernet.model(run.dense)
+    except Exception as err:  # an unreadable file, weights of another model
+        raise NasPruneError(f"{path} is not a supernet of this run's model ({type(err).__name__})") from err
+    return prune(shared, example, widths, importance=supernet.ranking).eval()
+
+
+def previous_metrics(job: RetrainJob) -> dict[str, Any] | None:
+    """The metrics.json of a finished retrain with these settings, else None; an unfinished or finished
+    one with other settings is an error."""
     out, settings = job.out, job.settings
     if (out / "metrics.json").is_file():
         done = read_json(out / "metrics.json", "delete the folder to retrain")
         if done.get("settings") != settings:
             raise NasPruneError(settings_mismatch(out, "a retrain", done.get("settings"), settings, _REMEDY))
-        job.say(f"{out} is already retrained with these settings; not training again (delete it to redo).")
-        write_summary(job.run.run_dir / "retrain")
-        print_comparison(done, out, job.run.run_dir / "retrain", job.say)
-        return {**done, "output": str(out)}
+        return done
     if (out / CHECKPOINT).is_file():  # an interrupted retrain: continue it only with the same settings
         previous = load_checkpoint(out / CHECKPOINT).get("settings")
         if previous != settings:
@@ -266,15 +307,32 @@ def _finished(job: _Job) -> dict[str, Any] | None:
     return None
 
 
-def _start_and_fit(
-    job: _Job,
-    progress: bool,
-    quiet: bool,
-    on_epoch_end: Callable[[int, dict[str, Any]], Any] | None,
-    resumed_from: float,
-) -> list[dict[str, Any]]:
-    """Start the pruned model (re-initialised or inherited) and train it, resumably."""
+def finished_job(job: RetrainJob) -> dict[str, Any] | None:
+    """:func:`previous_metrics`, reported again (printed, summary refreshed) with ``output``."""
+    done = previous_metrics(job)
+    if done is None:
+        return None
+    job.say(f"{job.out} is already retrained with these settings; not training again (delete it to redo).")
+    write_summary(job.run.run_dir / "retrain")
+    print_comparison(done, job.out, job.run.run_dir / "retrain", job.say)
+    return {**done, "output": str(job.out)}
+
+
+def train_job(
+    job: RetrainJob,
+    progress: bool = False,
+    quiet: bool = True,
+    on_epoch_end: Callable[[int, dict[str, Any]], Any] | None = None,
+) -> tuple[list[dict[str, Any]], float]:
+    """Start the pruned model (re-initialised or inherited) and train it, resumably from the output
+    folder's ``checkpoint.pt`` (a finished one only loads the trained weights).
+
+    Returns:
+        The training history and the epochs done before this call.
+    """
     cfg, s, run, device, task = job.cfg, job.settings, job.run, job.device, job.task
+    ensure_output_dir(job.out)
+    resumed_from = resumed_epochs(job.out / CHECKPOINT)
     ratio, base = f"{job.flops_ratio:.3f}", s["base_epochs"]
     job.say(
         f"Retraining {job.arch.how}: trial {job.arch.trial_id}, {ratio} of the dense FLOPs, "
@@ -282,6 +340,7 @@ def _start_and_fit(
         f"{f' (= {base:g} / {ratio}, budget-matched)' if cfg.budget_matched else ''}"
         f"{f' (the dense model trained {base:g}, from {run.epochs_from})' if cfg.epochs is None else ''}, "
         f"lr {s['lr']:g}, seed {s['seed']}, device {device}"
+        f"{f', inherited from the {job.inherit_from}' if job.inherit_from else ''}"
     )
     slim = job.slim.to(device)
     if resumed_from:
@@ -297,12 +356,13 @@ def _start_and_fit(
     if cfg.distill:
         step = task.distillation_step(run.dense.to(device), temperature=s["temperature"], alpha=s["alpha"])
     try:
-        return fit(
+        history = fit(
             slim, task, epochs=s["epochs"], batch_size=s["batch_size"], lr=s["lr"],
             weight_decay=s["weight_decay"], device=device, seed=s["seed"], progress=progress,
             on_epoch_end=epoch_reporter(None if quiet else _say_now, s["epochs"], on_epoch_end),
             step=step, checkpoint=Checkpointing(job.out / CHECKPOINT, s, run.spec),
         )  # fmt: skip
+        return history, resumed_from
     except KeyboardInterrupt:
         if (job.out / CHECKPOINT).is_file() and not quiet:
             print(
@@ -313,10 +373,15 @@ def _start_and_fit(
         raise
 
 
-def _report(
-    job: _Job, latency_fn: Callable[..., float], start: float, extra: dict[str, Any]
+def report_job(
+    job: RetrainJob,
+    latency_fn: Callable[..., float],
+    start: float,
+    history: list[dict[str, Any]],
+    resumed_from: float,
 ) -> dict[str, Any]:
-    """Final figures (the only use of the test split), model.pt, export, metrics.json, summary."""
+    """Final figures of the trained ``job.slim`` (the only use of the test split), model.pt, export,
+    metrics.json (``wall_s`` counted from ``start``), summary."""
     run, arch, s, out = job.run, job.arch, job.settings, job.out
     job.say("Measuring test accuracy and latency of the dense and the retrained model ...")
     dense_accuracy = cached_accuracy(
@@ -342,9 +407,10 @@ def _report(
     rest = {"lr": s["lr"], "batch_size": s["batch_size"], "importance": s["importance"],
             "model": run.spec["model"], "dataset": data_label(run.cfg.task, run.cfg.dataset, job.task.name),
             "score_name": job.task.score_name, "architecture": architecture,
-            "model_file": "model.pt", **exported, "train_seconds": extra["train_seconds"],
-            "wall_s": time.perf_counter() - start, "resumed_from_epoch": extra["resumed_from_epoch"],
-            "history": extra["history"]}  # fmt: skip
+            "model_file": "model.pt", **exported, "inherit_from": job.inherit_from,
+            "train_seconds": sum(row["train_seconds"] for row in history),
+            "wall_s": time.perf_counter() - start, "resumed_from_epoch": resumed_from,
+            "history": history}  # fmt: skip
     metrics = metrics_record(
         out.name, figures, epochs=s["epochs"], init=job.cfg.init, seed=s["seed"], dense_epochs=run.dense_epochs,
         dense_seed=run.cfg.seed, choice=choice, rest=rest, settings=s,
@@ -356,7 +422,7 @@ def _report(
     return {**metrics, "output": str(out)}
 
 
-def _export(slim: nn.Module, job: _Job) -> dict[str, Any]:
+def _export(slim: nn.Module, job: RetrainJob) -> dict[str, Any]:
     """``model.onnx`` (or ``model.pt2``) checked against PyTorch; a failure is a warning, not an error."""
     job.say("Exporting ...")
     exported = export_model(slim, job.example, job.out)

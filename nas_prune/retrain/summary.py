@@ -16,7 +16,9 @@ import pandas as pd
 from ..atomic import atomic_write_text
 from ..task import score_key
 
-__all__ = ["SUMMARY_COLUMNS", "print_comparison", "write_summary"]
+__all__ = ["SUMMARY_COLUMNS", "TOP_FILE", "print_comparison", "write_summary"]
+
+TOP_FILE = "top.json"  # which finalist of each ``--top K`` retrain was picked
 
 SUMMARY_COLUMNS = [
     "name",
@@ -41,6 +43,8 @@ SUMMARY_COLUMNS = [
     "speedup_high",
     "speedup_large_low",
     "speedup_large_high",
+    "inherit_from",
+    "top_pick",
 ]
 
 
@@ -75,9 +79,12 @@ def _shown(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
-def _summary_row(name: str, m: Mapping[str, Any], dense: Mapping[str, Any]) -> dict[str, Any]:
+def _summary_row(
+    name: str, m: Mapping[str, Any], dense: Mapping[str, Any], picks: Mapping[str, bool] | None = None
+) -> dict[str, Any]:
     """One variant's row; its speed-up is against the dense latency timed in the same rounds. The
-    score columns are called ``*_accuracy`` here whatever the task's score (see :func:`write_summary`)."""
+    score columns are called ``*_accuracy`` here whatever the task's score (see :func:`write_summary`);
+    ``picks``: finalist name -> whether its ``--top K`` retrain picked it."""
     key = score_key(m.get("score_name", "accuracy"))
     speedup = m.get("speedup", dense["latency_ms"] / m["latency_ms"])  # older files: one timing each
     speedup_large = m.get("speedup_large", dense["latency_large_ms"] / m["latency_large_ms"])
@@ -104,6 +111,8 @@ def _summary_row(name: str, m: Mapping[str, Any], dense: Mapping[str, Any]) -> d
         "speedup_high": m.get("speedup_high", speedup),
         "speedup_large_low": m.get("speedup_large_low", speedup_large),
         "speedup_large_high": m.get("speedup_large_high", speedup_large),
+        "inherit_from": m.get("inherit_from"),
+        "top_pick": (picks or {}).get(name),
     }
 
 
@@ -147,8 +156,9 @@ def write_summary(retrain_dir: str | os.PathLike) -> pd.DataFrame:
         found.append((path.stat().st_mtime, path.parent.name, m, m["dense"]))
     rows = []
     if found:
+        picks = _top_picks(retrain_dir / TOP_FILE)
         rows.append(_dense_row(found))
-        rows.extend(_summary_row(name, m, d) for _, name, m, d in found)
+        rows.extend(_summary_row(name, m, d, picks) for _, name, m, d in found)
     table = pd.DataFrame(rows, columns=SUMMARY_COLUMNS).astype({"trial_id": "Int64", "seed": "Int64"})
     score_name = found[-1][2].get("score_name", "accuracy") if found else "accuracy"
     key = score_key(score_name)
@@ -157,6 +167,16 @@ def write_summary(retrain_dir: str | os.PathLike) -> pd.DataFrame:
     atomic_write_text(retrain_dir / "summary.csv", table.to_csv(index=False))
     _plot_summary(table, retrain_dir / "summary.png", score_name)
     return table
+
+
+def _top_picks(path: Path) -> dict[str, bool]:
+    """Finalist name -> picked, from ``top.json`` (empty without one)."""
+    try:
+        runs = json.loads(path.read_text()).get("runs", {}) if path.is_file() else {}
+        return {f["name"]: f["name"] == r["picked"] for r in runs.values() for f in r["finalists"]}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        warnings.warn(f"ignoring {path} in the summary ({type(err).__name__}: {err})", stacklevel=3)
+        return {}
 
 
 def _plot_summary(table: pd.DataFrame, path: Path, score_name: str = "accuracy") -> Path:
