@@ -272,7 +272,9 @@ def supernet_runs(args, archs: dict, checkpoint: Path, work: Path, finished: set
             if what not in archs:
                 continue
             run_dir, trial_id, source = archs[what]
-            where = {} if "top" in how else {"trial": trial_id, "output": out}
+            where = {"trial": trial_id, "output": out}
+            if "top" in how:  # Tune's folders live in the run directory: one copy of it per seed
+                where, run_dir = {}, _run_copy(run_dir, out / "run")
             metrics = timed(
                 "runs_s",
                 lambda r=run_dir, s=seed, w=where, h=how, e=epochs: retrain(
@@ -280,6 +282,13 @@ def supernet_runs(args, archs: dict, checkpoint: Path, work: Path, finished: set
                 ),
             )
             append_row(work / "runs.csv", row_of(name, seed, metrics, source))
+
+
+def _run_copy(run_dir: Path, to: Path) -> Path:
+    """A copy of the search run ``run_dir`` without its retrains (made once; a restart reuses it)."""
+    if not (to / "config.yaml").is_file():
+        shutil.copytree(run_dir, to, ignore=shutil.ignore_patterns("retrain"), dirs_exist_ok=True)
+    return to
 
 
 def row_of(method: str, seed: int, m: dict, source: str | None = None) -> dict:

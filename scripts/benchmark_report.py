@@ -84,7 +84,7 @@ def verdict(table: pd.DataFrame, other: str, mine: str = "search-best") -> str:
 
 def markdown_table(frame: pd.DataFrame) -> str:
     """A pipe table (pandas' ``to_markdown`` needs tabulate, which is not a dependency)."""
-    cells = frame.astype(str)
+    cells = frame.map(str)  # astype(str) keeps NaN as a missing value on pandas 3
     rows = [list(frame.columns), ["---"] * len(frame.columns), *cells.to_numpy().tolist()]
     return "\n".join("| " + " | ".join(row) + " |" for row in rows)
 
@@ -215,6 +215,45 @@ def spread_lines(random_trials: pd.DataFrame) -> list[str]:
     return lines
 
 
+def setup_text(args, timings: dict) -> str:
+    """The report's first paragraph: data, budget, seeds, and how every row was trained."""
+    nan = float("nan")
+    head = (
+        f"{args.model} on {args.dataset} "
+        f"({'full training set' if args.subset is None else f'fixed training subset of {args.subset}'}), "
+        f"budget {args.budget_flops:g} of the dense FLOPs, {args.seeds} seed(s) per method. Dense model: "
+        f"{f'--checkpoint {args.checkpoint}' if args.checkpoint else f'{args.dense_epochs:g} epochs'}. "
+    )
+    searches = (
+        f"the search took {timings.get('search_s', nan):.0f} s and its control, a random search without seed "
+        f"architectures (`search-random-best`; its trial id is one of `bench/search-random/trials.csv`), "
+        f"{timings.get('search_random_s', nan):.0f} s, each {args.trials} rung-0 candidates, top rung "
+        f"{args.epochs_per_trial:g} epochs"
+    )
+    tail = "Latency: median over seeds of each run's measured median, batch 1. Time per run: pruning and training, without the final measurements."
+    if args.supernet_epochs > 0:
+        return head + (
+            f"Both searches train a width-shared supernet for {args.supernet_epochs:g} epochs (rung 0 slices "
+            f"it); {searches}. Final training, E = {args.epochs:g} epochs: `search-best-inherit` and "
+            "`search-random-best` fine-tune their architecture from the supernet's weights; `search-best-top3` "
+            "fine-tunes the 3 best top-rung architectures the same way as Ray Tune trials and keeps the one "
+            "with the best validation score; `search-uniform-seed` (the uniform allocation, L2 channels) "
+            "fine-tunes from the dense weights, like `l2-structured` (one-shot global L2) and `iterative-l2` "
+            f"(E split over its steps, 1 seed). The `-total` rows get E + {args.supernet_epochs:g} epochs: "
+            "equal total epochs with the search's supernet training. " + tail
+        )
+    return head + (
+        f"Every method trains its pruned network {args.epochs:g} epochs (iterative-l2 split over its "
+        f"steps; soft-filter {1 - FINETUNE_SHARE:g} of them soft-pruned, the rest fine-tuning after the "
+        f"cut; lottery-ticket {(args.dense_epochs + args.epochs) / 2:g} dense from its own theta0 + the same "
+        "for the ticket). The `search-*` rows are retrained from scratch for the same epochs, except the "
+        "searched best's other final paths: `search-best-budget` (scratch, epochs x dense/slim FLOPs: more "
+        "training), `search-best-inherit` (its inherited filters, adaptive BN, fine-tuned the same epochs) "
+        f"and `search-best-distill` (inherit + distillation from the dense model); {searches}. MACs of "
+        "l1-unstructured are its non-zero MACs (its dense kernels run at the dense latency). " + tail
+    )
+
+
 def write_report(
     args, table: pd.DataFrame, timings: dict, out: Path, notes: list[str], command: list[str],
     spread: list[str] = (),
@@ -222,7 +261,7 @@ def write_report(
     shown = pd.DataFrame(
         {
             "method": [
-                f"{m} (trial {int(r.trial_id)}, {r.source})" if m in SEARCH_ROWS else m
+                f"{m} (trial {int(r.trial_id)}, {r.source})" if m.startswith("search-") else m
                 for m, r in table.iterrows()
             ],
             "test acc (mean ± std)": [
@@ -240,24 +279,7 @@ def write_report(
     lines = [
         "# Benchmark: searched widths vs pruning baselines",
         "",
-        f"{args.model} on {args.dataset} "
-        f"({'full training set' if args.subset is None else f'fixed training subset of {args.subset}'}), "
-        f"budget {args.budget_flops:g} of the dense FLOPs, {args.seeds} seed(s) per method. Dense model: "
-        f"{f'--checkpoint {args.checkpoint}' if args.checkpoint else f'{args.dense_epochs:g} epochs'}. "
-        f"Every method trains its pruned network {args.epochs:g} epochs (iterative-l2 split over its "
-        f"steps; soft-filter {1 - FINETUNE_SHARE:g} of them soft-pruned, the rest fine-tuning after the "
-        f"cut; lottery-ticket "
-        f"{(args.dense_epochs + args.epochs) / 2:g} dense from its own theta0 + the same for the ticket). "
-        f"The `search-*` rows are retrained from scratch for the same epochs, except the searched best's other "
-        f"final paths: `search-best-budget` (scratch, epochs x dense/slim FLOPs: more training), "
-        f"`search-best-inherit` (its inherited filters, adaptive BN, fine-tuned the same epochs) and "
-        f"`search-best-distill` (inherit + distillation from the dense model); the search took "
-        f"{timings.get('search_s', nan):.0f} s and its control, a random search without seed "
-        f"architectures (`search-random-best`; its trial id is one of `bench/search-random/trials.csv`), "
-        f"{timings.get('search_random_s', nan):.0f} s, each {args.trials} rung-0 candidates, top rung "
-        f"{args.epochs_per_trial:g} epochs. MACs of l1-unstructured are its non-zero MACs (its dense "
-        "kernels run at the dense latency). Latency: median over seeds of each run's measured median, "
-        "batch 1. Time per run: pruning and training, without the final measurements.",
+        setup_text(args, timings),
         "",
         markdown_table(shown),
         *(["", *notes] if notes else []),
@@ -269,7 +291,7 @@ def write_report(
         "",
         *verdict_lines(table),
         "",
-        *goal_lines(table),
+        *(supernet_goal_lines(table, args.budget_flops) if args.supernet_epochs > 0 else goal_lines(table)),
         "",
         *spread,
         "",

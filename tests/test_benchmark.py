@@ -146,6 +146,10 @@ class Fakes:
         trials.to_csv(run_dir / "trials.csv", index=False)
         best = 1 if random else 0  # the searched best is its uniform seed trial
         (run_dir / "best_arch.json").write_text(json.dumps({"trial_id": best, "widths": widths[best]}))
+        judges = {"top_rung": 1, "supernet": {"n": 5, "kendall": 0.8, "spearman": 0.9},
+                  "dense": {"n": 5, "kendall": 0.2, "spearman": 0.3}}  # fmt: skip
+        sampler = {"model_share": 0.85, "sources": {}, "repeated_proposals": 4, "repeat_share": 0.02}
+        (run_dir / "fidelity.json").write_text(json.dumps({"judges": judges, "sampler": sampler}))
         return trials
 
     def retrain(self, run_dir, *, trial, seed, output, **kw):
@@ -230,3 +234,60 @@ def test_restart_skips_finished_runs(fakes, tmp_path, monkeypatch):
     (tmp_path / "bench" / "settings.json").unlink()  # as left by the benchmark before its version 2
     with pytest.raises(SystemExit, match="version 1 there vs 2 now"):
         bench.main([*args, "--seeds", "2"])
+
+
+def test_the_supernet_report_runs_its_rows_at_equal_final_and_equal_total_epochs(
+    fakes, tmp_path, monkeypatch
+):
+    baselines, retrains = [], []
+
+    def fake_baseline(settings, **kw):
+        baselines.append((settings.method, settings.seed, settings.epochs, Path(settings.output).name))
+        return {"method": settings.method, "test_accuracy": 0.80 + 0.001 * settings.seed, "macs": 100,
+                "params": 10, "latency_ms": 1.0, "wall_s": 1.0, "widths": {"features.conv1.conv": 8}}  # fmt: skip
+
+    def fake_retrain(run_dir, *, seed, epochs, trial=None, output=None, top=None, **kw):
+        retrains.append(
+            {"run": Path(run_dir), "seed": seed, "epochs": epochs, "trial": trial, "top": top, **kw}
+        )
+        accuracy = (0.79 if kw.get("inherit_from") == "dense" else 0.82) + 0.001 * seed
+        return {"test_accuracy": accuracy, "macs": 100, "params": 10, "epochs": epochs,
+                "train_seconds": 1.0, "widths": {"features.conv1.conv": 9}, "trial_id": trial or 0}  # fmt: skip
+
+    monkeypatch.setattr(bench, "run_baseline", fake_baseline)
+    monkeypatch.setattr(bench, "retrain", fake_retrain)
+    report = bench.main([*TINY, "--seeds", "2", "--supernet-epochs", "0.5", "--output", str(tmp_path)])
+    assert [s["supernet_epochs"] for s in fakes.searches] == [0.5, 0.5]  # the search and its control
+    runs = pd.read_csv(tmp_path / "bench" / "runs.csv")
+    seeds = runs.groupby("method")["seed"].apply(sorted).to_dict()
+    assert set(seeds) == set(bench.SUPERNET_ROWS)
+    assert seeds["iterative-l2"] == seeds["iterative-l2-total"] == [0]  # one seed is enough for it
+    assert all(seeds[m] == [0, 1] for m in seeds if not m.startswith("iterative"))
+    epochs = {(m, name.rsplit("-seed", 1)[0]): e for m, _, e, name in baselines}
+    assert epochs[("l2-structured", "l2-structured")] == pytest.approx(0.2)  # equal final epochs
+    assert epochs[("l2-structured", "l2-structured-total")] == pytest.approx(0.7)  # + the supernet's
+    steps = len(nas_prune.baselines.iterative_targets(0.5, 0.3))
+    assert epochs[("iterative-l2", "iterative-l2-total")] == pytest.approx(0.7 / steps)
+    top = [r for r in retrains if r["top"] == 3]
+    assert [r["seed"] for r in top] == [0, 1] and all(
+        r["init"] == "inherit" and r["trial"] is None for r in top
+    )
+    for r in top:  # Tune's folders go to a per-seed copy of the search run, not into the search run itself
+        assert (
+            r["run"].name == "run"
+            and (r["run"] / "trials.csv").is_file()
+            and r["run"].parent.name.startswith("search-best-top3")
+        )
+    uniform = [r for r in retrains if r.get("inherit_from") == "dense"]
+    assert sorted(r["epochs"] for r in uniform) == pytest.approx([0.2, 0.2, 0.7, 0.7])
+    inherit = [r for r in retrains if r["top"] is None and r.get("inherit_from") is None]
+    assert {(r["run"].name, r["trial"], r["epochs"]) for r in inherit} == {
+        ("search", 0, 0.2),
+        ("search-random", 1, 0.2),
+    }
+    text = report.read_text()
+    assert "at equal training** (l1-unstructured" not in text  # the default report's goal is not judged here
+    assert "by >= 0.3 points" in text
+    assert "- equal final epochs: `search-best-inherit` vs `l2-structured`: +2.00 points" in text
+    assert "- equal total epochs: `search-best-inherit` vs `l2-structured-total`: +2.00 points" in text
+    assert "supernet 0.80 (n=5), dense 0.20 (n=5)" in text and "85% of rung-0 candidates" in text
