@@ -65,7 +65,6 @@ from benchmark_report import (  # noqa: E402
     shared_architectures,
     spread_lines,
     summarize,
-    supernet_goal_lines,
     verdict,
     verdict_lines,
     write_plot,
@@ -376,13 +375,7 @@ def main(argv: list[str] | None = None) -> Path:
     command = sys.argv[1:] if argv is None else argv
     spread = spread_lines(random_trials)
     if args.supernet_epochs > 0:
-        spread = [
-            *supernet_goal_lines(table, args.budget_flops),
-            "",
-            *judge_lines(search_dir, random_dir),
-            "",
-            *spread,
-        ]
+        spread = [*judge_lines(search_dir, random_dir), "", *spread]
     write_report(args, table, timings, out, notes, command, spread)
     write_plot(table, out)
     print(f"Wrote {out / 'benchmark.md'} and {out / 'benchmark.png'}", flush=True)
