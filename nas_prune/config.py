@@ -144,9 +144,11 @@ class SearchConfig:
         ("uniform", "l2", "sensitivity"), "seed architectures evaluated first", group=_SEARCH, nargs="*"
     )
     sampler: str = option(
-        "tpe",
-        "tpe (Optuna's multivariate TPE, one study per cost level, learning rung-0 scores) or random "
-        "(uniform random keep scores, projected and laddered the same way: the control a search must beat)",
+        "evolution",
+        "evolution (children of each cost level's best rung-0 candidates: tournament, crossover, one-step "
+        "mutations, projected onto the budget; a repeat moves to a grid neighbour), tpe (Optuna's "
+        "multivariate TPE per cost level, told the projected keep scores) or random (uniform keep scores, "
+        "projected and laddered the same way: the control a search must beat)",
         group=_SEARCH,
     )
     gate_epochs: float = option(
@@ -169,7 +171,9 @@ class SearchConfig:
     output: str | None = option(
         None, "run directory (default results/<model>-<dataset>-<budget>-<timestamp>)", group="output"
     )
-    startup_trials: int = option(10, "random proposals per Optuna study before TPE models", cli=False)
+    startup_trials: int = option(
+        10, "random proposals per study before TPE models; rung-0 scores evolution needs to breed", cli=False
+    )
     batch_size: int = option(128, "batch size of fine-tuning and of the seeds' evaluations", cli=False)
     sensitivity_samples: int = option(1000, "validation images the sensitivity seed scores on", cli=False)
     jobs_per_call: int = option(4, "rung-0 candidates a worker takes per call", cli=False)
