@@ -171,9 +171,7 @@ class SearchConfig:
     output: str | None = option(
         None, "run directory (default results/<model>-<dataset>-<budget>-<timestamp>)", group="output"
     )
-    startup_trials: int = option(
-        10, "random proposals per study before TPE models; rung-0 scores evolution needs to breed", cli=False
-    )
+    startup_trials: int = option(10, "random proposals per Optuna study before TPE models", cli=False)
     batch_size: int = option(128, "batch size of fine-tuning and of the seeds' evaluations", cli=False)
     sensitivity_samples: int = option(1000, "validation images the sensitivity seed scores on", cli=False)
     jobs_per_call: int = option(4, "rung-0 candidates a worker takes per call", cli=False)

@@ -24,7 +24,13 @@ from collections.abc import Mapping, Sequence
 
 from ..space import WidthSpace
 
-__all__ = ["POPULATION", "breed", "neighbour"]
+__all__ = ["MIN_PARENTS", "POPULATION", "breed", "neighbour"]
+
+MIN_PARENTS = 4
+"""Rung-0 scores a level needs before it breeds (until then it breeds from the budget level's, and
+before that proposals are uniform draws): the seeds usually, so the heuristics' architectures are the
+first population and mutation and crossover diversify it. A TPE-like start-up of 10 random draws per
+level cost 20 of 240 candidates, four batches being in flight before the first scores return."""
 
 POPULATION = 16
 """Parents are drawn from the level's best ``POPULATION`` rung-0 scores (OFA keeps the best quarter of

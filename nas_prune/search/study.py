@@ -42,7 +42,7 @@ from optuna.trial import TrialState, create_trial
 
 from ..errors import NasPruneError
 from ..space import WidthSpace
-from .evolution import breed, neighbour
+from .evolution import MIN_PARENTS, breed, neighbour
 from .projection import KEEP_MIN, arch_key, scores_of
 
 __all__ = ["MAX_RETRIES", "NEIGHBOUR_BAND", "Proposal", "Proposals", "repeated_proposals"]
@@ -85,7 +85,7 @@ class Proposals:
         levels: the cost levels, fractions of the budget.
         sampler: ``evolution``, ``tpe`` or ``random``.
         seed: the sampler seed; a resumed study draws a fresh stream (seed + trials so far).
-        startup: TPE's random start-up trials per level; the rung-0 scores evolution needs to breed.
+        startup: TPE's random start-up trials per level.
     """
 
     def __init__(self, run_dir: Path, space: WidthSpace, levels, sampler: str, seed: int, startup: int):
@@ -141,7 +141,8 @@ class Proposals:
 
     def _draw(self, level: float, parents, explore: bool) -> tuple[dict[str, float], str]:
         """Keep scores and who chose them: ``optuna`` (TPE's model), ``evolution`` (children of the
-        level's rung-0 population, or the budget level's while the level has fewer than ``startup``) or
+        level's rung-0 population, or the budget level's while the level has fewer than
+        :data:`MIN_PARENTS`) or
         ``random`` (a uniform draw: the control, a start-up, or after a repeat)."""
         study = self.studies[level]
         if self.sampler_name == "tpe" and not explore:
@@ -152,9 +153,9 @@ class Proposals:
             return dict(trial.params), "optuna" if done >= self.startup else "random"
         if self.sampler_name == "evolution" and not explore:
             population = parents.get(level, [])
-            if len(population) < self.startup:
+            if len(population) < MIN_PARENTS:
                 population = parents.get(1.0, [])
-            if len(population) >= self.startup:
+            if len(population) >= MIN_PARENTS:
                 return scores_of(breed(population, self.space, self.rng), self.space), "evolution"
         return {g: self.rng.uniform(KEEP_MIN, 1.0) for g in self.groups}, "random"
 
