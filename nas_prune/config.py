@@ -144,9 +144,11 @@ class SearchConfig:
         ("uniform", "l2", "sensitivity"), "seed architectures evaluated first", group=_SEARCH, nargs="*"
     )
     sampler: str = option(
-        "tpe",
-        "tpe (Optuna's multivariate TPE, one study per cost level, learning rung-0 scores) or random "
-        "(uniform random keep scores, projected and laddered the same way: the control a search must beat)",
+        "evolution",
+        "evolution (children of each cost level's best rung-0 candidates: tournament, crossover, one-step "
+        "mutations, projected onto the budget; a repeat moves to a grid neighbour), tpe (Optuna's "
+        "multivariate TPE per cost level, told the projected keep scores) or random (uniform keep scores, "
+        "projected and laddered the same way: the control a search must beat)",
         group=_SEARCH,
     )
     gate_epochs: float = option(

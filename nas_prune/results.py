@@ -32,6 +32,7 @@ from .seeds import SEED_SOURCES
 
 __all__ = [
     "LATER_COLUMNS",
+    "MODEL_SOURCES",
     "NUMERIC_COLUMNS",
     "PROPOSAL_SOURCES",
     "SCHEMA_VERSION",
@@ -54,9 +55,12 @@ STATES = ("complete", "stopped", "failed", "infeasible")
 """Candidate states: ``complete`` = reached the rung it was scheduled for, ``stopped`` = not promoted
 past a rung, ``infeasible`` = the projection could not meet the budget, never evaluated."""
 
-PROPOSAL_SOURCES = ("optuna", "random")
-"""Sources of sampled proposals (TPE's model, or random: the random sampler and TPE's start-up); every other
-``source`` is a seed kind."""
+MODEL_SOURCES = ("evolution", "optuna")
+"""Sources of proposals a sampler's model chose: evolution's children of scored parents, TPE's model."""
+
+PROPOSAL_SOURCES = (*MODEL_SOURCES, "random")
+"""Sources of sampled proposals (a model's, or random: the random sampler, start-ups and draws after a
+repeat); every other ``source`` is a seed kind."""
 
 TRIAL_COLUMNS = [
     "trial_id",

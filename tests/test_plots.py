@@ -8,7 +8,7 @@ import pytest
 
 from nas_prune.pareto import pareto_front
 from nas_prune.plots import _seed_styles, plot_gates, plot_pareto, plot_progress, plot_widths
-from nas_prune.results import append_trial, read_trials, sources
+from nas_prune.results import PROPOSAL_SOURCES, append_trial, read_trials, sources
 from nas_prune.seeds import SEED_SOURCES, SEEDS, register_seed
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -127,5 +127,5 @@ def test_a_newly_registered_seed_kind_is_recorded_and_plotted(tmp_path, trials, 
     assert is_png(plot_pareto(both, pareto_front(both), tmp_path / "pareto.png", dense=DENSE))
     assert is_png(plot_progress(both, tmp_path / "progress.png"))
     styles = _seed_styles(both["source"])  # drawn as a seed, in a style of its own
-    assert set(styles) == set(both["source"]) - {"optuna", "random"} and "mine" in styles
+    assert set(styles) == set(both["source"]) - set(PROPOSAL_SOURCES) and "mine" in styles
     assert styles["mine"] not in [style for source, style in styles.items() if source != "mine"]

@@ -5,8 +5,8 @@ How a run goes (``python -m nas_prune.search`` or ``nas_prune.search(...)``):
 1. :mod:`.inputs` checks every setting (one line and exit code 2 on bad input) and builds the width
    space and the exact cost model; the dense model is loaded or trained (``dense.pt``).
 2. :mod:`.seeding` makes the seeds (uniform, l2, sensitivity and the gate supernet's).
-3. :mod:`.study` holds one Optuna study per cost level; its sampler proposes a *relative keep score*
-   per channel group, and :mod:`.projection` solves one global scale so the widths sit just under
+3. :mod:`.study` holds one Optuna study per cost level; the sampler (:mod:`.evolution` by default,
+   TPE or random) proposes a *relative keep score* per channel group, and :mod:`.projection` solves one global scale so the widths sit just under
    the level's budget (bisection on the exact cost, or the latency LUT's prediction).
 4. :mod:`.ladder` decides what to evaluate: every candidate at rung 0 (slim + adaptive BN, no
    fine-tuning), the best of each cost level at the fine-tune rungs (successive halving), every seed

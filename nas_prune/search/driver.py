@@ -8,13 +8,14 @@ skipped, evaluations in flight at a kill are submitted again):
    candidates exist or the time left only covers the promotions planned for them (``--time-budget``);
 3. rung by rung, the best of each cost level go up (:meth:`Ladder.promoted`).
 
-Optuna is told each sampled candidate's rung-0 score as it arrives (and the seeds', as finished trials).
-No architecture is evaluated twice: a proposal the projection maps onto a candidate already journaled is
-told to its study as failed (the sampler's model is unchanged, the original's score reaches it once) and
-not evaluated, and the next proposal is a uniform draw (TPE, told nothing new, would propose the same
-again: with repeats only failed, a resnet20 latency search stopped after 14 candidates). A latency
-limit on a grid rounded to 8 leaves few architectures near the budget: two resnet20 searches proposed
-105 and 20 distinct ones in 240 evaluations before this.
+The studies are told each sampled candidate's rung-0 score as it arrives (and the seeds', as finished
+trials); evolution breeds from the journal's rung-0 scores (:meth:`Driver._parents`). No architecture
+is evaluated twice: a proposal the projection maps onto a candidate already journaled moves to a grid
+neighbour, and if none is new it is told to its study as failed and not evaluated, and the next
+proposal is a uniform draw (TPE, told nothing new, would propose the same again: with repeats only
+failed, a resnet20 latency search stopped after 14 candidates). A latency limit on a grid rounded to 8
+leaves few architectures near the budget: two resnet20 TPE searches proposed 105 and 20 distinct ones
+in 240 evaluations before this.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from tqdm import tqdm
 
 from .journal import Journal
 from .ladder import Ladder
-from .projection import Projector, level_schedule, scores_of
+from .projection import Projector, arch_key, level_schedule, scores_of
 from .study import Proposals
 from .workers import Job, WorkerPool
 
@@ -81,7 +82,9 @@ class Driver:
         self.submitted: set[tuple[int, int]] = set()
         self.infeasible_in_a_row = self.repeats_in_a_row = 0
         self.seed_ids = self._register_seeds(seeds)
-        self.proposed = {_key(c["widths"]) for c in journal.candidates.values() if not c.get("infeasible")}
+        self.proposed = {
+            arch_key(c["widths"]) for c in journal.candidates.values() if not c.get("infeasible")
+        }
         self.told = proposals.seeded()
         deadline = cfg.time_budget
         self.deadline = None if deadline is None else self.stats.started + deadline
@@ -90,10 +93,10 @@ class Driver:
 
     def _register_seeds(self, seeds: list) -> set[int]:
         """Journal a candidate for each seed not yet journaled; the seeds' trial ids."""
-        known = {(c["source"], _key(c["widths"])): t for t, c in self.journal.candidates.items()}
+        known = {(c["source"], arch_key(c["widths"])): t for t, c in self.journal.candidates.items()}
         ids, events = set(), []
         for source, widths in seeds:
-            key = (source, _key(widths))
+            key = (source, arch_key(widths))
             if key not in known:
                 known[key] = self.journal.next_id + len(events)
                 events.append(self._candidate(known[key], source, 1.0, widths))
@@ -101,8 +104,10 @@ class Driver:
         self.journal.append(*events)
         return ids
 
-    def _candidate(self, trial_id: int, source: str, level: float, widths: dict | None, scores=None) -> dict:
+    def _candidate(self, trial_id: int, source: str, level: float, widths: dict | None, retries=0) -> dict:
         event = {"kind": "candidate", "trial_id": trial_id, "source": source, "level": level}
+        if retries:
+            event["retries"] = retries  # grid neighbours tried because the proposal repeated
         if widths is None:  # the projection found nothing under the budget
             widths, event["infeasible"] = self.projector.space.smallest(), True
         event["widths"] = widths
@@ -177,21 +182,24 @@ class Driver:
     def _propose_batch(self, n: int) -> None:
         events = []
         sampled = sum(t not in self.seed_ids for t in self.journal.candidates)
+        parents = self._parents()
         for _ in range(n):
             trial_id = self.journal.next_id + len(events)
             level = level_schedule(sampled + len(events), self.levels)
-            scores, source = self.proposals.ask(level, trial_id, explore=self.repeats_in_a_row > 0)
-            widths = self.projector.project(scores, level)
-            if widths is not None and _key(widths) in self.proposed:  # evaluated or in flight: not again
+            proposal = self.proposals.propose(
+                level, trial_id, self.projector, self.proposed, parents, self.repeats_in_a_row > 0
+            )
+            if proposal.repeats:  # evaluated or in flight: not again
                 self.proposals.drop(trial_id)
                 self.repeats_in_a_row += 1
                 if self._stuck() or self._out_of_time():  # repeats fill no worker slot: check here
                     break
                 continue
             self.repeats_in_a_row = 0
+            widths = proposal.widths
             if widths is not None:
-                self.proposed.add(_key(widths))
-            events.append(self._candidate(trial_id, source, level, widths))
+                self.proposed.add(arch_key(widths))
+            events.append(self._candidate(trial_id, proposal.source, level, widths, proposal.retries))
             self.infeasible_in_a_row = self.infeasible_in_a_row + 1 if widths is None else 0
             if widths is None:
                 self.proposals.tell(trial_id, None)
@@ -202,6 +210,16 @@ class Driver:
             self.bar.set_postfix(
                 infeasible=sum(bool(c.get("infeasible")) for c in self.journal.candidates.values())
             )
+
+    def _parents(self) -> dict[float, list[tuple[float, dict]]]:
+        """Per cost level, ``(rung-0 score, widths)`` of every candidate scored there, seeds included:
+        evolution's population, rebuilt from the journal (so also on ``--resume``)."""
+        parents = defaultdict(list)
+        for trial_id, cand in self.journal.candidates.items():
+            score = self.journal.score(trial_id, 0)
+            if score is not None and not cand.get("infeasible"):
+                parents[float(cand["level"])].append((score, cand["widths"]))
+        return parents
 
     def _drain(self) -> None:
         while self.pool.busy:
@@ -267,8 +285,3 @@ class Driver:
         work += sum(n * self._seconds(r + 1) for r, n in enumerate(planned))
         safety = 0.05 * self.cfg.time_budget  # the estimate's error: stop a little early rather than late
         return time.perf_counter() + work / self.cfg.workers >= self.deadline - safety
-
-
-def _key(widths: dict[str, int]) -> tuple:
-    """An architecture as a hashable key, whatever the order of its groups."""
-    return tuple(sorted(widths.items()))

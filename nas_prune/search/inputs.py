@@ -43,7 +43,7 @@ __all__ = [
     "validate",
 ]
 
-SAMPLERS = ("tpe", "random")
+SAMPLERS = ("evolution", "tpe", "random")
 RESUMABLE = frozenset({"trials", "workers", "time_budget", "device", "ray_address"})
 """Settings a resumed run may change; every other one is the run's own (config.yaml)."""
 
@@ -123,7 +123,7 @@ def validate(cfg: SearchConfig, model_object: bool = False, task_object: bool = 
     if cfg.min_fraction is not None and not 0.0 < cfg.min_fraction <= 1.0:
         raise NasPruneError(f"--min-fraction must be in (0, 1], got {cfg.min_fraction}")
     if cfg.sampler not in SAMPLERS:
-        raise NasPruneError(f"unknown --sampler {cfg.sampler!r}; choose {' or '.join(SAMPLERS)}")
+        raise NasPruneError(f"unknown --sampler {cfg.sampler!r}; choose {', '.join(SAMPLERS)}")
     unknown = [s for s in cfg.seeds if s not in SEEDS]
     if unknown:
         raise NasPruneError(f"unknown seed(s) {unknown}; choose from {', '.join(SEEDS)}")

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from ..cost import CostModel
 from ..space import Budget, WidthSpace
 
-__all__ = ["KEEP_MIN", "Projector", "level_schedule", "scores_of"]
+__all__ = ["KEEP_MIN", "Projector", "arch_key", "level_schedule", "scores_of"]
 
 KEEP_MIN = 0.05
 """Lowest keep score the sampler may propose (a group at 5% of the scale of the widest)."""
@@ -33,6 +33,11 @@ def level_schedule(index: int, levels: tuple[float, ...]) -> float:
     if not lower or index % 3 != 2:
         return 1.0
     return lower[(index // 3) % len(lower)]
+
+
+def arch_key(widths: Mapping[str, int]) -> tuple:
+    """An architecture as a hashable key, whatever the order of its groups."""
+    return tuple(sorted(widths.items()))
 
 
 def scores_of(widths: Mapping[str, int], space: WidthSpace) -> dict[str, float]:

@@ -10,7 +10,7 @@ import pandas as pd
 
 from ..atomic import atomic_write_text
 from ..pareto import best_arch, write_best_arch, write_pareto
-from ..results import PROPOSAL_SOURCES, public_trials
+from ..results import MODEL_SOURCES, PROPOSAL_SOURCES, public_trials
 from .driver import LadderStats
 from .journal import Journal
 from .ladder import Ladder, correlations, fidelity_warning, judges
@@ -26,7 +26,8 @@ def fidelity_report(
     between consecutive rungs, both rung-0 judges' against the top rung (``judges``, see
     :func:`~nas_prune.search.ladder.judges`), this session's Ray + Optuna overhead share, and the sampler: the share of
     rung-0 candidates its model chose (not a seed, start-up or fallback draw), every source's count and
-    the proposals skipped because they repeated an evaluated architecture."""
+    the proposals skipped because they repeated an evaluated architecture (and the grid neighbours tried
+    before a proposal counted as one)."""
     rungs = []
     for rung, epochs in enumerate(ladder.epochs):
         seconds = [
@@ -58,10 +59,13 @@ def fidelity_report(
         "workers": workers,
         "reduction_factor": ladder.reduction,
         "sampler": {
-            "model_share": sum(c["source"] == "optuna" for c in scored) / len(scored) if scored else None,
+            "model_share": sum(c["source"] in MODEL_SOURCES for c in scored) / len(scored)
+            if scored
+            else None,
             "sources": dict(Counter(c["source"] for c in scored)),
             "repeated_proposals": repeats,
             "repeat_share": repeats / (repeats + proposed) if repeats + proposed else None,
+            "neighbour_retries": sum(c.get("retries", 0) for c in journal.candidates.values()),
         },
     }
 
@@ -113,7 +117,7 @@ def print_summary(
     counts = trials["state"].value_counts().to_dict() if len(trials) else {}
     proposed = trials[trials["source"].isin(PROPOSAL_SOURCES)]
     infeasible = (proposed["state"] == "infeasible").mean() if len(proposed) else 0.0
-    model_share = (proposed["source"] == "optuna").mean() if len(proposed) else 0.0
+    model_share = proposed["source"].isin(MODEL_SOURCES).mean() if len(proposed) else 0.0
     sampler = fidelity["sampler"]
     print(
         f"\nCandidates: {len(trials)} ({', '.join(f'{v} {k}' for k, v in counts.items())}); "

@@ -130,7 +130,7 @@ def _ladder(cfg, run_dir, journal, ladder, setup, evaluator, runtime_env, quiet)
         print(
             f"Fidelity ladder: rung epochs {[round(e, 4) for e in ladder.epochs]}, reduction factor {ladder.reduction}"
         )
-    proposals = Proposals(run_dir, projector.space.names, levels, cfg.sampler, cfg.seed, cfg.startup_trials)
+    proposals = Proposals(run_dir, projector.space, levels, cfg.sampler, cfg.seed, cfg.startup_trials)
     proposals.repair({t: journal.score(t, 0) for (t, rung) in journal.results if rung == 0})
     started = start_ray(cfg.ray_address, runtime_env)
     try:

@@ -7,12 +7,23 @@ The studies live in ``study.db`` (``optuna-dashboard sqlite:///<run>/study.db`` 
 
 Decisions:
 
-* TPE is multivariate (groups interact through the budget) with the constant liar, because a batch of
-  proposals is asked before any of them is scored. ``--sampler random`` is the control.
-* Seeds are added to the budget level's study as finished trials (their widths as keep scores), so TPE
-  starts from the heuristics rather than re-discovering them.
-* A proposal that projects onto an architecture already evaluated is failed (:meth:`Proposals.drop`),
-  and the next one is a uniform draw (``ask(explore=True)``): told nothing new, TPE repeats itself.
+* ``--sampler evolution`` is the default (issue 24): children of each level's best rung-0 candidates
+  (:mod:`.evolution`), as OFA and SPOS search under a budget. It works on the projected grid itself,
+  so its proposals are new architectures near the good ones; TPE models keep scores, and most of its
+  proposals projected onto architectures already evaluated (``scripts/benchmark_sampler.py`` and
+  results/BENCHMARKS.md, "Sampler: model share and repeats", have the numbers).
+* ``--sampler tpe`` stays selectable: multivariate (groups interact through the budget) with the
+  constant liar (a batch is asked before any of it is scored); its raw ask is failed (``raw``) and the
+  study records the *projected* keep scores instead, so the model learns what was evaluated.
+  ``--sampler random`` (uniform keep scores, projected the same way) is the control.
+* Every study records each candidate's projected keep scores and its rung-0 score; seeds are added to
+  the budget level's study as finished trials. Evolution's population is rebuilt from the journal, so
+  a resumed run breeds from everything evaluated before the kill.
+* A proposal that projects onto an architecture already proposed moves to a grid neighbour (one group
+  a step up, another a step down, within the budget and :data:`NEIGHBOUR_BAND` of the proposal's cost;
+  a walk of up to :data:`MAX_RETRIES` steps, counted in the journal's ``retries``) and keeps its source: it derives from the model's proposal. Only when no neighbour is
+  new is it failed as a repeat (:meth:`Proposals.drop`) and the next proposal a uniform draw. The
+  random control never moves: its repeats are measured as they are.
 * After a kill, trials still RUNNING either have a rung-0 score in the journal (told now) or were never
   scored (failed; their candidate was never recorded, so nothing is lost or repeated).
 """
@@ -22,6 +33,7 @@ from __future__ import annotations
 import random
 import warnings
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
@@ -29,20 +41,39 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from ..errors import NasPruneError
-from .projection import KEEP_MIN
+from ..space import WidthSpace
+from .evolution import MIN_PARENTS, breed, neighbour
+from .projection import KEEP_MIN, arch_key, scores_of
 
-__all__ = ["Proposals", "repeated_proposals"]
+__all__ = ["MAX_RETRIES", "NEIGHBOUR_BAND", "Proposal", "Proposals", "repeated_proposals"]
+
+MAX_RETRIES = 20
+"""Grid neighbours tried for a proposal that repeats an architecture before it counts as a repeat."""
+NEIGHBOUR_BAND = 0.02
+"""A neighbour may cost this share of the budget less than the proposal it replaces (``--budget-band``'s
+default), never more than the budget."""
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # multivariate TPE
 
 
 def _sampler(name: str, seed: int, startup: int):
-    if name == "random":
+    if name != "tpe":  # evolution and random enqueue every point: the study only records them
         return optuna.samplers.RandomSampler(seed=seed)
     return optuna.samplers.TPESampler(
         seed=seed, n_startup_trials=startup, multivariate=True, constant_liar=True
     )
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """A projected proposal: ``widths`` (None: nothing fits the level), who chose it, how many grid
+    neighbours were tried because it repeated an architecture, and whether it still ``repeats`` one."""
+
+    widths: dict[str, int] | None
+    source: str
+    retries: int = 0
+    repeats: bool = False
 
 
 class Proposals:
@@ -50,24 +81,24 @@ class Proposals:
 
     Args:
         run_dir: the run directory (``study.db`` lives there).
-        groups: the searched group names (one keep score each).
+        space: the width grid (one keep score per searched group).
         levels: the cost levels, fractions of the budget.
-        sampler: ``tpe`` or ``random``.
+        sampler: ``evolution``, ``tpe`` or ``random``.
         seed: the sampler seed; a resumed study draws a fresh stream (seed + trials so far).
         startup: TPE's random start-up trials per level.
     """
 
-    def __init__(self, run_dir: Path, groups, levels, sampler: str, seed: int, startup: int):
+    def __init__(self, run_dir: Path, space: WidthSpace, levels, sampler: str, seed: int, startup: int):
         storage = f"sqlite:///{(run_dir / 'study.db').resolve()}"
-        self.groups = list(groups)
-        self.space = {g: FloatDistribution(KEEP_MIN, 1.0) for g in self.groups}
+        self.space, self.groups = space, space.names
+        self.dists = {g: FloatDistribution(KEEP_MIN, 1.0) for g in self.groups}
         self.studies: dict[float, optuna.Study] = {}
         self.pending: dict[int, tuple[float, optuna.Trial]] = {}
         for level in levels:
             study = optuna.create_study(
                 study_name=f"level{level:g}", storage=storage, direction="maximize", load_if_exists=True
             )
-            if study.trials and set(study.trials[0].distributions) != set(self.space):
+            if study.trials and set(study.trials[0].distributions) != set(self.dists):
                 raise NasPruneError(
                     f"{run_dir / 'study.db'} was made for other channel groups; start a new run"
                 )
@@ -76,21 +107,64 @@ class Proposals:
         self.rng = random.Random(seed + sum(len(s.trials) for s in self.studies.values()))
         self.sampler_name, self.startup = sampler, startup
 
-    def ask(self, level: float, trial_id: int, explore: bool = False) -> tuple[dict[str, float], str]:
-        """Keep scores for candidate ``trial_id`` at ``level`` and who chose them (``optuna`` when TPE's
-        model did, ``random`` in its start-up phase, under ``--sampler random`` or with ``explore``: a
-        uniform draw, enqueued in the study, for when the sampler's model keeps proposing what was
-        already evaluated)."""
+    def propose(self, level: float, trial_id: int, projector, taken, parents, explore=False) -> Proposal:
+        """The next candidate at ``level``, asked in its study as ``trial_id`` with the *projected* keep
+        scores (so the sampler's model learns the architectures evaluated, not the raw draws).
+
+        Args:
+            projector: the :class:`~nas_prune.search.projection.Projector`.
+            taken: keys (:func:`arch_key`) of the architectures already proposed.
+            parents: cost level -> ``[(rung-0 score, widths)]`` scored so far (evolution's population).
+            explore: a uniform draw (the proposal before was a repeat).
+        """
+        scores, source = self._draw(level, parents, explore)
+        widths, retries = projector.project(scores, level), 0
+        if widths is not None and self.sampler_name != "random":  # the control's repeats are measured
+            widths, retries = self._move(widths, level, projector, taken)
+        if widths is not None:
+            scores = scores_of(widths, self.space)
+        self._ask(level, trial_id, scores)
+        return Proposal(widths, source, retries, widths is not None and arch_key(widths) in taken)
+
+    def _move(self, widths: dict, level: float, projector, taken) -> tuple[dict, int]:
+        """``widths``, or when it was proposed before, the first new architecture of a walk over grid
+        neighbours that stay within :data:`NEIGHBOUR_BAND` of its cost (not projected again: the
+        projection's fill would pull most back onto ``widths``); the steps taken."""
+        floor = projector.usage(widths, level) - NEIGHBOUR_BAND
+        retries = 0
+        while arch_key(widths) in taken and retries < MAX_RETRIES:
+            retries += 1
+            step = neighbour(widths, self.space, self.rng)
+            if floor <= projector.usage(step, level) <= 1.0 + 1e-12:
+                widths = step
+        return widths, retries
+
+    def _draw(self, level: float, parents, explore: bool) -> tuple[dict[str, float], str]:
+        """Keep scores and who chose them: ``optuna`` (TPE's model), ``evolution`` (children of the
+        level's rung-0 population, or the budget level's while the level has fewer than
+        :data:`MIN_PARENTS`) or
+        ``random`` (a uniform draw: the control, a start-up, or after a repeat)."""
         study = self.studies[level]
-        done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-        if explore:
-            study.enqueue_trial({g: self.rng.uniform(KEEP_MIN, 1.0) for g in self.groups})
-        trial = study.ask(self.space)
+        if self.sampler_name == "tpe" and not explore:
+            done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+            trial = study.ask(self.dists)
+            trial.set_user_attr("raw", True)  # replaced by the projected point (see propose)
+            study.tell(trial, state=TrialState.FAIL)
+            return dict(trial.params), "optuna" if done >= self.startup else "random"
+        if self.sampler_name == "evolution" and not explore:
+            population = parents.get(level, [])
+            if len(population) < MIN_PARENTS:
+                population = parents.get(1.0, [])
+            if len(population) >= MIN_PARENTS:
+                return scores_of(breed(population, self.space, self.rng), self.space), "evolution"
+        return {g: self.rng.uniform(KEEP_MIN, 1.0) for g in self.groups}, "random"
+
+    def _ask(self, level: float, trial_id: int, scores: Mapping[str, float]) -> None:
+        study = self.studies[level]
+        study.enqueue_trial({g: float(scores[g]) for g in self.groups})
+        trial = study.ask(self.dists)
         trial.set_user_attr("trial_id", trial_id)
-        modelled = self.sampler_name == "tpe" and done >= self.startup and not explore
-        source = "optuna" if modelled else "random"
         self.pending[trial_id] = (level, trial)
-        return {g: trial.params[g] for g in self.groups}, source
 
     def tell(self, trial_id: int, accuracy: float | None) -> None:
         """The rung-0 accuracy of an asked candidate (None: it failed or was infeasible)."""
@@ -115,7 +189,7 @@ class Proposals:
         self.studies[1.0].add_trial(
             create_trial(
                 params=params,
-                distributions=self.space,
+                distributions=self.dists,
                 value=float(accuracy),
                 user_attrs={"trial_id": trial_id, "source": source},
             )
