@@ -160,12 +160,15 @@ class SearchConfig:
     gate_seeds: int = option(3, "architectures the gate supernet seeds", group=_SEARCH)
     supernet_epochs: float = option(
         0.0,
-        "epochs of the width-shared supernet (sandwich rule, in-place distillation) that rung 0 slices and "
-        "the fine-tune rungs start from; 0 = slice the dense weights (experimental, see README)",
+        "epochs of the width-shared supernet (sandwich rule, in-place distillation, students on the "
+        "budget) that rung 0 slices and the fine-tune rungs and retrain --init inherit start from; 0 = "
+        "slice the dense weights. Worth 1-2 at aggressive budgets (README: what it buys, measured)",
         group=_SEARCH,
     )
     supernet_widths: int = option(
-        2, "random widths the supernet trains per step, besides the largest and the smallest", group=_SEARCH
+        2,
+        "random on-budget architectures the supernet trains per step, besides the largest and the smallest",
+        group=_SEARCH,
     )
     lr: float = option(0.01, "fine-tuning learning rate", group=_SEARCH)
     output: str | None = option(
