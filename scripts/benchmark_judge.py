@@ -34,7 +34,6 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import torch
 from scipy import stats
 
 from nas_prune.checkpoint import load_checkpoint
@@ -63,7 +62,7 @@ def _archs(projector: Projector, count: int, seed: int) -> list[dict]:
     return archs
 
 
-def _supernet(args, ckpt, model, example, space, task, projector, path: Path):
+def _supernet(args, model, example, space, task, projector, path: Path):
     """The supernet of this budget and setting: cached at ``path``, else trained now (and timed)."""
     key = {"epochs": args.supernet_epochs, "random_widths": 2, "lr": args.lr, "batch_size": 128,
            "importance": "l2", "seed": 0, "students": args.students}  # fmt: skip
@@ -117,7 +116,6 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=0.01, help="fine-tune and supernet learning rate")
     parser.add_argument("--output", default="results/judge")
     args = parser.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     ckpt = load_checkpoint(args.checkpoint)
@@ -133,14 +131,7 @@ def main() -> None:
         tag = f"flops{budget:g}-{args.students}-e{args.supernet_epochs:g}"
         projector = Projector(space, cost, Budget(flops=budget))
         supernet, seconds = _supernet(
-            args,
-            ckpt,
-            model,
-            example,
-            space,
-            task,
-            projector,
-            out / f"supernet-flops{budget:g}-{args.students}-e{args.supernet_epochs:g}.pt",
+            args, model, example, space, task, projector, out / f"supernet-{tag}.pt"
         )
         common = dict(spec=ckpt["spec"], dataset=args.dataset, subset=args.subset, lr=args.lr)
         dense = CandidateEvaluator(TrialSettings(dense_state=ckpt["state_dict"], **common))
