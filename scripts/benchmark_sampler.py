@@ -35,7 +35,7 @@ from nas_prune.search.inputs import build_space
 from nas_prune.search.journal import Journal
 from nas_prune.search.ladder import Ladder
 from nas_prune.search.projection import Projector
-from nas_prune.search.report import fidelity_report
+from nas_prune.search.report import band_share, fidelity_report
 from nas_prune.search.study import Proposals
 from nas_prune.space import Budget
 
@@ -134,6 +134,7 @@ def run_loop(space, cost, budget: str, sampler: str, seed: int, trials: int, run
     at_budget = [journal.score(t, 0) for t, c in journal.candidates.items() if c["level"] == 1.0]
     block["best"] = max(s for s in at_budget if s is not None)
     block["rung0"] = sum(k == 0 for _, k in journal.results)
+    block["band_share"] = band_share(journal, projector, cfg.budget_band)
     return block
 
 
@@ -160,7 +161,15 @@ def main(argv=None) -> None:
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(args.output, index=False)
     summary = frame.groupby(["budget", "sampler"], sort=False)[
-        ["model_share", "repeat_share", "repeated_proposals", "neighbour_retries", "best", "rung0"]
+        [
+            "model_share",
+            "repeat_share",
+            "repeated_proposals",
+            "neighbour_retries",
+            "band_share",
+            "best",
+            "rung0",
+        ]
     ].mean()
     print(summary.to_string(float_format=lambda v: f"{v:.3f}"))
 

@@ -110,3 +110,39 @@ def test_children_stay_on_the_grid_and_neighbours_move_two_groups(resnet20):
     steps = {n: space.choices[n].index(moved[n]) - space.choices[n].index(start[n]) for n in space.names}
     assert sorted(steps.values())[0] == -1 and sorted(steps.values())[-1] == 1
     assert sum(v != 0 for v in steps.values()) == 2
+
+
+@pytest.fixture(scope="module")
+def convnet():
+    model = nas_prune.create_model("convnet", in_channels=1)
+    _, space, cost = build_space(SearchConfig(model="convnet"), model, torch.zeros(2, 1, 28, 28))
+    return space, cost
+
+
+def test_evolution_keeps_proposing_new_architectures_on_a_small_grid(convnet, tmp_path):
+    """convnet's 5 groups at 10% of the FLOPs: a converged population's one-step children project back
+    onto their parents (a third of the proposals repeated before children that repeat were bred again
+    with stronger mutations); now the model chooses >= 80% of the candidates with < 10% repeats, and
+    nearly all budget-level candidates stay within the band under the budget."""
+    space, cost = convnet
+    block = bench.run_loop(space, cost, "flops0.1", "evolution", 1, 160, tmp_path)
+    assert block["rung0"] == 160
+    assert block["model_share"] >= 0.8 and block["repeat_share"] < 0.1
+    assert block["band_share"] >= 0.8
+
+
+def test_a_repeat_walks_to_a_neighbour_inside_the_budget_band(resnet20, tmp_path):
+    """The neighbour walk never leaves ``--budget-band`` under the budget for a proposal inside it."""
+    space, cost = resnet20
+    projector = bench._projector(space, cost, "flops0.3")
+    proposals = Proposals(tmp_path, space, (1.0,), "tpe", 0, 0, band=0.02)
+    rng = random.Random(0)
+    moved_count = 0
+    for _ in range(30):
+        widths = projector.project({n: rng.uniform(0.05, 1) for n in space.names})
+        if projector.usage(widths) < 0.98:
+            continue
+        moved, steps = proposals._move(widths, 1.0, projector, {tuple(sorted(widths.items()))})
+        assert steps >= 1 and 0.98 <= projector.usage(moved) <= 1.0 + 1e-9
+        moved_count += moved != widths
+    assert moved_count >= 20

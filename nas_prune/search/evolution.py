@@ -6,7 +6,9 @@ architecture and only ~42% of the rung-0 candidates came from its model (a laten
 Evolution, as OFA and SPOS search under a budget, works on the architectures the projection produced:
 a child is a crossover and mutation of parents chosen by tournament among the level's best rung-0
 scores, projected back onto the level's budget. A child that repeats an architecture already proposed
-is moved to a grid neighbour (:func:`neighbour`) before it counts as a repeat.
+is bred again with a stronger mutation (``strength``: the projection rescales every group and rounds
+onto the grid, which undoes most one-step mutations of a converged population), and only then moved to
+a grid neighbour (:func:`neighbour`) before it counts as a repeat.
 
 Example:
     >>> import random
@@ -46,15 +48,18 @@ def _tournament(parents: Sequence[tuple[float, Mapping[str, int]]], rng: random.
     return dict(parents[min(entrants)][1])  # parents are sorted best first
 
 
-def _mutate(widths: dict[str, int], space: WidthSpace, rng: random.Random) -> dict[str, int]:
-    """Each searched group moves one grid step up or down with probability 2 / groups (at least one
-    moves); the projection afterwards puts the child back on the budget."""
+def _mutate(
+    widths: dict[str, int], space: WidthSpace, rng: random.Random, strength: int = 1
+) -> dict[str, int]:
+    """Each searched group moves 1 to ``strength`` grid steps up or down with probability
+    2 x ``strength`` / groups (at least one moves); the projection afterwards puts the child back on the
+    budget."""
     names = [n for n, c in space.choices.items() if len(c) > 1]
     if not names:
         return widths
-    moved = [n for n in names if rng.random() < 2.0 / len(names)] or [rng.choice(names)]
+    moved = [n for n in names if rng.random() < 2.0 * strength / len(names)] or [rng.choice(names)]
     for name in moved:
-        widths = _step(widths, name, rng.choice((-1, 1)), space)
+        widths = _step(widths, name, rng.choice((-1, 1)) * rng.randint(1, strength), space)
     return widths
 
 
@@ -65,16 +70,20 @@ def _step(widths: Mapping[str, int], name: str, direction: int, space: WidthSpac
 
 
 def breed(
-    parents: Sequence[tuple[float, Mapping[str, int]]], space: WidthSpace, rng: random.Random
+    parents: Sequence[tuple[float, Mapping[str, int]]],
+    space: WidthSpace,
+    rng: random.Random,
+    strength: int = 1,
 ) -> dict[str, int]:
     """A child of ``parents`` (``(rung-0 score, widths)``, any order): tournament selection among the
-    best :data:`POPULATION`, uniform crossover (:data:`CROSSOVER` of children), then mutation."""
+    best :data:`POPULATION`, uniform crossover (:data:`CROSSOVER` of children), then mutation of the
+    given ``strength`` (1 for a first try; more after the child repeated an architecture)."""
     ranked = sorted(parents, key=lambda p: -p[0])[:POPULATION]
     child = _tournament(ranked, rng)
     if rng.random() < CROSSOVER and len(ranked) > 1:
         other = _tournament(ranked, rng)
         child = {n: (child[n] if rng.random() < 0.5 else other[n]) for n in child}
-    return _mutate(child, space, rng)
+    return _mutate(child, space, rng, strength)
 
 
 def neighbour(widths: Mapping[str, int], space: WidthSpace, rng: random.Random) -> dict[str, int]:

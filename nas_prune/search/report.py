@@ -14,9 +14,20 @@ from ..results import MODEL_SOURCES, PROPOSAL_SOURCES, public_trials
 from .driver import LadderStats
 from .journal import Journal
 from .ladder import Ladder, correlations, fidelity_warning, judges
+from .projection import Projector
 from .study import repeated_proposals
 
-__all__ = ["fidelity_report", "print_summary", "write_outputs"]
+__all__ = ["band_share", "fidelity_report", "print_summary", "write_outputs"]
+
+
+def band_share(journal: Journal, projector: Projector, band: float) -> float | None:
+    """Share of the budget-level candidates that sit within ``band`` under the budget."""
+    usage = [
+        projector.usage(c["widths"])
+        for c in journal.candidates.values()
+        if c["level"] == 1.0 and not c.get("infeasible")
+    ]
+    return sum(1.0 - band <= u <= 1.0 + 1e-9 for u in usage) / len(usage) if usage else None
 
 
 def fidelity_report(
@@ -111,7 +122,7 @@ def write_outputs(
 
 
 def print_summary(
-    run_dir: Path, trials: pd.DataFrame, front: pd.DataFrame, fidelity: dict, cfg, band_share
+    run_dir: Path, trials: pd.DataFrame, front: pd.DataFrame, fidelity: dict, cfg, in_band
 ) -> None:
     """The end-of-run summary: counts, the ladder's fidelity and throughput, the front, what next."""
     counts = trials["state"].value_counts().to_dict() if len(trials) else {}
@@ -125,9 +136,9 @@ def print_summary(
         f"{sampler['model_share'] or 0:.0%} of rung-0 candidates chosen by the sampler's model (not a seed, "
         f"its random start-up or a draw after a repeat); {sampler['repeated_proposals']} repeated proposals skipped."
     )
-    if band_share is not None:
+    if in_band is not None:
         print(
-            f"At the budget: {band_share:.0%} of budget-level candidates within {cfg.budget_band:.0%} under it."
+            f"At the budget: {in_band:.0%} of budget-level candidates within {cfg.budget_band:.0%} under it."
         )
     print("Fidelity ladder (fidelity.json):")
     for r in fidelity["rungs"]:

@@ -37,7 +37,7 @@ from .journal import Journal
 from .ladder import Ladder
 from .latency import LatencyGuard, latency_guard, measure_latencies
 from .projection import Projector
-from .report import fidelity_report, print_summary, write_outputs
+from .report import band_share, fidelity_report, print_summary, write_outputs
 from .seeding import budget_sampler, load_or_make_seeds, load_or_train_supernet
 from .study import Proposals
 from .workers import WorkerPool, start_ray
@@ -111,16 +111,6 @@ def _levels(cfg, projector: Projector, quiet: bool) -> tuple[float, ...]:
     return levels or (1.0,)
 
 
-def _band_share(journal: Journal, projector: Projector, band: float) -> float | None:
-    """Share of the budget-level candidates that sit within ``band`` under the budget."""
-    usage = [
-        projector.usage(c["widths"])
-        for c in journal.candidates.values()
-        if c["level"] == 1.0 and not c.get("infeasible")
-    ]
-    return sum(1.0 - band <= u <= 1.0 + 1e-9 for u in usage) / len(usage) if usage else None
-
-
 def _ladder(cfg, run_dir, journal, ladder, setup, evaluator, runtime_env, quiet):
     """Run the ladder on Ray workers; returns the session's time accounting."""
     import ray
@@ -130,7 +120,9 @@ def _ladder(cfg, run_dir, journal, ladder, setup, evaluator, runtime_env, quiet)
         print(
             f"Fidelity ladder: rung epochs {[round(e, 4) for e in ladder.epochs]}, reduction factor {ladder.reduction}"
         )
-    proposals = Proposals(run_dir, projector.space, levels, cfg.sampler, cfg.seed, cfg.startup_trials)
+    proposals = Proposals(
+        run_dir, projector.space, levels, cfg.sampler, cfg.seed, cfg.startup_trials, cfg.budget_band
+    )
     proposals.repair({t: journal.score(t, 0) for (t, rung) in journal.results if rung == 0})
     started = start_ray(cfg.ray_address, runtime_env)
     try:
@@ -205,7 +197,7 @@ def search(
         latency_fn,
     )
     fidelity = fidelity_report(journal, ladder, stats, cfg.workers, supernet=cfg.supernet_epochs > 0)
-    fidelity["budget_band_share"] = _band_share(journal, setup.projector, cfg.budget_band)
+    fidelity["budget_band_share"] = band_share(journal, setup.projector, cfg.budget_band)
     front = write_outputs(
         run_dir, trials, fidelity, cfg, setup.budget, setup.dense, setup.space, setup.guard,
         setup.task.score_name, data_label(cfg.task, cfg.dataset, setup.task.name),

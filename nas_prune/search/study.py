@@ -19,11 +19,15 @@ Decisions:
 * Every study records each candidate's projected keep scores and its rung-0 score; seeds are added to
   the budget level's study as finished trials. Evolution's population is rebuilt from the journal, so
   a resumed run breeds from everything evaluated before the kill.
-* A proposal that projects onto an architecture already proposed moves to a grid neighbour (one group
-  a step up, another a step down, within the budget and :data:`NEIGHBOUR_BAND` of the proposal's cost;
-  a walk of up to :data:`MAX_RETRIES` steps, counted in the journal's ``retries``) and keeps its source: it derives from the model's proposal. Only when no neighbour is
-  new is it failed as a repeat (:meth:`Proposals.drop`) and the next proposal a uniform draw. The
-  random control never moves: its repeats are measured as they are.
+* A proposal that projects onto an architecture already proposed is tried again and keeps its source,
+  since it derives from the model's proposal; the tries are counted in the journal's ``retries``:
+  - evolution breeds again, up to :data:`MAX_RETRIES` times, with a mutation that grows every
+    :data:`_TRIES_PER_STRENGTH` tries (a converged population's one-step mutations mostly project back
+    onto their parents: on convnet's small grid a third of the children repeated);
+  - then any sampler's proposal walks over grid neighbours (one group a step up, another a step down,
+    up to :data:`MAX_RETRIES` steps) that stay under the budget and inside ``--budget-band`` under it.
+  Only when both fail is it failed as a repeat (:meth:`Proposals.drop`) and the next proposal a uniform
+  draw. The random control never moves: its repeats are measured as they are.
 * After a kill, trials still RUNNING either have a rung-0 score in the journal (told now) or were never
   scored (failed; their candidate was never recorded, so nothing is lost or repeated).
 """
@@ -45,13 +49,13 @@ from ..space import WidthSpace
 from .evolution import MIN_PARENTS, breed, neighbour
 from .projection import KEEP_MIN, arch_key, scores_of
 
-__all__ = ["MAX_RETRIES", "NEIGHBOUR_BAND", "Proposal", "Proposals", "repeated_proposals"]
+__all__ = ["MAX_RETRIES", "Proposal", "Proposals", "repeated_proposals"]
 
 MAX_RETRIES = 20
-"""Grid neighbours tried for a proposal that repeats an architecture before it counts as a repeat."""
-NEIGHBOUR_BAND = 0.02
-"""A neighbour may cost this share of the budget less than the proposal it replaces (``--budget-band``'s
-default), never more than the budget."""
+"""New children bred, then grid neighbours tried, for a proposal that repeats an architecture before it
+counts as a repeat."""
+_TRIES_PER_STRENGTH = 2
+"""Children bred per mutation strength: try 1 mutates up to 1 grid step, 2-3 up to 2, 4-5 up to 3, ..."""
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # multivariate TPE
@@ -86,9 +90,19 @@ class Proposals:
         sampler: ``evolution``, ``tpe`` or ``random``.
         seed: the sampler seed; a resumed study draws a fresh stream (seed + trials so far).
         startup: TPE's random start-up trials per level.
+        band: ``--budget-band``: a grid neighbour that replaces a repeat stays within it under the budget.
     """
 
-    def __init__(self, run_dir: Path, space: WidthSpace, levels, sampler: str, seed: int, startup: int):
+    def __init__(
+        self,
+        run_dir: Path,
+        space: WidthSpace,
+        levels,
+        sampler: str,
+        seed: int,
+        startup: int,
+        band: float = 0.02,
+    ):
         storage = f"sqlite:///{(run_dir / 'study.db').resolve()}"
         self.space, self.groups = space, space.names
         self.dists = {g: FloatDistribution(KEEP_MIN, 1.0) for g in self.groups}
@@ -105,7 +119,7 @@ class Proposals:
             study.sampler = _sampler(sampler, seed + len(study.trials) + int(level * 1000), startup)
             self.studies[level] = study
         self.rng = random.Random(seed + sum(len(s.trials) for s in self.studies.values()))
-        self.sampler_name, self.startup = sampler, startup
+        self.sampler_name, self.startup, self.band = sampler, startup, band
 
     def propose(self, level: float, trial_id: int, projector, taken, parents, explore=False) -> Proposal:
         """The next candidate at ``level``, asked in its study as ``trial_id`` with the *projected* keep
@@ -119,18 +133,26 @@ class Proposals:
         """
         scores, source = self._draw(level, parents, explore)
         widths, retries = projector.project(scores, level), 0
-        if widths is not None and self.sampler_name != "random":  # the control's repeats are measured
-            widths, retries = self._move(widths, level, projector, taken)
+        if self.sampler_name != "random":  # the control's repeats are measured as they are
+            while source == "evolution" and _repeats(widths, taken) and retries < MAX_RETRIES:
+                retries += 1
+                scores, source = self._draw(level, parents, explore, 1 + retries // _TRIES_PER_STRENGTH)
+                widths = projector.project(scores, level)
+            widths, walked = self._move(widths, level, projector, taken)
+            retries += walked
         if widths is not None:
             scores = scores_of(widths, self.space)
         self._ask(level, trial_id, scores)
-        return Proposal(widths, source, retries, widths is not None and arch_key(widths) in taken)
+        return Proposal(widths, source, retries, _repeats(widths, taken))
 
-    def _move(self, widths: dict, level: float, projector, taken) -> tuple[dict, int]:
+    def _move(self, widths: dict | None, level: float, projector, taken) -> tuple[dict | None, int]:
         """``widths``, or when it was proposed before, the first new architecture of a walk over grid
-        neighbours that stay within :data:`NEIGHBOUR_BAND` of its cost (not projected again: the
-        projection's fill would pull most back onto ``widths``); the steps taken."""
-        floor = projector.usage(widths, level) - NEIGHBOUR_BAND
+        neighbours that stay under the level's budget and within the band under it (or, for a proposal
+        below the band, no cheaper than the proposal); not projected again: the projection's fill would
+        pull most back onto ``widths``. Returns the widths and the steps taken."""
+        if widths is None:
+            return None, 0
+        floor = min(projector.usage(widths, level), 1.0 - self.band)
         retries = 0
         while arch_key(widths) in taken and retries < MAX_RETRIES:
             retries += 1
@@ -139,7 +161,7 @@ class Proposals:
                 widths = step
         return widths, retries
 
-    def _draw(self, level: float, parents, explore: bool) -> tuple[dict[str, float], str]:
+    def _draw(self, level: float, parents, explore: bool, strength: int = 1) -> tuple[dict[str, float], str]:
         """Keep scores and who chose them: ``optuna`` (TPE's model), ``evolution`` (children of the
         level's rung-0 population, or the budget level's while the level has fewer than
         :data:`MIN_PARENTS`) or
@@ -156,7 +178,8 @@ class Proposals:
             if len(population) < MIN_PARENTS:
                 population = parents.get(1.0, [])
             if len(population) >= MIN_PARENTS:
-                return scores_of(breed(population, self.space, self.rng), self.space), "evolution"
+                child = breed(population, self.space, self.rng, strength)
+                return scores_of(child, self.space), "evolution"
         return {g: self.rng.uniform(KEEP_MIN, 1.0) for g in self.groups}, "random"
 
     def _ask(self, level: float, trial_id: int, scores: Mapping[str, float]) -> None:
@@ -216,6 +239,10 @@ class Proposals:
                 else:
                     study.tell(frozen.number, float(accuracy))
         return lost
+
+
+def _repeats(widths: dict | None, taken) -> bool:
+    return widths is not None and arch_key(widths) in taken
 
 
 def repeated_proposals(run_dir: Path) -> int:
