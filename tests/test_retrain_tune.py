@@ -9,11 +9,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import test_retrain as base
+import test_search_cli as cli_tests
 import torch
 
 from nas_prune import prune
@@ -107,6 +113,53 @@ def test_an_interrupted_top2_resumes_without_redoing_an_epoch(run_dir, ray_sessi
     assert all(result_epochs(d) == [1.0, 2.0] for d in trial_dirs(run_dir, "scratch-top2"))  # no epoch twice
     summary = pd.read_csv(run_dir / "retrain" / "summary.csv")
     assert summary["test_accuracy"].notna().all() and summary["top_pick"].sum() == 1
+
+
+def test_top2_killed_with_sigkill_resumes_without_redoing_an_epoch(run_dir):
+    """kill -9 of the whole ``retrain --top 2`` process group (driver, Ray, both Tune trials) once a trial
+    has reported an epoch; the same command again restores the experiment, reports and trains no epoch
+    twice, and finishes both finalists."""
+    epochs, tmp = 30, tempfile.mkdtemp(prefix="rt", dir="/tmp")
+    args = [sys.executable, "-m", "nas_prune.retrain", str(run_dir), "--top", "2", "--epochs", str(epochs),
+            "--batch-size", "32", "--no-export", "--no-progress", "--latency-batch-large", "4"]  # fmt: skip
+    tune_dir = run_dir / "retrain" / "tune" / "scratch-top2"
+    proc = subprocess.Popen(
+        args,
+        env=cli_tests._env(tmp),
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None:
+            if tune_dir.is_dir() and any(result_epochs(d) for d in trial_dirs(run_dir, "scratch-top2")):
+                break
+            time.sleep(0.1)
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        cli_tests._end_processes_under(tmp)
+    before = {d.name: result_epochs(d) for d in trial_dirs(run_dir, "scratch-top2")}
+    assert 0 < max(map(len, before.values())) and min(map(len, before.values())) < epochs  # killed mid-way
+    try:
+        again = subprocess.run(args, env=cli_tests._env(tmp), capture_output=True, text=True, timeout=400)
+    finally:
+        cli_tests._end_processes_under(tmp)
+    assert again.returncode == 0, again.stderr[-2000:]
+    for trial in trial_dirs(run_dir, "scratch-top2"):
+        reported = result_epochs(trial)
+        assert reported[: len(before.get(trial.name, []))] == before.get(trial.name, [])
+        assert reported == sorted(set(reported)) and reported[-1] == epochs  # no epoch reported twice
+    resumed = []
+    for name in ("scratch-trial2", "scratch-trial1"):
+        metrics = json.loads((run_dir / "retrain" / name / "metrics.json").read_text())
+        assert [h["epoch"] for h in metrics["history"]] == [float(e) for e in range(1, epochs + 1)]
+        resumed.append(metrics["resumed_from_epoch"])
+    assert max(resumed) >= 1.0  # continued from a checkpoint, not from the start
+    summary = pd.read_csv(run_dir / "retrain" / "summary.csv")
+    assert summary["top_pick"].sum() == 1
 
 
 def make_supernet(run_dir: Path) -> Supernet:
