@@ -38,7 +38,15 @@ from .space import WidthSpace
 from .task import Task, loss_and_metrics
 from .train import make_optimizer, make_scheduler, resolve_device, seed_everything
 
-__all__ = ["Sampler", "Supernet", "SupernetSettings", "load_supernet", "save_supernet", "train_supernet"]
+__all__ = [
+    "Sampler",
+    "Supernet",
+    "SupernetSettings",
+    "load_supernet",
+    "save_supernet",
+    "supernet_key",
+    "train_supernet",
+]
 
 Sampler = Callable[[random.Random], dict[str, int]]
 """Draws one student architecture (group -> width) from a random generator."""
@@ -150,6 +158,15 @@ def train_supernet(
                 )
         state = {k: v.detach().cpu().clone() for k, v in net.model.state_dict().items()}
     return Supernet(state, {k: v.cpu() for k, v in ranking.items()}, history)
+
+
+def supernet_key(settings: SupernetSettings, students: str) -> dict[str, Any]:
+    """What a saved supernet must have been trained with to be reused: the settings that change its
+    weights, and where its random ``students`` came from (``budget``: on-budget architectures;
+    ``grid``: uniform on the grid)."""
+    return {"epochs": float(settings.epochs), "random_widths": int(settings.random_widths), "lr": float(settings.lr),
+            "batch_size": int(settings.batch_size), "importance": settings.importance, "seed": int(settings.seed),
+            "students": students}  # fmt: skip
 
 
 def save_supernet(path: str | Path, supernet: Supernet, settings: Mapping[str, Any]) -> Path:

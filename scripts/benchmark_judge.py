@@ -44,7 +44,7 @@ from nas_prune.search.inputs import build_space
 from nas_prune.search.projection import KEEP_MIN, Projector
 from nas_prune.search.seeding import budget_sampler
 from nas_prune.space import Budget
-from nas_prune.supernet import SupernetSettings, load_supernet, save_supernet, train_supernet
+from nas_prune.supernet import SupernetSettings, load_supernet, save_supernet, supernet_key, train_supernet
 from nas_prune.task import resolve_task
 
 
@@ -64,14 +64,13 @@ def _archs(projector: Projector, count: int, seed: int) -> list[dict]:
 
 def _supernet(args, model, example, space, task, projector, path: Path):
     """The supernet of this budget and setting: cached at ``path``, else trained now (and timed)."""
-    key = {"epochs": args.supernet_epochs, "random_widths": 2, "lr": args.lr, "batch_size": 128,
-           "importance": "l2", "seed": 0, "students": args.students}  # fmt: skip
+    settings = SupernetSettings(epochs=args.supernet_epochs, lr=args.lr, batch_size=128, progress=True)
+    key = supernet_key(settings, args.students)
     found = load_supernet(path, key)
     if found is not None:
         return found, json.loads(path.with_suffix(".json").read_text())["seconds"]
     sample = budget_sampler(projector, (1.0,)) if args.students == "budget" else None
     start = time.perf_counter()
-    settings = SupernetSettings(**{k: v for k, v in key.items() if k != "students"}, progress=True)
     supernet = train_supernet(model, example, space, task, settings, sample)
     seconds = time.perf_counter() - start
     save_supernet(path, supernet, key)

@@ -18,7 +18,7 @@ from ..atomic import atomic_write_text
 from ..objective import adapt_batchnorm
 from ..seeds import GATES, SeedContext, make_seeds
 from ..space import Budget
-from ..supernet import Supernet, SupernetSettings, load_supernet, save_supernet, train_supernet
+from ..supernet import Supernet, SupernetSettings, load_supernet, save_supernet, supernet_key, train_supernet
 from ..task import Task, TaskError
 from ..train import evaluate
 from .projection import KEEP_MIN, level_schedule
@@ -162,9 +162,11 @@ def load_or_train_supernet(
     draws its random students (see :func:`budget_sampler`)."""
     if cfg.supernet_epochs <= 0:
         return None
-    key = {"epochs": float(cfg.supernet_epochs), "random_widths": int(cfg.supernet_widths), "lr": float(cfg.lr),
-           "batch_size": int(cfg.batch_size), "importance": cfg.importance, "seed": int(cfg.seed),
-           "students": "budget" if sample is not None else "grid"}  # fmt: skip
+    settings = SupernetSettings(
+        epochs=cfg.supernet_epochs, random_widths=cfg.supernet_widths, lr=cfg.lr, batch_size=cfg.batch_size,
+        importance=cfg.importance, seed=cfg.seed, device=str(device), progress=not quiet,
+    )  # fmt: skip
+    key = supernet_key(settings, "budget" if sample is not None else "grid")
     path = run_dir / "supernet.pt"
     found = load_supernet(path, key)
     if found is not None:
@@ -174,14 +176,6 @@ def load_or_train_supernet(
             f"Training the width-shared supernet for {cfg.supernet_epochs:g} epochs (largest, smallest and "
             f"{cfg.supernet_widths} random on-budget widths per step; --supernet-epochs 0 skips it) ..."
         )
-    settings = {k: v for k, v in key.items() if k != "students"}
-    supernet = train_supernet(
-        model,
-        example,
-        space,
-        task,
-        SupernetSettings(**settings, device=str(device), progress=not quiet),
-        sample,
-    )
+    supernet = train_supernet(model, example, space, task, settings, sample)
     save_supernet(path, supernet, key)
     return supernet
