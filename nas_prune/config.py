@@ -146,7 +146,8 @@ class SearchConfig:
     sampler: str = option(
         "evolution",
         "evolution (children of each cost level's best rung-0 candidates: tournament, crossover, one-step "
-        "mutations, projected onto the budget; a repeat moves to a grid neighbour), tpe (Optuna's "
+        "mutations, projected onto the budget; a repeat is bred again with larger mutations, then moved to a grid "
+        "neighbour), tpe (Optuna's "
         "multivariate TPE per cost level, told the projected keep scores) or random (uniform keep scores, "
         "projected and laddered the same way: the control a search must beat)",
         group=_SEARCH,
