@@ -248,7 +248,15 @@ def test_the_supernet_report_runs_its_rows_at_equal_final_and_equal_total_epochs
 
     def fake_retrain(run_dir, *, seed, epochs, trial=None, output=None, top=None, **kw):
         retrains.append(
-            {"run": Path(run_dir), "seed": seed, "epochs": epochs, "trial": trial, "top": top, **kw}
+            {
+                "run": Path(run_dir),
+                "seed": seed,
+                "epochs": epochs,
+                "trial": trial,
+                "top": top,
+                "output": output,
+                **kw,
+            }  # fmt: skip
         )
         accuracy = (0.79 if kw.get("inherit_from") == "dense" else 0.82) + 0.001 * seed
         return {"test_accuracy": accuracy, "macs": 100, "params": 10, "epochs": epochs,
@@ -278,8 +286,13 @@ def test_the_supernet_report_runs_its_rows_at_equal_final_and_equal_total_epochs
             and (r["run"] / "trials.csv").is_file()
             and r["run"].parent.name.startswith("search-best-top3")
         )
-    uniform = [r for r in retrains if r.get("inherit_from") == "dense"]
+    uniform = [r for r in retrains if Path(r["output"] or "").name.startswith("search-uniform-seed")]
     assert sorted(r["epochs"] for r in uniform) == pytest.approx([0.2, 0.2, 0.7, 0.7])
+    assert all(r.get("inherit_from") == "dense" for r in uniform)
+    best_dense = [r for r in retrains if Path(r["output"] or "").name.startswith("search-best-dense")]
+    assert [(r["run"].name, r["trial"], r["epochs"], r.get("inherit_from")) for r in best_dense] == [
+        ("search", 0, 0.2, "dense")
+    ] * 2  # the searched best from the dense weights, at equal final epochs
     inherit = [r for r in retrains if r["top"] is None and r.get("inherit_from") is None]
     assert {(r["run"].name, r["trial"], r["epochs"]) for r in inherit} == {
         ("search", 0, 0.2),
