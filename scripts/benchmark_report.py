@@ -26,10 +26,10 @@ FINAL_PATHS = {  # the searched best through each final path of ``nas_prune.retr
 SEARCH_ROWS = (*FINAL_PATHS, "search-random-best", "search-uniform-seed", "search-l2-seed")
 ORDER = [*SEARCH_ROWS, *METHODS]
 SUPERNET_ROWS = {  # with --supernet-epochs S: row -> (architecture or baseline, how, all seeds?, + S epochs?)
-    "search-best-inherit": ("search-best", dict(init="inherit"), True, False),
-    "search-best-top3": ("search-best", dict(init="inherit", top=3), True, False),
+    "search-best-inherit": ("search-best", dict(init="inherit", inherit_from="supernet"), True, False),
+    "search-best-top3": ("search-best", dict(init="inherit", inherit_from="supernet", top=3), True, False),
     "search-best-dense": ("search-best", dict(init="inherit", inherit_from="dense"), True, False),
-    "search-random-best": ("search-random-best", dict(init="inherit"), True, False),
+    "search-random-best": ("search-random-best", dict(init="inherit", inherit_from="supernet"), True, False),
     "search-uniform-seed": ("search-uniform-seed", dict(init="inherit", inherit_from="dense"), True, False),
     "search-uniform-seed-total": (
         "search-uniform-seed",

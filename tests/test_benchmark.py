@@ -278,7 +278,7 @@ def test_the_supernet_report_runs_its_rows_at_equal_final_and_equal_total_epochs
     assert epochs[("iterative-l2", "iterative-l2-total")] == pytest.approx(0.7 / steps)
     top = [r for r in retrains if r["top"] == 3]
     assert [r["seed"] for r in top] == [0, 1] and all(
-        r["init"] == "inherit" and r["trial"] is None for r in top
+        r["init"] == "inherit" and r["inherit_from"] == "supernet" and r["trial"] is None for r in top
     )
     for r in top:  # Tune's folders go to a per-seed copy of the search run, not into the search run itself
         assert (
@@ -293,7 +293,7 @@ def test_the_supernet_report_runs_its_rows_at_equal_final_and_equal_total_epochs
     assert [(r["run"].name, r["trial"], r["epochs"], r.get("inherit_from")) for r in best_dense] == [
         ("search", 0, 0.2, "dense")
     ] * 2  # the searched best from the dense weights, at equal final epochs
-    inherit = [r for r in retrains if r["top"] is None and r.get("inherit_from") is None]
+    inherit = [r for r in retrains if r["top"] is None and r.get("inherit_from") == "supernet"]
     assert {(r["run"].name, r["trial"], r["epochs"]) for r in inherit} == {
         ("search", 0, 0.2),
         ("search-random", 1, 0.2),

@@ -178,12 +178,13 @@ def make_supernet(run_dir: Path) -> Supernet:
     return supernet
 
 
-def test_inherit_starts_from_the_supernet_when_the_run_has_one(run_dir):
+def test_inherit_from_supernet_slices_the_supernet_and_dense_stays_the_default(run_dir):
     supernet = make_supernet(run_dir)
     widths = widths_of(run_dir, 0)
-    from_supernet = plan_job(run_dir, RetrainConfig(trial=0, init="inherit"))
-    from_dense = plan_job(run_dir, RetrainConfig(trial=0, init="inherit", inherit_from="dense"))
+    from_supernet = plan_job(run_dir, RetrainConfig(trial=0, init="inherit", inherit_from="supernet"))
+    from_dense = plan_job(run_dir, RetrainConfig(trial=0, init="inherit"))  # a supernet.pt is there
     assert from_supernet.inherit_from == "supernet" and from_dense.inherit_from == "dense"
+    assert "inherit_from" not in from_dense.settings  # as before the supernet: earlier retrains resume
     expected = prune(supernet.model(from_dense.run.dense), EXAMPLE, widths, importance=supernet.ranking)
     dense_slim = prune(from_dense.run.dense, EXAMPLE, widths, "l2")
     for key, value in expected.state_dict().items():
@@ -192,7 +193,7 @@ def test_inherit_starts_from_the_supernet_when_the_run_has_one(run_dir):
     assert not torch.equal(from_supernet.slim.state_dict()["features.conv1.conv.weight"],
                            from_dense.slim.state_dict()["features.conv1.conv.weight"])  # fmt: skip
 
-    metrics = retrain(run_dir, trial=0, init="inherit", epochs=0.5, **FAST)
+    metrics = retrain(run_dir, trial=0, init="inherit", inherit_from="supernet", epochs=0.5, **FAST)
     assert metrics["inherit_from"] == "supernet" and metrics["settings"]["inherit_from"] == "supernet"
     summary = pd.read_csv(run_dir / "retrain" / "summary.csv").set_index("name")
     assert summary.loc["inherit-trial0", "inherit_from"] == "supernet"

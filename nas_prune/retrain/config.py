@@ -58,9 +58,9 @@ class RetrainConfig:
     )
     inherit_from: str | None = option(
         None,
-        "with --init inherit: start from the search's width-shared supernet (RUN_DIR/supernet.pt, "
-        "sliced by its channel ranking) or from the dense model's kept filters (default: supernet "
-        "when the run has one, else dense)",
+        "with --init inherit: start from the dense model's kept filters (default; measured better "
+        "after the final fine-tune) or from the search's width-shared supernet (RUN_DIR/supernet.pt, "
+        "sliced by its channel ranking)",
         choices=INHERIT_FROM,
         show_default=False,
     )
