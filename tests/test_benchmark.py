@@ -304,3 +304,5 @@ def test_the_supernet_report_runs_its_rows_at_equal_final_and_equal_total_epochs
     assert "- equal final epochs: `search-best-inherit` vs `l2-structured`: +2.00 points" in text
     assert "- equal total epochs: `search-best-inherit` vs `l2-structured-total`: +2.00 points" in text
     assert "supernet 0.80 (n=5), dense 0.20 (n=5)" in text and "85% of rung-0 candidates" in text
+    assert "most accurate path, `search-best-inherit`" in text and "no feasible architecture" not in text
+    assert "- vs `l2-structured`: +2.00 points" in text  # the verdicts speak for the searched best
