@@ -280,6 +280,9 @@ def supernet_runs(args, archs: dict, checkpoint: Path, work: Path, finished: set
                     r, epochs=e, seed=s, device=args.device, quiet=True, progress=False, **w, **h
                 ),
             )
+            if "top" in how:  # the pick of --top K may be any finalist: its own source
+                trials = pd.read_csv(run_dir / "trials.csv")
+                source = str(trials.loc[trials["trial_id"] == metrics["trial_id"], "source"].iloc[0])
             append_row(work / "runs.csv", row_of(name, seed, metrics, source))
 
 

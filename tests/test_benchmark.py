@@ -260,7 +260,7 @@ def test_the_supernet_report_runs_its_rows_at_equal_final_and_equal_total_epochs
         )
         accuracy = (0.79 if kw.get("inherit_from") == "dense" else 0.82) + 0.001 * seed
         return {"test_accuracy": accuracy, "macs": 100, "params": 10, "epochs": epochs,
-                "train_seconds": 1.0, "widths": {"features.conv1.conv": 9}, "trial_id": trial or 0}  # fmt: skip
+                "train_seconds": 1.0, "widths": {"features.conv1.conv": 9}, "trial_id": 1 if top else trial or 0}  # fmt: skip
 
     monkeypatch.setattr(bench, "run_baseline", fake_baseline)
     monkeypatch.setattr(bench, "retrain", fake_retrain)
@@ -276,6 +276,9 @@ def test_the_supernet_report_runs_its_rows_at_equal_final_and_equal_total_epochs
     assert epochs[("l2-structured", "l2-structured-total")] == pytest.approx(0.7)  # + the supernet's
     steps = len(nas_prune.baselines.iterative_targets(0.5, 0.3))
     assert epochs[("iterative-l2", "iterative-l2-total")] == pytest.approx(0.7 / steps)
+    trials = pd.read_csv(tmp_path / "bench" / "search" / "trials.csv").set_index("trial_id")
+    picked = runs[runs["method"] == "search-best-top3"]  # the fake picks trial 1, not the best (0)
+    assert (picked["trial_id"] == 1).all() and (picked["source"] == trials.loc[1, "source"]).all()
     top = [r for r in retrains if r["top"] == 3]
     assert [r["seed"] for r in top] == [0, 1] and all(
         r["init"] == "inherit" and r["inherit_from"] == "supernet" and r["trial"] is None for r in top
