@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -76,6 +77,13 @@ def main() -> None:
     parser.add_argument("--output", default="results/gate_source")
     args = parser.parse_args()
     run, out = Path(args.run), Path(args.output)
+    missing = [f for f in ("config.yaml", "dense.pt", "seeds.json", "supernet.pt") if not (run / f).is_file()]
+    if missing:
+        print(
+            f"error: {run} is not a finished search with a supernet (no {', '.join(missing)})",
+            file=sys.stderr,
+        )
+        sys.exit(2)
     out.mkdir(parents=True, exist_ok=True)
     cfg = load_config(run / "config.yaml")
     ckpt = load_checkpoint(run / "dense.pt")
