@@ -14,7 +14,11 @@ proposes them, all distinct). Each is scored by both judges and fine-tuned with 
   grid (``grid``), adaptive BN, the validation score;
 * the truth, ``truth_seed0`` and ``truth_seed1``: sliced from the dense weights, adaptive BN and
   fine-tuned ``--top-epochs`` (the search's default top rung) with training seeds 0 and 1, as the
-  ladder's top rung does without a supernet.
+  ladder's top rung does without a supernet and as ``retrain --init inherit`` starts by default;
+* ``supernet_top_seed0``: the ladder's top rung *with* a supernet: sliced from the supernet, adaptive
+  BN, fine-tuned ``--top-epochs`` with training seed 0. Its Kendall against the truth says whether the
+  ladder's fine-tune rungs, which start from the supernet, rank as the dense-started final training
+  ends (a row from before this column gets it on the next run).
 
 The goal (issue 24): a judge's Kendall tau against the mean of the two seeds is at least 0.8x the two
 seeds' Kendall with each other (the ceiling: no judge ranks a noisy truth better than another draw of
@@ -46,6 +50,9 @@ from nas_prune.search.seeding import budget_sampler
 from nas_prune.space import Budget
 from nas_prune.supernet import SupernetSettings, load_supernet, save_supernet, supernet_key, train_supernet
 from nas_prune.task import resolve_task
+
+SUPERNET_TOP = "supernet_top_seed0"
+"""Column: the top rung fine-tuned from the supernet's weights (training seed 0)."""
 
 
 def _archs(projector: Projector, count: int, seed: int) -> list[dict]:
@@ -96,6 +103,15 @@ def summarize(rows: pd.DataFrame) -> dict:
             "max": float(rows[judge].max()),
             "goal_met": bool(kendall >= 0.8 * ceiling),
         }
+    if SUPERNET_TOP in rows and rows[SUPERNET_TOP].notna().all():
+        top = rows[SUPERNET_TOP]
+        out[SUPERNET_TOP] = {
+            "kendall": _kendall(top, truth),
+            "spearman": float(stats.spearmanr(top, truth).statistic),
+            "kendall_with_supernet_judge": _kendall(rows["supernet_judge"], top),
+            "min": float(top.min()),
+            "max": float(top.max()),
+        }
     out["truth"] = {"min": float(truth.min()), "max": float(truth.max())}
     return out
 
@@ -138,24 +154,33 @@ def main() -> None:
             TrialSettings(dense_state=supernet.state_dict, ranking=supernet.ranking, **common)
         )
         path = out / f"judge-{tag}.csv"
-        done = pd.read_csv(path) if path.is_file() else pd.DataFrame()
+        done = pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=["arch"])
         for index, widths in enumerate(_archs(projector, args.archs, seed=int(budget * 1000))):
-            if len(done) and index in set(done["arch"]):
-                continue
-            row = {"arch": index, "widths": json.dumps(widths),
-                   "flops_ratio": cost.cost(widths)[0] / cost.dense[0],
-                   "dense_judge": dense(widths)["val_accuracy"],
-                   "supernet_judge": shared(widths)["val_accuracy"]}  # fmt: skip
-            for seed in (0, 1):
-                result = dense(widths, args.top_epochs, seed)
-                row[f"truth_seed{seed}"], row[f"truth_seconds{seed}"] = (
-                    result["val_accuracy"],
-                    result["wall_s"],
-                )
-            done = pd.concat([done, pd.DataFrame([row])], ignore_index=True)
+            known = done.index[done["arch"] == index]
+            row = done.loc[known[0]].to_dict() if len(known) else {"arch": index}
+            if not len(known):
+                row.update({"widths": json.dumps(widths),
+                            "flops_ratio": cost.cost(widths)[0] / cost.dense[0],
+                            "dense_judge": dense(widths)["val_accuracy"],
+                            "supernet_judge": shared(widths)["val_accuracy"]})  # fmt: skip
+                for seed in (0, 1):
+                    result = dense(widths, args.top_epochs, seed)
+                    row[f"truth_seed{seed}"], row[f"truth_seconds{seed}"] = (
+                        result["val_accuracy"],
+                        result["wall_s"],
+                    )
+            widths = json.loads(row["widths"])  # as scored, should the projection have changed since
+            if pd.isna(row.get(SUPERNET_TOP, float("nan"))):  # the ladder's top rung with a supernet
+                row[SUPERNET_TOP] = shared(widths, args.top_epochs, 0)["val_accuracy"]
+            done = (
+                pd.concat([done.drop(known), pd.DataFrame([row])], ignore_index=True)
+                .sort_values("arch")
+                .reset_index(drop=True)
+            )
             done.to_csv(path, index=False)
             print(f"{tag} arch {index}: dense {row['dense_judge']:.3f} supernet {row['supernet_judge']:.3f} "
-                  f"truth {row['truth_seed0']:.4f}/{row['truth_seed1']:.4f}", flush=True)  # fmt: skip
+                  f"truth {row['truth_seed0']:.4f}/{row['truth_seed1']:.4f} "
+                  f"from supernet {row[SUPERNET_TOP]:.4f}", flush=True)  # fmt: skip
         result = summarize(done)
         commit = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
