@@ -7,12 +7,16 @@ Steps, in this order (each one skipped on a restart when its result is already o
 
 1. Train ONE dense model for ``--dense-epochs`` (or reuse ``--checkpoint``): ``OUTPUT/bench/dense.pt``.
 2. Two width searches from that checkpoint, with the same ``--trials`` x ``--epochs-per-trial``: the
-   search (TPE sampler, seed and gate-supernet architectures first) in ``OUTPUT/bench/search`` and its
-   control, a random search without seed architectures or gate supernet (``sampler="random",
-   seeds=(), gate_epochs=0``) in ``OUTPUT/bench/search-random``.
+   search (the search's default sampler, seed and gate architectures first) in ``OUTPUT/bench/search``
+   and its control, a random search without seed architectures or gates (``sampler="random",
+   seeds=(), gate_epochs=0``; with ``--supernet-epochs`` it reuses the search's supernet, trained with
+   the same settings) in ``OUTPUT/bench/search-random``.
 3. For every seed: every baseline method (``nas_prune.baselines.METHODS``) and a from-scratch retrain
    of the search's best architecture, of its ``uniform`` and ``l2`` seed trials and of the random
-   search's best. Every finished run is appended at once to ``OUTPUT/bench/runs.csv``; a restart skips
+   search's best; with ``--supernet-epochs`` > 0, the rows of ``benchmark_report.SUPERNET_ROWS``
+   instead (the searched best inherited from the supernet, through ``--top 3`` and from the dense
+   weights; the random control's best; uniform and l2-structured at equal final and equal total epochs;
+   iterative-l2). Every finished run is appended at once to ``OUTPUT/bench/runs.csv``; a restart skips
    those runs, and a baseline interrupted mid-training continues from its last finished epoch.
 4. ``OUTPUT/benchmark.md`` (table: test accuracy mean ± std over seeds, MACs, params, latency at batch 1,
    wall time; which rows share an architecture; the command line; the machine; one verdict per row,
@@ -169,7 +173,7 @@ def check_settings(args: argparse.Namespace, work: Path) -> None:
 
 
 def run_search(
-    args: argparse.Namespace, checkpoint: Path, run_dir: Path, sampler: str = "tpe"
+    args: argparse.Namespace, checkpoint: Path, run_dir: Path, sampler: str = "default"
 ) -> pd.DataFrame:
     """A width search from ``checkpoint`` (resumed if interrupted, reused if finished).
 
