@@ -23,6 +23,8 @@ from .cli import config_from_mapping, option
 from .errors import NasPruneError
 
 __all__ = [
+    "FINE_TUNE_FROM",
+    "FORMER_BEHAVIOUR",
     "RETIRED_SETTINGS",
     "SearchConfig",
     "TrainConfig",
@@ -37,6 +39,10 @@ __all__ = [
 
 RETIRED_SETTINGS = ("reports_per_trial", "extra")
 """Settings older versions wrote to ``config.yaml`` (ASHA's reports per trial, a free-form dict)."""
+FORMER_BEHAVIOUR = {"fine_tune_from": "supernet"}
+"""Settings older versions did not write, with the value that does what those versions did (a run
+resumed from them goes on as it started)."""
+FINE_TUNE_FROM = ("dense", "supernet")
 
 _BUDGETS = "budgets (at least one; all given must hold)"
 _MODEL = "model and data"
@@ -162,8 +168,17 @@ class SearchConfig:
     supernet_epochs: float = option(
         0.0,
         "epochs of the width-shared supernet (sandwich rule, in-place distillation, students on the "
-        "budget) that rung 0 slices and the fine-tune rungs and retrain --init inherit start from; 0 = "
+        "budget) that rung 0 slices (and the fine-tune rungs with --fine-tune-from supernet); 0 = "
         "slice the dense weights. Worth 1-2 at aggressive budgets (README: what it buys, measured)",
+        group=_SEARCH,
+    )
+    fine_tune_from: str = option(
+        "dense",
+        "with --supernet-epochs > 0: the weights the ladder's fine-tune rungs start from: dense (the "
+        "candidate sliced from the dense model, as retrain --init inherit starts by default: measured "
+        "to rank as the final training ends) or supernet (its sub-network: a warmer start that ranks "
+        "worse)",
+        choices=FINE_TUNE_FROM,
         group=_SEARCH,
     )
     supernet_widths: int = option(
@@ -261,7 +276,8 @@ def load_config(path: str | os.PathLike) -> SearchConfig:
         raise ValueError(f"{path} is not valid YAML ({str(err).splitlines()[0]})") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("settings"), dict):
         raise ValueError(f"{path} has no 'settings' mapping; it was not written by nas_prune.search")
-    return config_from_mapping(SearchConfig, doc["settings"], str(path), retired=RETIRED_SETTINGS)
+    settings = {**FORMER_BEHAVIOUR, **doc["settings"]}
+    return config_from_mapping(SearchConfig, settings, str(path), retired=RETIRED_SETTINGS)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -51,7 +51,8 @@ class TrialSettings:
     rebuilds the architecture. With a supernet, ``judge_state`` holds the dense weights: fine-tune jobs
     then also score the candidate as rung 0 would without the supernet (``dense_judge``: sliced from
     the dense model by ``importance``, adaptive BN), so fidelity.json compares both judges on the same
-    candidates. ``task`` is a
+    candidates, and ``fine_tune_from`` says which weights a fine-tune starts from: ``"dense"`` (that
+    same dense slice, as ``retrain --init inherit`` starts by default) or ``"supernet"``. ``task`` is a
     :class:`~nas_prune.task.Task`, a ``pkg.module:factory`` path to one (imported on the worker), or None
     for classification on ``dataset``.
     """
@@ -74,6 +75,7 @@ class TrialSettings:
     model: nn.Module | None = None
     ranking: dict[str, torch.Tensor] | None = None
     judge_state: dict[str, torch.Tensor] | None = None
+    fine_tune_from: str = "dense"
 
     def make_task(self) -> Task:
         """The task (the readers cache parsed files per process). The split seed is always 0, as in the
@@ -179,14 +181,20 @@ class CandidateEvaluator:
             done) and ``wall_s``; for a fine-tune with ``judge_state`` set, also ``dense_judge``.
         """
         start = time.perf_counter()
-        seed_everything(self.settings.seed + seed)
-        ranking = self.settings.ranking if self.settings.ranking is not None else self.settings.importance
-        slim = self._sliced(self.dense, widths, ranking)
-        done = self.fine_tune(slim, epochs, self.settings.seed + seed) if epochs > 0 else 0.0
+        s = self.settings
+        seed_everything(s.seed + seed)
+        judged = None
+        if epochs > 0 and self.judge is not None:  # a fine-tune of a run with a supernet
+            judged = self._sliced(self.judge, widths, s.importance)
+            dense_judge = self.validate(judged)
+        if judged is not None and s.fine_tune_from == "dense":
+            slim = judged
+        else:
+            slim = self._sliced(self.dense, widths, s.ranking if s.ranking is not None else s.importance)
+        done = self.fine_tune(slim, epochs, s.seed + seed) if epochs > 0 else 0.0
         result = {"val_accuracy": self.validate(slim.eval()), "epochs": done}
-        if epochs > 0 and self.judge is not None:
-            judged = self._sliced(self.judge, widths, self.settings.importance)
-            result["dense_judge"] = self.validate(judged)
+        if judged is not None:
+            result["dense_judge"] = dense_judge
         return {**result, "wall_s": time.perf_counter() - start}
 
     def _sliced(self, model: nn.Module, widths: dict[str, int], ranking) -> nn.Module:

@@ -15,10 +15,11 @@ proposes them, all distinct). Each is scored by both judges and fine-tuned with 
 * the truth, ``truth_seed0`` and ``truth_seed1``: sliced from the dense weights, adaptive BN and
   fine-tuned ``--top-epochs`` (the search's default top rung) with training seeds 0 and 1, as the
   ladder's top rung does without a supernet and as ``retrain --init inherit`` starts by default;
-* ``supernet_top_seed0``: the ladder's top rung *with* a supernet: sliced from the supernet, adaptive
-  BN, fine-tuned ``--top-epochs`` with training seed 0. Its Kendall against the truth says whether the
-  ladder's fine-tune rungs, which start from the supernet, rank as the dense-started final training
-  ends (a row from before this column gets it on the next run).
+* ``supernet_top_seed0``: the ladder's top rung with ``--fine-tune-from supernet``: sliced from the
+  supernet, adaptive BN, fine-tuned ``--top-epochs`` with training seed 0. Its Kendall against the truth
+  says whether fine-tune rungs that start from the supernet rank as the dense-started final training
+  ends (measured: far less well than a dense-started one, hence ``--fine-tune-from dense`` by default;
+  a row from before this column gets it on the next run).
 
 The goal (issue 24): a judge's Kendall tau against the mean of the two seeds is at least 0.8x the two
 seeds' Kendall with each other (the ceiling: no judge ranks a noisy truth better than another draw of

@@ -25,7 +25,9 @@ import yaml
 
 from nas_prune.cli import run_cli
 from nas_prune.config import SearchConfig, load_config
+from nas_prune.errors import NasPruneError
 from nas_prune.search import main
+from nas_prune.search.inputs import validate
 
 EVALUATED = ["complete", "stopped", "failed"]
 QUICK = ["--dataset", "synthetic", "--pretrain-epochs", "1", "--epochs-per-trial", "0.5"]
@@ -54,6 +56,7 @@ def _fails(capsys, argv, message):
         (["--budget-flops", "0.3", "--seeds", "magic"], "unknown seed"),
         (["--budget-flops", "0.3", "--sampler", "grid"], "unknown --sampler 'grid'"),
         (["--budget-flops", "0.3", "--gate-epochs", "-1"], "--gate-epochs must be >= 0"),
+        (["--budget-flops", "0.3", "--fine-tune-from", "scratch"], "invalid choice: 'scratch'"),
         (["--budget-latency", "0.5", "--lut-samples", "1"], "--lut-samples >= 2"),
         (["--resume", "/nonexistent-run"], "not a search run directory"),
         (["--budget-flops", "0.3", "--round-to", "0"], "--round-to must be a positive number"),
@@ -93,6 +96,16 @@ def test_resume_refuses_an_unknown_setting_but_reads_retired_ones(capsys, tmp_pa
     old = {**settings, "reports_per_trial": 4, "extra": {"note": "x"}}  # written by older versions
     (tmp_path / "config.yaml").write_text(yaml.safe_dump({"settings": old}))
     assert load_config(tmp_path / "config.yaml") == SearchConfig(budget_flops=0.5, cost_levels=(1.0,))
+
+
+def test_a_run_from_before_fine_tune_from_resumes_fine_tuning_from_the_supernet(tmp_path):
+    """Older versions fine-tuned from the supernet and wrote no ``fine_tune_from``: a resume goes on so."""
+    settings = dataclasses.asdict(SearchConfig(budget_flops=0.5, supernet_epochs=1.0))
+    assert settings.pop("fine_tune_from") == "dense"  # the default now
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"settings": settings}))
+    assert load_config(tmp_path / "config.yaml").fine_tune_from == "supernet"
+    with pytest.raises(NasPruneError, match="--fine-tune-from must be dense or supernet"):
+        validate(SearchConfig(budget_flops=0.5, fine_tune_from="scratch"))
 
 
 def test_output_that_is_a_file_or_cannot_be_created(capsys, tmp_path):

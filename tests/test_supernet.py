@@ -33,13 +33,14 @@ def trained():
     return data, model, space, supernet
 
 
-def _judge(data, model, state, ranking=None, batch_size=128):
+def _judge(data, model, state, ranking=None, batch_size=128, **settings):
     spec = model_spec("convnet", data.in_channels, data.num_classes, data.input_shape)
     return CandidateEvaluator(
         TrialSettings(
-            spec=spec, dense_state=state, dataset="synthetic", ranking=ranking, batch_size=batch_size
+            spec=spec, dense_state=state, dataset="synthetic", ranking=ranking, batch_size=batch_size,
+            **settings,
         )
-    )
+    )  # fmt: skip
 
 
 def test_the_largest_sub_network_scores_like_the_dense_model_and_the_smallest_far_above_chance(trained):
@@ -53,6 +54,34 @@ def test_the_largest_sub_network_scores_like_the_dense_model_and_the_smallest_fa
     assert trained_to_slice > 0.4 and trained_to_slice > sliced + 0.2
     assert supernet.history and all(torch.isfinite(torch.tensor(h["distill_loss"])) for h in supernet.history)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in model.state_dict().items())  # untouched
+
+
+@pytest.mark.parametrize("start", ["dense", "supernet"])
+def test_fine_tunes_start_from_the_weights_fine_tune_from_names(trained, start):
+    """With a supernet, a fine-tune job starts from the dense slice (the default, as retrain inherits) or
+    from the supernet's sub-network; either way it also records the dense judge."""
+    data, model, space, supernet = trained
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the same arithmetic in every evaluator below
+    try:
+        _check_fine_tune_start(data, model, space, supernet, start)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _check_fine_tune_start(data, model, space, supernet, start):
+    dense = _judge(data, model, model.state_dict())
+    alone = _judge(data, model, supernet.state_dict, supernet.ranking)
+    both = _judge(data, model, supernet.state_dict, supernet.ranking,
+                  judge_state=model.state_dict(), fine_tune_from=start)  # fmt: skip
+    widths, epochs = space.smallest(), 0.05  # where the two starts differ most (0.22 vs 0.65 at rung 0)
+    result = both(widths, epochs, seed=3)
+    expected = (dense if start == "dense" else alone)(widths, epochs, seed=3)["val_accuracy"]
+    other = (alone if start == "dense" else dense)(widths, epochs, seed=3)["val_accuracy"]
+    assert result["val_accuracy"] == pytest.approx(expected, abs=1e-9)
+    assert abs(expected - other) > 0.05  # the test tells the two starts apart
+    assert result["dense_judge"] == pytest.approx(dense(widths)["val_accuracy"], abs=1e-9)
+    assert both(widths)["val_accuracy"] == pytest.approx(alone(widths)["val_accuracy"], abs=1e-9)  # rung 0
 
 
 def test_a_fixed_ranking_keeps_the_channels_a_width_was_trained_with(trained):
@@ -104,3 +133,4 @@ def test_rung_zero_slices_the_supernet_when_a_search_has_one(ray_session, tmp_pa
     widths = {e["trial_id"]: e["widths"] for e in lines if e["kind"] == "candidate"}
     for event in fine_tuned:  # the dense judge is rung 0 as it would be without the supernet
         assert event["dense_judge"] == pytest.approx(dense_judge(widths[event["trial_id"]])["val_accuracy"])
+    assert config["settings"]["fine_tune_from"] == "dense"  # the default (see the test above for its effect)

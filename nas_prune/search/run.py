@@ -271,6 +271,7 @@ def _prepare(
         dense_state=supernet.state_dict if supernet else dense_state,
         ranking=supernet.ranking if supernet else None,
         judge_state=dense_state if supernet else None,
+        fine_tune_from=cfg.fine_tune_from,
         dataset=cfg.dataset,
         data_dir=cfg.data_dir,
         subset=cfg.subset,
