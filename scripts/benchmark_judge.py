@@ -1,7 +1,8 @@
 """Benchmark: how well each rung-0 judge ranks on-budget architectures against their fine-tuned truth.
 
     python scripts/benchmark_judge.py --checkpoint dense.pt [--budget-flops 0.1 0.3] [--archs 20]
-        [--supernet-epochs 2] [--students budget] [--top-epochs 0.5] [--output results/judge]
+        [--supernet-epochs 2] [--students budget] [--grad-clip 0] [--supernet-top] [--top-epochs 0.5]
+        [--output results/judge]
 
 For each budget: ``--archs`` random architectures projected onto the budget (as ``--sampler random``
 proposes them, all distinct). Each is scored by both judges and fine-tuned with two seeds:
@@ -15,7 +16,7 @@ proposes them, all distinct). Each is scored by both judges and fine-tuned with 
 * the truth, ``truth_seed0`` and ``truth_seed1``: sliced from the dense weights, adaptive BN and
   fine-tuned ``--top-epochs`` (the search's default top rung) with training seeds 0 and 1, as the
   ladder's top rung does without a supernet and as ``retrain --init inherit`` starts by default;
-* ``supernet_top_seed0``: the ladder's top rung with ``--fine-tune-from supernet``: sliced from the
+* with ``--supernet-top``, ``supernet_top_seed0``: the ladder's top rung with ``--fine-tune-from supernet``: sliced from the
   supernet, adaptive BN, fine-tuned ``--top-epochs`` with training seed 0. Its Kendall against the truth
   says whether fine-tune rungs that start from the supernet rank as the dense-started final training
   ends (measured: far less well than a dense-started one, hence ``--fine-tune-from dense`` by default;
@@ -23,9 +24,11 @@ proposes them, all distinct). Each is scored by both judges and fine-tuned with 
 
 The goal (issue 24): a judge's Kendall tau against the mean of the two seeds is at least 0.8x the two
 seeds' Kendall with each other (the ceiling: no judge ranks a noisy truth better than another draw of
-it). Per-architecture rows go to ``OUTPUT/judge-flops<B>-<students>-e<E>.csv`` as they finish (a rerun
-skips finished ones; the supernet is cached beside them); the summary, to ``OUTPUT/judge_study.json``
-(one entry per budget and supernet setting) and the terminal. Search on the validation split only:
+it). Per-architecture rows go to ``OUTPUT/judge-flops<B>-<students>-e<E>[-clip<C>].csv`` as they finish
+(a rerun skips finished ones; the supernet is cached beside them; ``-clip<C>``: the supernet's
+gradient-norm clip, none without it; the truth of an architecture another setting's rows already hold
+is reused, since no supernet changes it); the summary, to ``OUTPUT/judge_study.json`` (one entry per
+budget and supernet setting) and the terminal. Search on the validation split only:
 the test set is not read.
 """
 
@@ -72,7 +75,10 @@ def _archs(projector: Projector, count: int, seed: int) -> list[dict]:
 
 def _supernet(args, model, example, space, task, projector, path: Path):
     """The supernet of this budget and setting: cached at ``path``, else trained now (and timed)."""
-    settings = SupernetSettings(epochs=args.supernet_epochs, lr=args.lr, batch_size=128, progress=True)
+    clip = args.grad_clip if args.grad_clip > 0 else None
+    settings = SupernetSettings(
+        epochs=args.supernet_epochs, lr=args.lr, batch_size=128, progress=True, grad_clip=clip
+    )
     key = supernet_key(settings, args.students)
     found = load_supernet(path, key)
     if found is not None:
@@ -84,6 +90,21 @@ def _supernet(args, model, example, space, task, projector, path: Path):
     save_supernet(path, supernet, key)
     path.with_suffix(".json").write_text(json.dumps({"seconds": seconds}))
     return supernet, seconds
+
+
+def _known_truth(out: Path, budget: float, top_epochs: float, widths: str) -> dict:
+    """The truth of ``widths`` from another supernet setting's rows at this budget (it is fine-tuned from
+    the dense weights, so no supernet changes it), or nothing."""
+    for path in sorted(out.glob(f"judge-flops{budget:g}-*.csv")):
+        rows = pd.read_csv(path)
+        same = rows[rows["widths"] == widths].dropna(subset=["truth_seed0", "truth_seed1"])
+        summary = (
+            json.loads((out / "judge_study.json").read_text()) if (out / "judge_study.json").is_file() else {}
+        )
+        if len(same) and summary.get(path.stem.removeprefix("judge-"), {}).get("top_epochs") == top_epochs:
+            keys = ("truth_seed0", "truth_seconds0", "truth_seed1", "truth_seconds1")
+            return {k: same.iloc[0][k] for k in keys}
+    return {}
 
 
 def _kendall(a, b) -> float:
@@ -130,6 +151,17 @@ def main() -> None:
     parser.add_argument("--students", choices=("budget", "grid"), default="budget")
     parser.add_argument("--top-epochs", type=float, default=0.5, help="fine-tune epochs of the truth")
     parser.add_argument("--lr", type=float, default=0.01, help="fine-tune and supernet learning rate")
+    parser.add_argument(
+        "--grad-clip",
+        type=float,
+        default=1.0,
+        help="the supernet's gradient-norm clip (0: none, as before it was added)",
+    )
+    parser.add_argument(
+        "--supernet-top",
+        action="store_true",
+        help="also fine-tune each architecture from the supernet (column supernet_top_seed0)",
+    )
     parser.add_argument("--output", default="results/judge")
     args = parser.parse_args()
     out = Path(args.output)
@@ -145,6 +177,7 @@ def main() -> None:
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     for budget in args.budget_flops:
         tag = f"flops{budget:g}-{args.students}-e{args.supernet_epochs:g}"
+        tag += f"-clip{args.grad_clip:g}" if args.grad_clip > 0 else ""
         projector = Projector(space, cost, Budget(flops=budget))
         supernet, seconds = _supernet(
             args, model, example, space, task, projector, out / f"supernet-{tag}.pt"
@@ -164,14 +197,17 @@ def main() -> None:
                             "flops_ratio": cost.cost(widths)[0] / cost.dense[0],
                             "dense_judge": dense(widths)["val_accuracy"],
                             "supernet_judge": shared(widths)["val_accuracy"]})  # fmt: skip
+                row.update(_known_truth(out, budget, args.top_epochs, row["widths"]))
                 for seed in (0, 1):
+                    if f"truth_seed{seed}" in row:
+                        continue
                     result = dense(widths, args.top_epochs, seed)
                     row[f"truth_seed{seed}"], row[f"truth_seconds{seed}"] = (
                         result["val_accuracy"],
                         result["wall_s"],
                     )
             widths = json.loads(row["widths"])  # as scored, should the projection have changed since
-            if pd.isna(row.get(SUPERNET_TOP, float("nan"))):  # the ladder's top rung with a supernet
+            if args.supernet_top and pd.isna(row.get(SUPERNET_TOP, float("nan"))):
                 row[SUPERNET_TOP] = shared(widths, args.top_epochs, 0)["val_accuracy"]
             done = (
                 pd.concat([done.drop(known), pd.DataFrame([row])], ignore_index=True)
@@ -181,7 +217,7 @@ def main() -> None:
             done.to_csv(path, index=False)
             print(f"{tag} arch {index}: dense {row['dense_judge']:.3f} supernet {row['supernet_judge']:.3f} "
                   f"truth {row['truth_seed0']:.4f}/{row['truth_seed1']:.4f} "
-                  f"from supernet {row[SUPERNET_TOP]:.4f}", flush=True)  # fmt: skip
+                  f"from supernet {row.get(SUPERNET_TOP, float('nan')):.4f}", flush=True)  # fmt: skip
         result = summarize(done)
         commit = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True

@@ -14,7 +14,7 @@ from nas_prune.models import model_spec
 from nas_prune.objective import CandidateEvaluator, TrialSettings
 from nas_prune.prune import channel_importance
 from nas_prune.space import WidthSpace
-from nas_prune.supernet import SupernetSettings, load_supernet, train_supernet
+from nas_prune.supernet import SupernetSettings, load_supernet, supernet_key, train_supernet
 from nas_prune.task import TensorClassificationTask
 
 
@@ -82,6 +82,22 @@ def _check_fine_tune_start(data, model, space, supernet, start):
     assert abs(expected - other) > 0.05  # the test tells the two starts apart
     assert result["dense_judge"] == pytest.approx(dense(widths)["val_accuracy"], abs=1e-9)
     assert both(widths)["val_accuracy"] == pytest.approx(alone(widths)["val_accuracy"], abs=1e-9)  # rung 0
+
+
+def test_the_summed_gradient_is_clipped_and_the_clip_is_part_of_the_cache_key(trained):
+    data, model, space, _ = trained
+    task = TensorClassificationTask.of(data)
+
+    def moved(clip):
+        settings = SupernetSettings(epochs=0.25, batch_size=32, progress=False, grad_clip=clip)
+        state = train_supernet(model, task.example(), space, task, settings).state_dict
+        return max(float((state[k] - v).abs().max()) for k, v in model.state_dict().items() if v.ndim == 4)
+
+    assert moved(1e-9) < 1e-4 < moved(None)  # a clip this small leaves the conv weights where they were
+    unclipped, clipped = (
+        supernet_key(SupernetSettings(epochs=1, grad_clip=c), "budget") for c in (None, 1.0)
+    )
+    assert "grad_clip" not in unclipped and clipped == {**unclipped, "grad_clip": 1.0}  # old files still load
 
 
 def test_a_fixed_ranking_keeps_the_channels_a_width_was_trained_with(trained):
