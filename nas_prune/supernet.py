@@ -56,15 +56,15 @@ Sampler = Callable[[random.Random], dict[str, int]]
 class SupernetSettings:
     """How the supernet is trained: ``epochs`` passes over the task's training split (fractions
     allowed), each step the largest, the smallest and ``random_widths`` random widths; SGD at ``lr``
-    with a cosine schedule, the summed gradient clipped to norm ``grad_clip`` (None, the default: not
-    clipped); channels ranked by ``importance`` on the dense weights.
+    with a cosine schedule, the summed gradient clipped to norm ``grad_clip`` (None: not clipped);
+    channels ranked by ``importance`` on the dense weights.
 
-    ``grad_clip`` is measured, not the default (results/BENCHMARKS.md): unclipped, the narrow students'
-    distillation gradients, summed with the largest's, can wreck the dense weights early (resnet20 at
-    30% of the FLOPs: the largest width's loss rose from 0.42 to 7.5 within 50 steps, and one 1-epoch
-    supernet's sub-networks scored 10 points below another's). Clipped to norm 1 the largest stays at
-    0.2-0.4, but the students learn less in an epoch and rung 0 ranked no better (Kendall 0.52 against
-    0.55 unclipped on the judge study)."""
+    Why the search clips (``--supernet-grad-clip``, default 5; results/BENCHMARKS.md): unclipped, the
+    narrow students' distillation gradients, summed with the largest's, can wreck the dense weights
+    early (resnet20 at 30% of the FLOPs: the largest width's loss rose from 0.42 to 7.5 within 50
+    steps, and that 1-epoch supernet's sub-networks scored 10 points below another's). Clipped to norm
+    5 the largest stays under 1 and rung 0 ranked as well as a good unclipped supernet (Kendall 0.55);
+    clipped to 1, every step is small and the students learn too little in an epoch (Kendall 0.52)."""
 
     epochs: float
     random_widths: int = 2

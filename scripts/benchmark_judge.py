@@ -1,7 +1,7 @@
 """Benchmark: how well each rung-0 judge ranks on-budget architectures against their fine-tuned truth.
 
     python scripts/benchmark_judge.py --checkpoint dense.pt [--budget-flops 0.1 0.3] [--archs 20]
-        [--supernet-epochs 2] [--students budget] [--grad-clip 0] [--supernet-top] [--top-epochs 0.5]
+        [--supernet-epochs 2] [--students budget] [--grad-clip 5] [--supernet-top] [--top-epochs 0.5]
         [--output results/judge]
 
 For each budget: ``--archs`` random architectures projected onto the budget (as ``--sampler random``
@@ -154,8 +154,8 @@ def main() -> None:
     parser.add_argument(
         "--grad-clip",
         type=float,
-        default=1.0,
-        help="the supernet's gradient-norm clip (0: none, as before it was added)",
+        default=5.0,
+        help="the supernet's gradient-norm clip (0: none, as the search before --supernet-grad-clip)",
     )
     parser.add_argument(
         "--supernet-top",

@@ -57,6 +57,7 @@ def _fails(capsys, argv, message):
         (["--budget-flops", "0.3", "--sampler", "grid"], "unknown --sampler 'grid'"),
         (["--budget-flops", "0.3", "--gate-epochs", "-1"], "--gate-epochs must be >= 0"),
         (["--budget-flops", "0.3", "--fine-tune-from", "scratch"], "invalid choice: 'scratch'"),
+        (["--budget-flops", "0.3", "--supernet-grad-clip", "-1"], "--supernet-grad-clip must be >= 0"),
         (["--budget-latency", "0.5", "--lut-samples", "1"], "--lut-samples >= 2"),
         (["--resume", "/nonexistent-run"], "not a search run directory"),
         (["--budget-flops", "0.3", "--round-to", "0"], "--round-to must be a positive number"),
@@ -98,12 +99,17 @@ def test_resume_refuses_an_unknown_setting_but_reads_retired_ones(capsys, tmp_pa
     assert load_config(tmp_path / "config.yaml") == SearchConfig(budget_flops=0.5, cost_levels=(1.0,))
 
 
-def test_a_run_from_before_fine_tune_from_resumes_fine_tuning_from_the_supernet(tmp_path):
-    """Older versions fine-tuned from the supernet and wrote no ``fine_tune_from``: a resume goes on so."""
+def test_a_run_from_before_fine_tune_from_resumes_as_it_started(tmp_path):
+    """Older versions fine-tuned from the supernet, trained it unclipped and wrote neither setting: a
+    resume goes on so."""
     settings = dataclasses.asdict(SearchConfig(budget_flops=0.5, supernet_epochs=1.0))
-    assert settings.pop("fine_tune_from") == "dense"  # the default now
+    assert settings.pop("fine_tune_from") == "dense"  # the defaults now
+    assert settings.pop("supernet_grad_clip") == 5.0
     (tmp_path / "config.yaml").write_text(yaml.safe_dump({"settings": settings}))
-    assert load_config(tmp_path / "config.yaml").fine_tune_from == "supernet"
+    old = load_config(tmp_path / "config.yaml")
+    assert (
+        old.fine_tune_from == "supernet" and old.supernet_grad_clip is None
+    )  # so its supernet.pt still fits
     with pytest.raises(NasPruneError, match="--fine-tune-from must be dense or supernet"):
         validate(SearchConfig(budget_flops=0.5, fine_tune_from="scratch"))
 

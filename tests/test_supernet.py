@@ -127,7 +127,7 @@ def test_rung_zero_slices_the_supernet_when_a_search_has_one(ray_session, tmp_pa
     config = json.loads(json.dumps(__import__("yaml").safe_load((run / "config.yaml").read_text())))
     assert config["settings"]["supernet_epochs"] == 0.5
     key = {"epochs": 0.5, "random_widths": 2, "lr": 0.01, "batch_size": 32, "importance": "l2", "seed": 0,
-           "students": "budget"}  # fmt: skip
+           "students": "budget", "grad_clip": 5.0}  # fmt: skip
     supernet = load_supernet(run / "supernet.pt", key)
     assert supernet is not None
     data = load_dataset("synthetic")

@@ -78,8 +78,8 @@ def _check_ladder(cfg: SearchConfig) -> None:
         raise NasPruneError(
             "--epochs-per-trial and --gate-epochs must be >= 0, --pretrain-epochs > 0, --gate-seeds >= 1"
         )
-    if cfg.supernet_epochs < 0 or cfg.supernet_widths < 0:
-        raise NasPruneError("--supernet-epochs and --supernet-widths must be >= 0")
+    if cfg.supernet_epochs < 0 or cfg.supernet_widths < 0 or (cfg.supernet_grad_clip or 0) < 0:
+        raise NasPruneError("--supernet-epochs, --supernet-widths and --supernet-grad-clip must be >= 0")
     if cfg.fine_tune_from not in FINE_TUNE_FROM:
         raise NasPruneError(f"--fine-tune-from must be dense or supernet, got {cfg.fine_tune_from!r}")
     if cfg.rungs < 0 or cfg.reduction_factor < 2:

@@ -164,6 +164,7 @@ def load_or_train_supernet(
         return None
     settings = SupernetSettings(
         epochs=cfg.supernet_epochs, random_widths=cfg.supernet_widths, lr=cfg.lr, batch_size=cfg.batch_size,
+        grad_clip=cfg.supernet_grad_clip or None,
         importance=cfg.importance, seed=cfg.seed, device=str(device), progress=not quiet,
     )  # fmt: skip
     key = supernet_key(settings, "budget" if sample is not None else "grid")
