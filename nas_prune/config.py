@@ -176,8 +176,7 @@ class SearchConfig:
         "dense",
         "with --supernet-epochs > 0: the weights the ladder's fine-tune rungs start from: dense (the "
         "candidate sliced from the dense model, as retrain --init inherit starts by default: measured "
-        "to rank as the final training ends) or supernet (its sub-network: a warmer start that ranks "
-        "worse)",
+        "to rank as the final training ends) or supernet (its sub-network: measured to rank worse)",
         choices=FINE_TUNE_FROM,
         group=_SEARCH,
     )
