@@ -95,12 +95,11 @@ def _supernet(args, model, example, space, task, projector, path: Path):
 def _known_truth(out: Path, budget: float, top_epochs: float, widths: str) -> dict:
     """The truth of ``widths`` from another supernet setting's rows at this budget (it is fine-tuned from
     the dense weights, so no supernet changes it), or nothing."""
+    summary_path = out / "judge_study.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     for path in sorted(out.glob(f"judge-flops{budget:g}-*.csv")):
         rows = pd.read_csv(path)
         same = rows[rows["widths"] == widths].dropna(subset=["truth_seed0", "truth_seed1"])
-        summary = (
-            json.loads((out / "judge_study.json").read_text()) if (out / "judge_study.json").is_file() else {}
-        )
         if len(same) and summary.get(path.stem.removeprefix("judge-"), {}).get("top_epochs") == top_epochs:
             keys = ("truth_seed0", "truth_seconds0", "truth_seed1", "truth_seconds1")
             return {k: same.iloc[0][k] for k in keys}
