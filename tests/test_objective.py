@@ -26,6 +26,18 @@ def test_rung_zero_is_adaptive_bn_and_the_unfolded_accuracy():
     assert result["val_accuracy"] == plain
 
 
+def test_the_validation_batch_follows_the_device_and_never_changes_the_score(monkeypatch):
+    """CPU workers validate in cache-sized batches (faster, scripts/benchmark_rung0.py); same score."""
+    import nas_prune.objective as objective
+
+    widths = {"features.conv1.conv": 8, "features.conv5.conv": 64}
+    default = CandidateEvaluator(_settings())
+    monkeypatch.setitem(objective.VAL_BATCH, "cpu", 16)
+    small = CandidateEvaluator(_settings())
+    assert {len(batch[0]) for batch in small.val[:-1]} == {16} and len(small.val) > 1
+    assert small(widths)["val_accuracy"] == default(widths)["val_accuracy"]
+
+
 def test_fine_tune_rung_trains_the_asked_epochs_and_changes_the_score():
     settings = _settings()
     evaluator = CandidateEvaluator(settings)
