@@ -26,6 +26,7 @@ __all__ = [
     "FINE_TUNE_FROM",
     "FORMER_BEHAVIOUR",
     "RETIRED_SETTINGS",
+    "RUNG0_JUDGES",
     "SearchConfig",
     "TrainConfig",
     "device_label",
@@ -39,10 +40,11 @@ __all__ = [
 
 RETIRED_SETTINGS = ("reports_per_trial", "extra")
 """Settings older versions wrote to ``config.yaml`` (ASHA's reports per trial, a free-form dict)."""
-FORMER_BEHAVIOUR = {"fine_tune_from": "supernet", "supernet_grad_clip": None}
+FORMER_BEHAVIOUR = {"fine_tune_from": "supernet", "supernet_grad_clip": None, "rung0_judge": "supernet"}
 """Settings older versions did not write, with the value that does what those versions did (a run
 resumed from them goes on as it started)."""
 FINE_TUNE_FROM = ("dense", "supernet")
+RUNG0_JUDGES = ("supernet", "both")
 
 _BUDGETS = "budgets (at least one; all given must hold)"
 _MODEL = "model and data"
@@ -178,6 +180,16 @@ class SearchConfig:
         "candidate sliced from the dense model, as retrain --init inherit starts by default: measured "
         "to rank as the final training ends) or supernet (its sub-network: measured to rank worse)",
         choices=FINE_TUNE_FROM,
+        group=_SEARCH,
+    )
+    rung0_judge: str = option(
+        "both",
+        "with --supernet-epochs > 0: what rung 0 ranks candidates by: both (the supernet's "
+        "sub-network and the candidate sliced from the dense weights, each with adaptive BN; the two "
+        "judges' ranks within a cost level are averaged) or supernet (its sub-network alone, half "
+        "the time): both ranked closer to the fine-tuned truth in every judge study (README: what it "
+        "buys, measured)",
+        choices=RUNG0_JUDGES,
         group=_SEARCH,
     )
     supernet_widths: int = option(

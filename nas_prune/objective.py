@@ -58,7 +58,9 @@ class TrialSettings:
     then also score the candidate as rung 0 would without the supernet (``dense_judge``: sliced from
     the dense model by ``importance``, adaptive BN), so fidelity.json compares both judges on the same
     candidates, and ``fine_tune_from`` says which weights a fine-tune starts from: ``"dense"`` (that
-    same dense slice, as ``retrain --init inherit`` starts by default) or ``"supernet"``. ``task`` is a
+    same dense slice, as ``retrain --init inherit`` starts by default) or ``"supernet"``;
+    ``rung0_judge="both"`` (the default) records ``dense_judge`` at rung 0 too, for the search to rank by
+    both judges; ``"supernet"`` skips it. ``task`` is a
     :class:`~nas_prune.task.Task`, a ``pkg.module:factory`` path to one (imported on the worker), or None
     for classification on ``dataset``.
     """
@@ -82,6 +84,7 @@ class TrialSettings:
     ranking: dict[str, torch.Tensor] | None = None
     judge_state: dict[str, torch.Tensor] | None = None
     fine_tune_from: str = "dense"
+    rung0_judge: str = "both"
 
     def make_task(self) -> Task:
         """The task (the readers cache parsed files per process). The split seed is always 0, as in the
@@ -184,16 +187,17 @@ class CandidateEvaluator:
 
         Returns:
             ``val_accuracy`` (the task's validation score, whatever its name), ``epochs`` (fine-tuning
-            done) and ``wall_s``; for a fine-tune with ``judge_state`` set, also ``dense_judge``.
+            done) and ``wall_s``; with ``judge_state`` set, also ``dense_judge`` for a fine-tune, and at
+            rung 0 with ``rung0_judge="both"``.
         """
         start = time.perf_counter()
         s = self.settings
         seed_everything(s.seed + seed)
         judged = None
-        if epochs > 0 and self.judge is not None:  # a fine-tune of a run with a supernet
+        if self.judge is not None and (epochs > 0 or s.rung0_judge == "both"):  # a run with a supernet
             judged = self._sliced(self.judge, widths, s.importance)
             dense_judge = self.validate(judged)
-        if judged is not None and s.fine_tune_from == "dense":
+        if judged is not None and epochs > 0 and s.fine_tune_from == "dense":
             slim = judged
         else:
             slim = self._sliced(self.dense, widths, s.ranking if s.ranking is not None else s.importance)

@@ -16,6 +16,8 @@ proposes them, all distinct). Each is scored by both judges and fine-tuned with 
 * the truth, ``truth_seed0`` and ``truth_seed1``: sliced from the dense weights, adaptive BN and
   fine-tuned ``--top-epochs`` (the search's default top rung) with training seeds 0 and 1, as the
   ladder's top rung does without a supernet and as ``retrain --init inherit`` starts by default;
+* ``both`` (summary only): the mean of the two judges' ranks, what rung 0 ranks by with
+  ``--rung0-judge both``;
 * with ``--supernet-top``, ``supernet_top_seed0``: the ladder's top rung with ``--fine-tune-from supernet``: sliced from the
   supernet, adaptive BN, fine-tuned ``--top-epochs`` with training seed 0. Its Kendall against the truth
   says whether fine-tune rungs that start from the supernet rank as the dense-started final training
@@ -124,6 +126,12 @@ def summarize(rows: pd.DataFrame) -> dict:
             "max": float(rows[judge].max()),
             "goal_met": bool(kendall >= 0.8 * ceiling),
         }
+    both = stats.rankdata(rows["dense_judge"]) + stats.rankdata(rows["supernet_judge"])
+    out["both"] = {  # what rung 0 ranks by with --rung0-judge both: the two judges' mean rank
+        "kendall": _kendall(both, truth),
+        "spearman": float(stats.spearmanr(both, truth).statistic),
+        "goal_met": bool(_kendall(both, truth) >= 0.8 * ceiling),
+    }
     if SUPERNET_TOP in rows and rows[SUPERNET_TOP].notna().all():
         top = rows[SUPERNET_TOP]
         out[SUPERNET_TOP] = {

@@ -57,6 +57,7 @@ def _fails(capsys, argv, message):
         (["--budget-flops", "0.3", "--sampler", "grid"], "unknown --sampler 'grid'"),
         (["--budget-flops", "0.3", "--gate-epochs", "-1"], "--gate-epochs must be >= 0"),
         (["--budget-flops", "0.3", "--fine-tune-from", "scratch"], "invalid choice: 'scratch'"),
+        (["--budget-flops", "0.3", "--rung0-judge", "dense"], "invalid choice: 'dense'"),
         (["--budget-flops", "0.3", "--supernet-grad-clip", "-1"], "--supernet-grad-clip must be >= 0"),
         (["--budget-latency", "0.5", "--lut-samples", "1"], "--lut-samples >= 2"),
         (["--resume", "/nonexistent-run"], "not a search run directory"),
@@ -105,13 +106,16 @@ def test_a_run_from_before_fine_tune_from_resumes_as_it_started(tmp_path):
     settings = dataclasses.asdict(SearchConfig(budget_flops=0.5, supernet_epochs=1.0))
     assert settings.pop("fine_tune_from") == "dense"  # the defaults now
     assert settings.pop("supernet_grad_clip") == 5.0
+    assert settings.pop("rung0_judge") == "both"
     (tmp_path / "config.yaml").write_text(yaml.safe_dump({"settings": settings}))
     old = load_config(tmp_path / "config.yaml")
     assert (
-        old.fine_tune_from == "supernet" and old.supernet_grad_clip is None
+        old.fine_tune_from == "supernet" and old.supernet_grad_clip is None and old.rung0_judge == "supernet"
     )  # so its supernet.pt still fits
     with pytest.raises(NasPruneError, match="--fine-tune-from must be dense or supernet"):
         validate(SearchConfig(budget_flops=0.5, fine_tune_from="scratch"))
+    with pytest.raises(NasPruneError, match="--rung0-judge must be supernet or both"):
+        validate(SearchConfig(budget_flops=0.5, rung0_judge="dense"))  # a config.yaml edited by hand
 
 
 def test_output_that_is_a_file_or_cannot_be_created(capsys, tmp_path):

@@ -167,6 +167,36 @@ def test_both_judges_are_ranked_against_the_top_rung_on_the_same_candidates(tmp_
     assert judges(journal, Ladder.build(1.0, 0, 2), supernet=True)["supernet"]["n"] == 0  # no fine-tune rung
 
 
+def test_rung_zero_with_both_judges_ranks_by_their_mean_rank_within_each_level(tmp_path):
+    """``--rung0-judge both``: promotion, evolution's parents and fidelity.json's ``both`` judge follow the
+    mean of the two judges' ranks within a level, not the supernet's score alone."""
+    journal = Journal.open(tmp_path / "evaluations.jsonl")
+    supernet = [0.80, 0.81, 0.82, 0.83]  # ranks 1..4
+    dense = [0.30, 0.10, 0.09, 0.20]  # ranks 4, 2, 1, 3: near chance, on another scale
+    for i, (own, judged) in enumerate(zip(supernet, dense, strict=True)):
+        journal.append(
+            {"kind": "candidate", "trial_id": i, "source": "random", "level": 1.0, "widths": {"a": i}}
+        )
+        journal.append(
+            {"kind": "result", "trial_id": i, "rung": 0, "val_accuracy": own, "dense_judge": judged}
+        )
+    journal.append({"kind": "candidate", "trial_id": 8, "source": "random", "level": 0.5, "widths": {"a": 8}})
+    journal.append({"kind": "result", "trial_id": 8, "rung": 0, "val_accuracy": 0.5, "dense_judge": 0.1})
+    scores = journal.rung0_scores()
+    assert [scores[i] for i in (0, 1, 2, 3, 8)] == pytest.approx([5 / 8, 4 / 8, 4 / 8, 7 / 8, 1.0])
+    ladder = Ladder.build(1.0, 1, 2)
+    assert ladder.promoted(journal, 0, seeds=set()) == [0, 3, 8]  # the supernet alone: 2, 3, 8
+    journal.append(*({"kind": "result", "trial_id": i, "rung": 1, "val_accuracy": top}
+                     for i, top in enumerate([0.90, 0.70, 0.60, 0.95])))  # fmt: skip
+    agreement = judges(journal, ladder, supernet=True)
+    assert agreement["both"]["n"] == agreement["supernet"]["n"] == 4
+    assert agreement["supernet"]["kendall"] == pytest.approx(0.0)  # 3 pairs agree, 3 disagree
+    assert agreement["both"]["kendall"] == pytest.approx(5 / 30**0.5)  # 5 agree, 1 tied
+    single = _journal(tmp_path / "single", {i: (1.0, [i / 10, 0.5]) for i in range(3)})
+    assert judges(single, ladder, supernet=True)["both"] is None  # rung 0 did not record the dense judge
+    assert single.rung0_scores() == {0: 0.0, 1: 0.1, 2: 0.2}  # one judge: its own score
+
+
 def test_journal_survives_a_torn_last_line(tmp_path):
     journal = _journal(tmp_path / "j", {0: (1.0, [0.5, 0.6])})
     with open(journal.path, "a") as f:

@@ -13,6 +13,9 @@ from nas_prune.data import load_dataset
 from nas_prune.models import model_spec
 from nas_prune.objective import CandidateEvaluator, TrialSettings
 from nas_prune.prune import channel_importance
+from nas_prune.search.journal import Journal
+from nas_prune.search.ladder import Ladder
+from nas_prune.seeds import SEED_SOURCES
 from nas_prune.space import WidthSpace
 from nas_prune.supernet import SupernetSettings, load_supernet, supernet_key, train_supernet
 from nas_prune.task import TensorClassificationTask
@@ -81,7 +84,12 @@ def _check_fine_tune_start(data, model, space, supernet, start):
     assert result["val_accuracy"] == pytest.approx(expected, abs=1e-9)
     assert abs(expected - other) > 0.05  # the test tells the two starts apart
     assert result["dense_judge"] == pytest.approx(dense(widths)["val_accuracy"], abs=1e-9)
-    assert both(widths)["val_accuracy"] == pytest.approx(alone(widths)["val_accuracy"], abs=1e-9)  # rung 0
+    supernet_only = _judge(data, model, supernet.state_dict, supernet.ranking,
+                           judge_state=model.state_dict(), fine_tune_from=start, rung0_judge="supernet")  # fmt: skip
+    assert "dense_judge" not in supernet_only(widths)  # rung 0 by the supernet alone: half the work
+    ranked_by_both = both(widths)  # rung 0, by default: the supernet's score, and the dense slice's too
+    assert ranked_by_both["val_accuracy"] == pytest.approx(alone(widths)["val_accuracy"], abs=1e-9)
+    assert ranked_by_both["dense_judge"] == pytest.approx(dense(widths)["val_accuracy"], abs=1e-9)
 
 
 def test_the_summed_gradient_is_clipped_and_the_clip_is_part_of_the_cache_key(trained):
@@ -150,3 +158,23 @@ def test_rung_zero_slices_the_supernet_when_a_search_has_one(ray_session, tmp_pa
     for event in fine_tuned:  # the dense judge is rung 0 as it would be without the supernet
         assert event["dense_judge"] == pytest.approx(dense_judge(widths[event["trial_id"]])["val_accuracy"])
     assert config["settings"]["fine_tune_from"] == "dense"  # the default (see the test above for its effect)
+
+
+def test_rung_zero_can_rank_by_both_judges(ray_session, tmp_path):
+    """``rung0_judge="both"`` (the default): every rung-0 result also holds the dense judge, the promotions follow the two
+    judges' mean rank (:meth:`Journal.rung0_scores`) and fidelity.json reports that ranking's Kendall."""
+    run = tmp_path / "run"
+    trials = nas_prune.search(
+        budget_flops=0.3, dataset="synthetic", model="convnet", trials=8, workers=1, rungs=1, epochs_per_trial=0.2,
+        reduction_factor=2, pretrain_epochs=1, gate_epochs=0, supernet_epochs=0.25,
+        batch_size=32, output=str(run), quiet=True,
+    )  # fmt: skip
+    journal = Journal.open(run / "evaluations.jsonl")
+    rung0 = [r for (_, rung), r in journal.results.items() if rung == 0]
+    assert len(rung0) >= 8 and all(0.0 <= r["dense_judge"] <= 1.0 for r in rung0)
+    seeds = set(trials.loc[trials["source"].isin(SEED_SOURCES), "trial_id"])
+    ladder = Ladder.build(0.2, 1, 2)
+    promoted = {t for (t, rung) in journal.results if rung == 1} - seeds
+    assert promoted == set(ladder.promoted(journal, 0, seeds))
+    judges = json.loads((run / "fidelity.json").read_text())["judges"]
+    assert judges["both"]["n"] == judges["supernet"]["n"] == int((trials["state"] == "complete").sum())

@@ -213,10 +213,12 @@ class Driver:
 
     def _parents(self) -> dict[float, list[tuple[float, dict]]]:
         """Per cost level, ``(rung-0 score, widths)`` of every candidate scored there, seeds included:
-        evolution's population, rebuilt from the journal (so also on ``--resume``)."""
+        evolution's population, rebuilt from the journal (so also on ``--resume``); the score is what
+        promotion ranks by (:meth:`Journal.rung0_scores`)."""
         parents = defaultdict(list)
+        scores = self.journal.rung0_scores()
         for trial_id, cand in self.journal.candidates.items():
-            score = self.journal.score(trial_id, 0)
+            score = scores.get(trial_id)
             if score is not None and not cand.get("infeasible"):
                 parents[float(cand["level"])].append((score, cand["widths"]))
         return parents

@@ -18,7 +18,7 @@ from torch import nn
 
 from ..checkpoint import load_state_dict_into, save_checkpoint
 from ..cli import ensure_output_dir
-from ..config import FINE_TUNE_FROM, SearchConfig, load_config
+from ..config import FINE_TUNE_FROM, RUNG0_JUDGES, SearchConfig, load_config
 from ..cost import CostModel
 from ..data import check_dataset_name
 from ..errors import NasPruneError
@@ -82,6 +82,8 @@ def _check_ladder(cfg: SearchConfig) -> None:
         raise NasPruneError("--supernet-epochs, --supernet-widths and --supernet-grad-clip must be >= 0")
     if cfg.fine_tune_from not in FINE_TUNE_FROM:
         raise NasPruneError(f"--fine-tune-from must be dense or supernet, got {cfg.fine_tune_from!r}")
+    if cfg.rung0_judge not in RUNG0_JUDGES:
+        raise NasPruneError(f"--rung0-judge must be supernet or both, got {cfg.rung0_judge!r}")
     if cfg.rungs < 0 or cfg.reduction_factor < 2:
         raise NasPruneError(
             f"--rungs must be >= 0 and --reduction-factor >= 2, got {cfg.rungs} and {cfg.reduction_factor}"

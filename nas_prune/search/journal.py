@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import json
 import os
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+from scipy.stats import rankdata
 
 from ..cost import CostModel
 from ..results import SCHEMA_VERSION, TRIAL_COLUMNS, read_trials, write_trials
@@ -76,6 +78,26 @@ class Journal:
         """Validation accuracy of ``trial_id`` at ``rung`` (None: not evaluated there, or failed)."""
         result = self.results.get((trial_id, rung))
         return None if result is None or result.get("error") else result["val_accuracy"]
+
+    def rung0_scores(self) -> dict[int, float]:
+        """What rung 0 ranks candidates by (promotion, evolution's parents): the rung-0 score; where
+        rung 0 also recorded the dense judge (``--rung0-judge both``), the mean of the two judges'
+        ranks among the candidates of the same cost level, scaled to (0, 1] (a Borda count: the two
+        scores are on different scales, the supernet's near the trained accuracy, the dense slice's
+        near chance at aggressive budgets)."""
+        by_level: dict[float, list[tuple[int, dict]]] = defaultdict(list)
+        for (trial_id, rung), result in self.results.items():
+            if rung == 0 and not result.get("error") and trial_id in self.candidates:
+                by_level[float(self.candidates[trial_id]["level"])].append((trial_id, result))
+        scores = {}
+        for rows in by_level.values():
+            if not all(result.get("dense_judge") is not None for _, result in rows):
+                scores.update({trial_id: result["val_accuracy"] for trial_id, result in rows})
+                continue
+            ranks = [rankdata([r[key] for _, r in rows]) for key in ("val_accuracy", "dense_judge")]
+            for (trial_id, _), own, dense in zip(rows, *ranks, strict=True):
+                scores[trial_id] = float(own + dense) / (2 * len(rows))
+        return scores
 
     def table(self, cost: CostModel, top_rung: int, previous: pd.DataFrame | None = None) -> pd.DataFrame:
         """``trials.csv``'s rows: one per candidate that is infeasible or has a finished evaluation.

@@ -58,10 +58,12 @@ class Ladder:
 
     def promoted(self, journal: Journal, rung: int, seeds: set[int]) -> list[int]:
         """Non-seed candidates that go from ``rung`` to ``rung + 1``: each level's best ``1/eta`` among
-        those scored at ``rung`` (ties: lower trial id), seeds excluded (they climb anyway)."""
+        those scored at ``rung`` (ties: lower trial id; rung 0 by :meth:`Journal.rung0_scores`), seeds
+        excluded (they climb anyway)."""
         by_level: dict[float, list[tuple[float, int]]] = {}
+        rung0 = journal.rung0_scores() if rung == 0 else {}
         for trial_id, cand in journal.candidates.items():
-            score = journal.score(trial_id, rung)
+            score = rung0.get(trial_id) if rung == 0 else journal.score(trial_id, rung)
             if trial_id in seeds or score is None:
                 continue
             by_level.setdefault(float(cand["level"]), []).append((-score, trial_id))
@@ -96,28 +98,32 @@ def correlations(journal: Journal, ladder: Ladder) -> list[dict]:
 
 
 def judges(journal: Journal, ladder: Ladder, supernet: bool) -> dict:
-    """Both rung-0 judges against the top rung, on the same candidates (those with all three scores).
+    """The rung-0 judges against the top rung, on the same candidates (those with all their scores).
 
     ``supernet``: the rung-0 score when the run sliced a supernet; ``dense``: the candidate sliced from
     the dense weights with adaptive BN: rung 0's own score without a supernet, else the ``dense_judge``
-    that fine-tune jobs record. A judge the run did not use is None.
+    that fine-tune jobs (and rung 0 with ``--rung0-judge both``) record; ``both``: what such a rung 0
+    ranked by (:meth:`Journal.rung0_scores`). A judge the run did not use is None.
     """
     top = ladder.top
+    ranked_by = journal.rung0_scores()
+    both = supernet and any(
+        r.get("dense_judge") is not None for (_, k), r in journal.results.items() if k == 0
+    )
     rows = []
     for trial_id in journal.candidates:
         final, rung0 = journal.score(trial_id, top), journal.score(trial_id, 0)
         dense = rung0
         if supernet:
-            judged = [
-                r.get("dense_judge") for (t, k), r in journal.results.items() if t == trial_id and k > 0
-            ]
+            judged = [r.get("dense_judge") for (t, _), r in journal.results.items() if t == trial_id]
             dense = next((v for v in judged if v is not None), None)
         if top > 0 and None not in (final, rung0, dense):
-            rows.append((rung0, dense, final))
+            rows.append((rung0, dense, final, ranked_by.get(trial_id)))
     return {
         "top_rung": top,
         "supernet": rank_agreement([(r[0], r[2]) for r in rows]) if supernet else None,
         "dense": rank_agreement([(r[1], r[2]) for r in rows]),
+        "both": rank_agreement([(r[3], r[2]) for r in rows]) if both else None,
     }
 
 

@@ -154,7 +154,8 @@ def print_summary(
     for name, agreement in fidelity["judges"].items():
         if isinstance(agreement, dict) and agreement["kendall"] is not None:
             print(
-                f"  {name} judge (rung 0) -> top rung on {agreement['n']}: Kendall {agreement['kendall']:.2f}, "
+                f"  {'both judges (mean rank)' if name == 'both' else name + ' judge'} (rung 0) -> top rung on "
+                f"{agreement['n']}: Kendall {agreement['kendall']:.2f}, "
                 f"Spearman {agreement['spearman']:.2f}"
             )
     if fidelity["overhead_share"] is not None:

@@ -272,6 +272,7 @@ def _prepare(
         ranking=supernet.ranking if supernet else None,
         judge_state=dense_state if supernet else None,
         fine_tune_from=cfg.fine_tune_from,
+        rung0_judge=cfg.rung0_judge,
         dataset=cfg.dataset,
         data_dir=cfg.data_dir,
         subset=cfg.subset,
