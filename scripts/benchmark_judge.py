@@ -127,10 +127,11 @@ def summarize(rows: pd.DataFrame) -> dict:
             "goal_met": bool(kendall >= 0.8 * ceiling),
         }
     both = stats.rankdata(rows["dense_judge"]) + stats.rankdata(rows["supernet_judge"])
+    kendall = _kendall(both, truth)
     out["both"] = {  # what rung 0 ranks by with --rung0-judge both: the two judges' mean rank
-        "kendall": _kendall(both, truth),
+        "kendall": kendall,
         "spearman": float(stats.spearmanr(both, truth).statistic),
-        "goal_met": bool(_kendall(both, truth) >= 0.8 * ceiling),
+        "goal_met": bool(kendall >= 0.8 * ceiling),
     }
     if SUPERNET_TOP in rows and rows[SUPERNET_TOP].notna().all():
         top = rows[SUPERNET_TOP]
