@@ -21,6 +21,7 @@ import copy
 import itertools
 import math
 import random
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,9 +37,10 @@ from .gates import WidthGates
 from .prune import channel_importance
 from .space import WidthSpace
 from .task import Task, loss_and_metrics
-from .train import make_optimizer, make_scheduler, resolve_device, seed_everything
+from .train import epoch_seed, make_optimizer, make_scheduler, resolve_device, seed_everything
 
 __all__ = [
+    "Resumable",
     "Sampler",
     "Supernet",
     "SupernetSettings",
@@ -100,6 +102,18 @@ class Supernet:
         return model
 
 
+@dataclass(frozen=True)
+class Resumable:
+    """Make :func:`train_supernet` resumable: its whole state (weights, optimiser, schedule, random
+    generators, step) is written to ``path`` at most every ``every_s`` seconds, and a later call with the
+    same ``key`` continues from there, bit for bit where the arithmetic is deterministic. A file with
+    another key is ignored and overwritten. The file is removed once training ends."""
+
+    path: Path
+    key: Mapping[str, Any]
+    every_s: float = 60.0
+
+
 def _widths(
     space: WidthSpace, rng: random.Random, count: int, sample: Sampler | None
 ) -> list[dict[str, int]]:
@@ -109,6 +123,47 @@ def _widths(
     return [space.smallest(), *(draw(rng) for _ in range(count))]
 
 
+def _loader(task: Task, settings: SupernetSettings, device: torch.device, index: int) -> Any:
+    """Pass ``index`` over the training split, shuffled with :func:`~nas_prune.train.epoch_seed`."""
+    drop_last = task.size("train") > settings.batch_size  # a ragged batch of one would break BatchNorm
+    return task.loader("train", settings.batch_size, train=True, seed=epoch_seed(settings.seed, index),
+                       device=device, drop_last=drop_last)  # fmt: skip
+
+
+def _batches(task: Task, settings: SupernetSettings, device: torch.device, start: int, per_pass: int) -> Any:
+    """The training batches from step ``start`` on; every pass has its own seed, so a resumed run sees
+    the batches it would have seen."""
+    first, skip = divmod(start, per_pass)
+    passes = (_loader(task, settings, device, index) for index in itertools.count(first))
+    return itertools.islice(itertools.chain.from_iterable(passes), skip, None)
+
+
+def _restore(resumable: Resumable | None, net: WidthGates, optimizer, schedule, rng) -> tuple[int, list]:
+    """(steps done, history) from ``resumable``'s file with every state restored; (0, []) without one."""
+    if resumable is None or not resumable.path.is_file():
+        return 0, []
+    state = torch.load(resumable.path, map_location="cpu", weights_only=True)
+    if state.get("key") != dict(resumable.key):
+        return 0, []
+    net.model.load_state_dict(state["state_dict"])
+    optimizer.load_state_dict(state["optimizer"])
+    schedule.load_state_dict(state["schedule"])
+    rng.setstate(state["python_rng"])
+    torch.set_rng_state(state["torch_rng"])
+    if state.get("cuda_rng") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda_rng"])
+    return int(state["step"]), list(state["history"])
+
+
+def _save(resumable: Resumable, step: int, net: WidthGates, optimizer, schedule, rng, history) -> None:
+    """Write the state after ``step`` finished steps (see :class:`Resumable`)."""
+    state = {"key": dict(resumable.key), "step": step, "state_dict": net.model.state_dict(),
+             "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+             "python_rng": rng.getstate(), "torch_rng": torch.get_rng_state(), "history": history,
+             "cuda_rng": torch.cuda.get_rng_state() if torch.cuda.is_initialized() else None}  # fmt: skip
+    atomic_torch_save(state, resumable.path)
+
+
 def train_supernet(
     model: nn.Module,
     example_inputs: Any,
@@ -116,31 +171,34 @@ def train_supernet(
     task: Task,
     settings: SupernetSettings,
     sample: Sampler | None = None,
+    resumable: Resumable | None = None,
 ) -> Supernet:
     """Train a width-shared supernet from ``model``'s weights with the sandwich rule (module docstring).
 
     ``sample(rng) -> widths`` draws the random students (default: uniform on the grid). The search passes
     random architectures projected onto its budget, so the shared weights are trained where its
-    candidates are. ``model`` is left unchanged. Raises :class:`~nas_prune.task.TaskError` for a task
-    whose step or distillation loss is not a scalar.
+    candidates are. ``resumable`` keeps a run that is killed from losing more than ``every_s`` seconds.
+    ``model`` is left unchanged. Raises :class:`~nas_prune.task.TaskError` for a task whose step or
+    distillation loss is not a scalar.
     """
     if not (settings.epochs > 0 and math.isfinite(settings.epochs)):
         raise ValueError(f"supernet epochs must be a positive number, got {settings.epochs}")
     device = resolve_device(settings.device)
     seed_everything(settings.seed)
     ranking = channel_importance(model, example_inputs, settings.importance)
-    loader = task.loader("train", settings.batch_size, train=True, seed=settings.seed, device=device,
-                         drop_last=task.size("train") > settings.batch_size)  # fmt: skip
-    steps = max(1, math.ceil(settings.epochs * len(loader)))
-    batches = itertools.chain.from_iterable(itertools.repeat(loader))
-    rng, history = random.Random(settings.seed), []
+    rng = random.Random(settings.seed)
     distill = task.distill_loss
     with WidthGates(model, example_inputs, space, settings.importance) as net:
         net.model.to(device).train()
         net.to(device)
+        per_pass = len(_loader(task, settings, device, 0))
+        steps = max(1, math.ceil(settings.epochs * per_pass))
         optimizer = make_optimizer(net.model, lr=settings.lr, weight_decay=settings.weight_decay)
         schedule = make_scheduler(optimizer, steps)
-        bar = tqdm(range(1, steps + 1), desc="supernet", disable=not settings.progress, leave=False)
+        done, history = _restore(resumable, net, optimizer, schedule, rng)
+        batches, saved = _batches(task, settings, device, done, per_pass), time.monotonic()
+        bar = tqdm(range(done + 1, steps + 1), desc="supernet", disable=not settings.progress, leave=False,
+                   initial=done, total=steps)  # fmt: skip
         for step in bar:
             batch = to_device(next(batches), device)
             optimizer.zero_grad(set_to_none=True)
@@ -162,12 +220,17 @@ def train_supernet(
             optimizer.step()
             schedule.step()
             if step % max(1, steps // 50) == 0 or step == steps:
-                history.append({"step": step, "epoch": step / len(loader), "largest_loss": largest.item(),
+                history.append({"step": step, "epoch": step / per_pass, "largest_loss": largest.item(),
                                 "distill_loss": students / (1 + settings.random_widths)})  # fmt: skip
                 bar.set_postfix(
                     largest=f"{largest.item():.3f}", students=f"{history[-1]['distill_loss']:.3f}"
                 )
+            if resumable is not None and step < steps and time.monotonic() - saved >= resumable.every_s:
+                _save(resumable, step, net, optimizer, schedule, rng, history)
+                saved = time.monotonic()
         state = {k: v.detach().cpu().clone() for k, v in net.model.state_dict().items()}
+    if resumable is not None:
+        resumable.path.unlink(missing_ok=True)
     return Supernet(state, {k: v.cpu() for k, v in ranking.items()}, history)
 
 

@@ -54,7 +54,14 @@ from nas_prune.search.inputs import build_space
 from nas_prune.search.projection import KEEP_MIN, Projector
 from nas_prune.search.seeding import budget_sampler
 from nas_prune.space import Budget
-from nas_prune.supernet import SupernetSettings, load_supernet, save_supernet, supernet_key, train_supernet
+from nas_prune.supernet import (
+    Resumable,
+    SupernetSettings,
+    load_supernet,
+    save_supernet,
+    supernet_key,
+    train_supernet,
+)
 from nas_prune.task import resolve_task
 
 SUPERNET_TOP = "supernet_top_seed0"
@@ -87,7 +94,8 @@ def _supernet(args, model, example, space, task, projector, path: Path):
         return found, json.loads(path.with_suffix(".json").read_text())["seconds"]
     sample = budget_sampler(projector, (1.0,)) if args.students == "budget" else None
     start = time.perf_counter()
-    supernet = train_supernet(model, example, space, task, settings, sample)
+    resumable = Resumable(path.with_suffix(".partial.pt"), key)  # a killed study keeps its training
+    supernet = train_supernet(model, example, space, task, settings, sample, resumable)
     seconds = time.perf_counter() - start
     save_supernet(path, supernet, key)
     path.with_suffix(".json").write_text(json.dumps({"seconds": seconds}))

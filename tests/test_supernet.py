@@ -17,7 +17,7 @@ from nas_prune.search.journal import Journal
 from nas_prune.search.ladder import Ladder
 from nas_prune.seeds import SEED_SOURCES
 from nas_prune.space import WidthSpace
-from nas_prune.supernet import SupernetSettings, load_supernet, supernet_key, train_supernet
+from nas_prune.supernet import Resumable, SupernetSettings, load_supernet, supernet_key, train_supernet
 from nas_prune.task import TensorClassificationTask
 
 
@@ -106,6 +106,44 @@ def test_the_summed_gradient_is_clipped_and_the_clip_is_part_of_the_cache_key(tr
         supernet_key(SupernetSettings(epochs=1, grad_clip=c), "budget") for c in (None, 1.0)
     )
     assert "grad_clip" not in unclipped and clipped == {**unclipped, "grad_clip": 1.0}  # old files still load
+
+
+class _Killed(Exception):
+    """Stands in for a kill in the middle of a step."""
+
+
+def test_an_interrupted_supernet_continues_where_it_stopped_and_ends_as_if_never_stopped(trained, tmp_path):
+    data, model, space, _ = trained
+    task = TensorClassificationTask.of(data)
+    settings = SupernetSettings(epochs=1.5, batch_size=32, progress=False, grad_clip=5.0)  # 2 passes
+    draws = []
+
+    def sample(rng, kill_at=None):
+        draws.append(1)
+        if kill_at is not None and len(draws) == kill_at:
+            raise _Killed
+        return space.random(rng)
+
+    def train(key, kill_at=None):
+        draws.clear()
+        resumable = Resumable(tmp_path / "supernet.partial.pt", key, every_s=0.0)
+        return train_supernet(model, task.example(), space, task, settings,
+                              lambda rng: sample(rng, kill_at), resumable)  # fmt: skip
+
+    whole = train({"run": 1})
+    steps = len(draws) // 2  # two random students a step
+    assert not (tmp_path / "supernet.partial.pt").exists()  # removed once trained
+    with pytest.raises(_Killed):
+        train({"run": 1}, kill_at=2 * (steps - 3) + 1)  # killed in a step, steps - 3 of them finished
+    assert (tmp_path / "supernet.partial.pt").is_file()
+    resumed = train({"run": 1})
+    assert len(draws) == 2 * 3  # only the three unfinished steps ran
+    assert all(torch.equal(resumed.state_dict[k], v) for k, v in whole.state_dict.items())
+    assert resumed.history == whole.history
+    with pytest.raises(_Killed):
+        train({"run": 1}, kill_at=3)
+    train({"run": 2})  # another key: the stale state is not taken
+    assert len(draws) == 2 * steps
 
 
 def test_a_fixed_ranking_keeps_the_channels_a_width_was_trained_with(trained):

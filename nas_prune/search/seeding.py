@@ -18,7 +18,15 @@ from ..atomic import atomic_write_text
 from ..objective import adapt_batchnorm
 from ..seeds import GATES, SeedContext, make_seeds
 from ..space import Budget
-from ..supernet import Supernet, SupernetSettings, load_supernet, save_supernet, supernet_key, train_supernet
+from ..supernet import (
+    Resumable,
+    Supernet,
+    SupernetSettings,
+    load_supernet,
+    save_supernet,
+    supernet_key,
+    train_supernet,
+)
 from ..task import Task, TaskError
 from ..train import evaluate
 from .projection import KEEP_MIN, level_schedule
@@ -158,8 +166,9 @@ def load_or_train_supernet(
     cfg, model, example, space, task: Task, run_dir: Path, device, quiet, sample: Callable | None = None
 ) -> Supernet | None:
     """The width-shared supernet of ``--supernet-epochs`` (None for 0): ``run_dir/supernet.pt`` when it
-    was trained with these settings, else trained now from the dense model and saved there. ``sample``
-    draws its random students (see :func:`budget_sampler`)."""
+    was trained with these settings, else trained now from the dense model and saved there (continuing
+    an interrupted training from ``run_dir/supernet.partial.pt``). ``sample`` draws its random students
+    (see :func:`budget_sampler`)."""
     if cfg.supernet_epochs <= 0:
         return None
     settings = SupernetSettings(
@@ -177,6 +186,7 @@ def load_or_train_supernet(
             f"Training the width-shared supernet for {cfg.supernet_epochs:g} epochs (largest, smallest and "
             f"{cfg.supernet_widths} random on-budget widths per step; --supernet-epochs 0 skips it) ..."
         )
-    supernet = train_supernet(model, example, space, task, settings, sample)
+    resumable = Resumable(run_dir / "supernet.partial.pt", key)
+    supernet = train_supernet(model, example, space, task, settings, sample, resumable)
     save_supernet(path, supernet, key)
     return supernet
