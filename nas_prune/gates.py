@@ -42,7 +42,7 @@ from __future__ import annotations
 import copy
 import itertools
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,6 +58,7 @@ from .cost import CostModel
 from .errors import NasPruneError
 from .graph import ChannelGraph
 from .prune import channel_importance, channel_order
+from .resumable import LoopState, Resumable
 from .space import Budget, WidthSpace
 from .task import CrossEntropyStep, loss_and_metrics
 from .train import make_optimizer, make_scheduler, resolve_device
@@ -326,6 +327,11 @@ def _weight_step(gates: WidthGates, batch: Any, training_step, optimizer, schedu
     return loss.item()
 
 
+def _cycle(loader: Iterable[Any], skip: int) -> Iterator[Any]:
+    """The loader's batches, pass after pass, from batch ``skip`` on."""
+    return itertools.islice(itertools.chain.from_iterable(itertools.repeat(loader)), skip, None)
+
+
 def train_gates(
     model: nn.Module,
     example_inputs,
@@ -336,6 +342,7 @@ def train_gates(
     val_loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
     settings: GateSettings = GateSettings(),
     training_step: Callable[[nn.Module, Any], Any] | None = None,
+    resumable: Resumable | None = None,
 ) -> GateResult:
     """Train a width-gate supernet of ``model`` and return its architecture distribution.
 
@@ -355,6 +362,9 @@ def train_gates(
         settings: see :class:`GateSettings`.
         training_step: the task's ``(model, batch) -> loss`` (weights on training batches, logits on
             validation batches); default: classification's cross-entropy on ``(x, y)`` batches.
+        resumable: where the training keeps its state (see :mod:`nas_prune.resumable`), so a killed run
+            loses at most ``every_s`` seconds; the loaders must give the same batches when iterated
+            again (seeded shuffles do), as the run skips those it had trained on.
 
     Returns:
         A :class:`GateResult`.
@@ -375,8 +385,6 @@ def train_gates(
     steps = max(1, math.ceil(settings.epochs * len(train_loader)))
     warmup = int(settings.warmup * steps)
     record_every = max(1, steps // 100)
-    train_batches = itertools.chain.from_iterable(itertools.repeat(train_loader))
-    val_batches = itertools.chain.from_iterable(itertools.repeat(val_loader))
 
     history, log = [], []
     with WidthGates(model, example_inputs, space, settings.importance).to(device) as gates:
@@ -396,8 +404,16 @@ def train_gates(
                     losses["flops_ratio"], losses["params_ratio"] = map(float, _cost_ratios(gates, cost))
             log.append({"step": step, "epoch": step / len(train_loader), **losses})
 
-        record(0)
-        bar = tqdm(range(1, steps + 1), desc="gates", disable=not settings.progress, leave=False)
+        state = LoopState(resumable, model=gates.model, weights=weights, schedule=schedule, arch=arch,
+                          alphas=gates.alphas, generator=generator)  # fmt: skip
+        done, saved = state.restore()
+        history, log = saved if saved is not None else (history, log)
+        if not done:
+            record(0)
+        train_batches = _cycle(train_loader, done)
+        val_batches = _cycle(val_loader, max(0, done - warmup))
+        bar = tqdm(range(done + 1, steps + 1), desc="gates", disable=not settings.progress, leave=False,
+                   initial=done, total=steps)  # fmt: skip
         for step in bar:
             gates.sample(generator)
             batch = to_device(next(train_batches), device)
@@ -411,7 +427,10 @@ def train_gates(
             if step % record_every == 0 or step == steps:
                 record(step, **losses)
                 bar.set_postfix(loss=f"{losses['train_loss']:.3f}", flops=f"{log[-1]['flops_ratio']:.2f}")
+            if step < steps:
+                state.save_if_due(step, (history, log))
         alphas = {n: a.detach().cpu() for n, a in gates.alphas.items()}
+    state.finish()
 
     return GateResult(
         space=space,

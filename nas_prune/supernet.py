@@ -21,7 +21,6 @@ import copy
 import itertools
 import math
 import random
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,12 +34,12 @@ from .atomic import atomic_torch_save
 from .batch import to_device
 from .gates import WidthGates
 from .prune import channel_importance
+from .resumable import LoopState, Resumable
 from .space import WidthSpace
 from .task import Task, loss_and_metrics
 from .train import epoch_seed, make_optimizer, make_scheduler, resolve_device, seed_everything
 
 __all__ = [
-    "Resumable",
     "Sampler",
     "Supernet",
     "SupernetSettings",
@@ -102,18 +101,6 @@ class Supernet:
         return model
 
 
-@dataclass(frozen=True)
-class Resumable:
-    """Make :func:`train_supernet` resumable: its whole state (weights, optimiser, schedule, random
-    generators, step) is written to ``path`` at most every ``every_s`` seconds, and a later call with the
-    same ``key`` continues from there, bit for bit where the arithmetic is deterministic. A file with
-    another key is ignored and overwritten. The file is removed once training ends."""
-
-    path: Path
-    key: Mapping[str, Any]
-    every_s: float = 60.0
-
-
 def _widths(
     space: WidthSpace, rng: random.Random, count: int, sample: Sampler | None
 ) -> list[dict[str, int]]:
@@ -136,32 +123,6 @@ def _batches(task: Task, settings: SupernetSettings, device: torch.device, start
     first, skip = divmod(start, per_pass)
     passes = (_loader(task, settings, device, index) for index in itertools.count(first))
     return itertools.islice(itertools.chain.from_iterable(passes), skip, None)
-
-
-def _restore(resumable: Resumable | None, net: WidthGates, optimizer, schedule, rng) -> tuple[int, list]:
-    """(steps done, history) from ``resumable``'s file with every state restored; (0, []) without one."""
-    if resumable is None or not resumable.path.is_file():
-        return 0, []
-    state = torch.load(resumable.path, map_location="cpu", weights_only=True)
-    if state.get("key") != dict(resumable.key):
-        return 0, []
-    net.model.load_state_dict(state["state_dict"])
-    optimizer.load_state_dict(state["optimizer"])
-    schedule.load_state_dict(state["schedule"])
-    rng.setstate(state["python_rng"])
-    torch.set_rng_state(state["torch_rng"])
-    if state.get("cuda_rng") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda_rng"])
-    return int(state["step"]), list(state["history"])
-
-
-def _save(resumable: Resumable, step: int, net: WidthGates, optimizer, schedule, rng, history) -> None:
-    """Write the state after ``step`` finished steps (see :class:`Resumable`)."""
-    state = {"key": dict(resumable.key), "step": step, "state_dict": net.model.state_dict(),
-             "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-             "python_rng": rng.getstate(), "torch_rng": torch.get_rng_state(), "history": history,
-             "cuda_rng": torch.cuda.get_rng_state() if torch.cuda.is_initialized() else None}  # fmt: skip
-    atomic_torch_save(state, resumable.path)
 
 
 def train_supernet(
@@ -195,8 +156,9 @@ def train_supernet(
         steps = max(1, math.ceil(settings.epochs * per_pass))
         optimizer = make_optimizer(net.model, lr=settings.lr, weight_decay=settings.weight_decay)
         schedule = make_scheduler(optimizer, steps)
-        done, history = _restore(resumable, net, optimizer, schedule, rng)
-        batches, saved = _batches(task, settings, device, done, per_pass), time.monotonic()
+        state = LoopState(resumable, model=net.model, optimizer=optimizer, schedule=schedule, rng=rng)
+        done, history = state.restore()
+        history, batches = history or [], _batches(task, settings, device, done, per_pass)
         bar = tqdm(range(done + 1, steps + 1), desc="supernet", disable=not settings.progress, leave=False,
                    initial=done, total=steps)  # fmt: skip
         for step in bar:
@@ -225,13 +187,11 @@ def train_supernet(
                 bar.set_postfix(
                     largest=f"{largest.item():.3f}", students=f"{history[-1]['distill_loss']:.3f}"
                 )
-            if resumable is not None and step < steps and time.monotonic() - saved >= resumable.every_s:
-                _save(resumable, step, net, optimizer, schedule, rng, history)
-                saved = time.monotonic()
-        state = {k: v.detach().cpu().clone() for k, v in net.model.state_dict().items()}
-    if resumable is not None:
-        resumable.path.unlink(missing_ok=True)
-    return Supernet(state, {k: v.cpu() for k, v in ranking.items()}, history)
+            if step < steps:
+                state.save_if_due(step, history)
+        weights = {k: v.detach().cpu().clone() for k, v in net.model.state_dict().items()}
+    state.finish()
+    return Supernet(weights, {k: v.cpu() for k, v in ranking.items()}, history)
 
 
 def supernet_key(settings: SupernetSettings, students: str) -> dict[str, Any]:

@@ -50,12 +50,12 @@ from nas_prune.checkpoint import load_checkpoint
 from nas_prune.config import SearchConfig, hardware_info
 from nas_prune.models import build_from_spec
 from nas_prune.objective import CandidateEvaluator, TrialSettings
+from nas_prune.resumable import Resumable
 from nas_prune.search.inputs import build_space
 from nas_prune.search.projection import KEEP_MIN, Projector
 from nas_prune.search.seeding import budget_sampler
 from nas_prune.space import Budget
 from nas_prune.supernet import (
-    Resumable,
     SupernetSettings,
     load_supernet,
     save_supernet,

@@ -13,7 +13,9 @@ from conftest import Residual, TwoLayer, randomize_bn
 from nas_prune import NasPruneError, channel_groups, prune
 from nas_prune.cost import CostModel
 from nas_prune.gates import GateResult, GateSettings, WidthGates, alpha_gradient, train_gates
+from nas_prune.resumable import Resumable
 from nas_prune.space import Budget, WidthSpace
+from nas_prune.task import CrossEntropyStep
 
 
 def _space(model, x, **kwargs):
@@ -165,6 +167,46 @@ def test_training_pushes_expected_flops_to_budget_and_seeds_meet_it():
         assert space.decode(space.encode(widths)) == widths  # on the grid
         assert budget.met(*cost.cost(widths), *cost.dense)
     assert _no_hooks(model) and all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+
+
+class _Killed(Exception):
+    """Stands in for a kill in the middle of a step."""
+
+
+def test_an_interrupted_gate_training_continues_where_it_stopped_and_ends_as_if_never_stopped(tmp_path):
+    torch.manual_seed(0)
+    model, x = randomize_bn(Residual()), torch.randn(2, 3, 16, 16)
+    space, cost, budget = _space(model, x, min_fraction=0.25), CostModel(model, x), Budget(flops=0.3)
+    settings = GateSettings(epochs=4, arch_lr=0.2, progress=False, seed=1, num_seeds=3)
+    train, val, calls = _batches(x, 6, 0), _batches(x, 3, 1), []
+
+    def run(key, kill_at=None):
+        def step(net, batch):
+            calls.append(1)
+            if len(calls) == kill_at:
+                raise _Killed
+            return CrossEntropyStep()(net, batch)
+
+        calls.clear()
+        torch.manual_seed(0)
+        resumable = Resumable(tmp_path / "gates.partial.pt", key, every_s=0.0)
+        return train_gates(model, x, space, cost, budget, train, val, settings, step, resumable)
+
+    whole = run({"run": 1})
+    total = len(calls)
+    assert not (tmp_path / "gates.partial.pt").exists()  # removed once trained
+    with pytest.raises(_Killed):
+        run({"run": 1}, kill_at=total // 2)
+    resumed = run({"run": 1})
+    assert 0 < len(calls) <= total - total // 2 + 2  # only the steps not finished before the kill
+    assert all(torch.equal(resumed.alphas[n], a) for n, a in whole.alphas.items())
+    pd.testing.assert_frame_equal(resumed.history, whole.history)
+    pd.testing.assert_frame_equal(resumed.log, whole.log)
+    assert resumed.seeds() == whole.seeds()
+    with pytest.raises(_Killed):
+        run({"run": 1}, kill_at=total // 2)
+    run({"run": 2})  # another key: the stale state is not taken
+    assert len(calls) == total
 
 
 def _saturated(result, widths):

@@ -13,11 +13,12 @@ from nas_prune.data import load_dataset
 from nas_prune.models import model_spec
 from nas_prune.objective import CandidateEvaluator, TrialSettings
 from nas_prune.prune import channel_importance
+from nas_prune.resumable import Resumable
 from nas_prune.search.journal import Journal
 from nas_prune.search.ladder import Ladder
 from nas_prune.seeds import SEED_SOURCES
 from nas_prune.space import WidthSpace
-from nas_prune.supernet import Resumable, SupernetSettings, load_supernet, supernet_key, train_supernet
+from nas_prune.supernet import SupernetSettings, load_supernet, supernet_key, train_supernet
 from nas_prune.task import TensorClassificationTask
 
 

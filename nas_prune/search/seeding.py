@@ -9,6 +9,7 @@ gate seed equal to an earlier seed is dropped.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 from collections.abc import Callable
@@ -16,10 +17,10 @@ from pathlib import Path
 
 from ..atomic import atomic_write_text
 from ..objective import adapt_batchnorm
+from ..resumable import Resumable
 from ..seeds import GATES, SeedContext, make_seeds
 from ..space import Budget
 from ..supernet import (
-    Resumable,
     Supernet,
     SupernetSettings,
     load_supernet,
@@ -82,8 +83,11 @@ def gate_seeds(
     )
     if not quiet:
         print(f"Training the gate supernet for {cfg.gate_epochs:g} epochs (--gate-epochs; 0 skips it) ...")
+    trained_with = {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("device", "progress")}
+    key = {**trained_with, "batch_size": batch, "budget": dataclasses.asdict(budget)}
+    resumable = Resumable(run_dir / "gates.partial.pt", key)  # a killed run continues the training
     result = train_gates(
-        model, example, space, cost, budget, train, val, settings, training_step=task.training_step
+        model, example, space, cost, budget, train, val, settings, task.training_step, resumable
     )
     result.history.to_csv(run_dir / "gates.csv", index=False)
     return result.seeds()
