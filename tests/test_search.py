@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,55 @@ def _fake(markers: Path, **kw):
     from search_fakes import FakeEvaluator
 
     return functools.partial(FakeEvaluator, marker_dir=str(markers), dense_total=DENSE_TOTAL, **kw)
+
+
+def _descendants(root: int) -> set[int]:
+    """``root`` and every process below it (Ray's processes, for the driver that started Ray)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, pending = set(), [root]
+    while pending:
+        pid = pending.pop()
+        found.add(pid)
+        pending.extend(children.get(pid, []))
+    return found
+
+
+def _listening(pids: set[int]) -> list[str]:
+    """The local addresses (kernel hex) of the TCP sockets ``pids`` listen on."""
+    inodes = set()
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").glob("*"):
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:[") : -1])
+    addresses = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state, inode = line.split()[1], line.split()[3], line.split()[9]
+            if state == "0A" and inode in inodes:  # 0A: LISTEN
+                addresses.append(local.split(":")[0])
+    return addresses
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads Linux's /proc")
+def test_the_local_ray_listens_on_loopback_only_and_reports_no_usage(ray_session):
+    import ray
+
+    ray.get(ray.remote(lambda: 1).remote())  # a worker up too
+    addresses = _listening(_descendants(os.getpid()))
+    loopback = {"0100007F", "00000000000000000000000001000000", "0000000000000000FFFF00000100007F"}
+    assert len(addresses) >= 3  # GCS, raylet, workers: the test sees Ray's sockets
+    assert set(addresses) <= loopback, addresses
+    assert os.environ["RAY_USAGE_STATS_ENABLED"] == "0"  # set by nas_prune.search before Ray starts
 
 
 @pytest.fixture(scope="module")

@@ -283,7 +283,8 @@ def _free_port() -> int:
 def test_search_joins_a_ray_head_node(tmp_path):
     tmp = tempfile.mkdtemp(prefix="rh", dir="/tmp")
     port = _free_port()
-    env = {**_env(tmp), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token"}
+    env = {**_env(tmp), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token",
+           "RAY_USAGE_STATS_REPORT_URL": "http://127.0.0.1:9/"}  # `ray start` still reports "disabled" there  # fmt: skip
     ray_cli = str(Path(sys.executable).with_name("ray"))
     try:
         subprocess.run([ray_cli, "get-auth-token", "--generate"], env=env, capture_output=True, check=True)

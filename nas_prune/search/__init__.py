@@ -27,9 +27,11 @@ import types
 
 # Ray reads these when it is imported: every Ray port on 127.0.0.1 (verified with Ray 2.60; a plain
 # ray.init() also listens on the machine's outward address), token auth on (generated for a local Ray;
-# a cluster's token lives in ~/.ray/auth_token or RAY_AUTH_TOKEN), quiet console.
+# a cluster's token lives in ~/.ray/auth_token or RAY_AUTH_TOKEN), no usage statistics sent (a Ray
+# started by ray.init() sends none when they are off), quiet console.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "token")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 from .cli import main  # noqa: E402
 from .inputs import parse_latency_budget  # noqa: E402
