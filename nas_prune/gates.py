@@ -327,6 +327,19 @@ def _weight_step(gates: WidthGates, batch: Any, training_step, optimizer, schedu
     return loss.item()
 
 
+def _record(history: list, log: list, gates: WidthGates, cost: CostModel, step: int, epoch: float,
+            losses: dict[str, float]) -> None:  # fmt: skip
+    """Append the width distribution at ``step`` to ``history`` and its losses and expected cost ratios
+    (computed here when the step had no architecture step) to ``log``."""
+    for name, probs in gates.probs().items():
+        for width, prob in zip(gates.space.choices[name], probs.tolist(), strict=True):
+            history.append((step, epoch, name, width, prob))
+    if "flops_ratio" not in losses:
+        with torch.no_grad():
+            losses["flops_ratio"], losses["params_ratio"] = map(float, _cost_ratios(gates, cost))
+    log.append({"step": step, "epoch": epoch, **losses})
+
+
 def _cycle(loader: Iterable[Any], skip: int) -> Iterator[Any]:
     """The loader's batches, pass after pass, from batch ``skip`` on."""
     return itertools.islice(itertools.chain.from_iterable(itertools.repeat(loader)), skip, None)
@@ -386,7 +399,6 @@ def train_gates(
     warmup = int(settings.warmup * steps)
     record_every = max(1, steps // 100)
 
-    history, log = [], []
     with WidthGates(model, example_inputs, space, settings.importance).to(device) as gates:
         weights = make_optimizer(gates.model, lr=settings.lr, weight_decay=settings.weight_decay)
         schedule = make_scheduler(weights, steps)
@@ -394,22 +406,12 @@ def train_gates(
             list(gates.alphas.values()), lr=settings.arch_lr, betas=(0.0, 0.999), eps=1e-8
         )
         gates.model.train()
-
-        def record(step: int, **losses: float) -> None:
-            for name, p in gates.probs().items():
-                for width, prob in zip(space.choices[name], p.tolist(), strict=True):
-                    history.append((step, step / len(train_loader), name, width, prob))
-            if "flops_ratio" not in losses:
-                with torch.no_grad():
-                    losses["flops_ratio"], losses["params_ratio"] = map(float, _cost_ratios(gates, cost))
-            log.append({"step": step, "epoch": step / len(train_loader), **losses})
-
         state = LoopState(resumable, model=gates.model, weights=weights, schedule=schedule, arch=arch,
                           alphas=gates.alphas, generator=generator)  # fmt: skip
         done, saved = state.restore()
-        history, log = saved if saved is not None else (history, log)
+        history, log = saved if saved is not None else ([], [])
         if not done:
-            record(0)
+            _record(history, log, gates, cost, 0, 0.0, {})
         train_batches = _cycle(train_loader, done)
         val_batches = _cycle(val_loader, max(0, done - warmup))
         bar = tqdm(range(done + 1, steps + 1), desc="gates", disable=not settings.progress, leave=False,
@@ -425,13 +427,12 @@ def train_gates(
                 )
                 losses.update(val_loss=val_loss, flops_ratio=ratios[0], params_ratio=ratios[1])
             if step % record_every == 0 or step == steps:
-                record(step, **losses)
+                _record(history, log, gates, cost, step, step / len(train_loader), losses)
                 bar.set_postfix(loss=f"{losses['train_loss']:.3f}", flops=f"{log[-1]['flops_ratio']:.2f}")
             if step < steps:
                 state.save_if_due(step, (history, log))
         alphas = {n: a.detach().cpu() for n, a in gates.alphas.items()}
     state.finish()
-
     return GateResult(
         space=space,
         cost=cost,
