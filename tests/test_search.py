@@ -62,7 +62,8 @@ def _listening(pids: set[int]) -> list[str]:
     addresses = []
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         for line in Path(table).read_text().splitlines()[1:]:
-            local, state, inode = line.split()[1], line.split()[3], line.split()[9]
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
             if state == "0A" and inode in inodes:  # 0A: LISTEN
                 addresses.append(local.split(":")[0])
     return addresses
